@@ -1,0 +1,50 @@
+"""surgeon: a graph-level model-surgery compiler for PyTorch.
+
+``surgeon.slim(model, ratio, example_inputs)`` traces a model with torch.fx, finds which
+channels are coupled, removes the least important ones physically (prune -> propagate ->
+resize) and returns a smaller ``torch.nn.Module`` that computes with the same shapes.
+
+Public names are loaded lazily so that ``import surgeon`` (and the CLI start-up) stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from surgeon.errors import SurgeonError, SurgeonInputError, SurgeonPassError, SurgeonTraceError
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "slim": "surgeon.api",
+    "analyze": "surgeon.api",
+    "count_macs": "surgeon.metrics",
+    "count_params": "surgeon.metrics",
+    "export": "surgeon.export",
+    "bench": "surgeon.bench",
+}
+
+__all__ = [
+    "SurgeonError",
+    "SurgeonInputError",
+    "SurgeonPassError",
+    "SurgeonTraceError",
+    *_LAZY,
+]
+
+if TYPE_CHECKING:  # pragma: no cover
+    # ruff: noqa: F401 - names re-exported lazily through __getattr__
+    from surgeon.api import analyze, slim
+    from surgeon.bench import bench
+    from surgeon.export import export
+    from surgeon.metrics import count_macs, count_params
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'surgeon' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

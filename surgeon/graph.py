@@ -1,0 +1,340 @@
+"""The channel graph: spaces, groups, channel classes and blocked reasons.
+
+Built from a traced, shape-annotated GraphModule by running every node's rule
+(:mod:`surgeon.rules`). Spaces are networkx nodes and couplings its edges; connected
+components are *groups*. Inside a group, channel indices that are kept or removed together
+form *channel classes*, computed by a vectorised union over (space, index).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import networkx as nx
+import numpy as np
+import torch.fx as fx
+
+from surgeon import rules
+from surgeon.spaces import NodeRecord, ParamSlice, RuleContext, Sink, Space, _meta_shapes
+
+__all__ = ["Group", "ChannelGraph", "build_channel_graph"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Group:
+    """A connected set of spaces: what changes size together."""
+
+    index: int
+    spaces: list[Space]
+    reasons: list[str]
+    params: list[ParamSlice]
+    sinks: list[Sink]
+    tags: set[str]
+    n_classes: int = 0
+    class_of: dict[Space, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def blocked(self) -> bool:
+        return bool(self.reasons)
+
+    @property
+    def prunable(self) -> bool:
+        return not self.reasons and self.n_classes > 1 and bool(self.params)
+
+    @property
+    def channels(self) -> int:
+        """Channel count of the group: the number of its channel classes."""
+        return self.n_classes
+
+    def modules(
+        self, roles: tuple[str, ...] = ("producer", "consumer", "norm", "param")
+    ) -> list[str]:
+        seen: dict[str, None] = {}
+        for p in self.params:
+            if p.role in roles:
+                seen.setdefault(p.owner or "<root>", None)
+        return list(seen)
+
+
+class ChannelGraph:
+    """Spaces of a traced model, their couplings, groups and channel classes.
+
+    ``records[node name]`` holds what each node's rule said; ``groups`` the connected
+    components; ``group_of[space]`` the group index of a space. Building it never mutates
+    the model.
+    """
+
+    def __init__(
+        self, gm: fx.GraphModule, shapes: dict[str, tuple[int, ...]], records: dict[str, NodeRecord]
+    ):
+        self.gm = gm
+        self.shapes = shapes
+        self.records = records
+        self.sizes: dict[Space, int] = {
+            (n, d): s for n, shp in shapes.items() for d, s in enumerate(shp)
+        }
+        self.graph = nx.Graph()
+        self.graph.add_nodes_from(self.sizes)
+        blocked: dict[Space, list[str]] = defaultdict(list)
+        for rec in records.values():
+            for a, b, _, _ in rec.couplings:
+                if a != b:
+                    self.graph.add_edge(a, b)
+            for s, why in rec.blocks:
+                if why not in blocked[s]:
+                    blocked[s].append(why)
+        self.blocked = dict(blocked)
+        self.group_of: dict[Space, int] = {}
+        self.groups: list[Group] = []
+        params: dict[Space, list[ParamSlice]] = defaultdict(list)
+        sinks: dict[Space, list[Sink]] = defaultdict(list)
+        tags: dict[Space, set[str]] = defaultdict(set)
+        for rec in records.values():
+            for p in rec.params:
+                params[p.space].append(p)
+            for s in rec.sinks:
+                sinks[s.space].append(s)
+            for s, t in rec.tags:
+                tags[s].add(t)
+        comps = sorted(
+            (sorted(c) for c in nx.connected_components(self.graph)),
+            key=lambda c: self._order(c[0]),
+        )
+        for i, comp in enumerate(comps):
+            reasons: list[str] = []
+            for s in comp:
+                self.group_of[s] = i
+                for why in self.blocked.get(s, ()):
+                    msg = f"{why} [{s[0]} dim {s[1]}]"
+                    if why not in (r.split(" [")[0] for r in reasons):
+                        reasons.append(msg)
+            self.groups.append(
+                Group(
+                    i,
+                    comp,
+                    reasons,
+                    [p for s in comp for p in params.get(s, ())],
+                    [k for s in comp for k in sinks.get(s, ())],
+                    set().union(*(tags.get(s, set()) for s in comp)),
+                )
+            )
+        self._classes()
+
+    def _order(self, space: Space) -> tuple[int, int]:
+        base = space[0].split("#")[0]
+        return (self._node_index.get(base, 0), space[1])
+
+    @property
+    def _node_index(self) -> dict[str, int]:
+        if not hasattr(self, "_ni"):
+            self._ni = {n.name: i for i, n in enumerate(self.gm.graph.nodes)}
+        return self._ni
+
+    def _classes(self) -> None:
+        """Union (space, index) pairs within each unblocked group into channel classes."""
+        by_group: dict[int, list] = defaultdict(list)
+        for rec in self.records.values():
+            for a, b, ia, ib in rec.couplings:
+                by_group[self.group_of[a]].append((a, b, ia, ib))
+        for g in self.groups:
+            if g.blocked or not g.params:
+                g.n_classes = self.sizes[g.spaces[0]] if g.spaces else 0
+                continue
+            offset, n = {}, 0
+            for s in g.spaces:
+                offset[s] = n
+                n += self.sizes[s]
+            src, dst = [], []
+            for a, b, ia, ib in by_group[g.index]:
+                ia = np.arange(self.sizes[a]) if ia is None else np.asarray(ia)
+                ib = np.arange(self.sizes[b]) if ib is None else np.asarray(ib)
+                if len(ia) != len(ib):
+                    raise RuntimeError(f"coupling {a} ~ {b} has index maps of different lengths")
+                src.append(offset[a] + ia)
+                dst.append(offset[b] + ib)
+            labels = _components(
+                n,
+                np.concatenate(src) if src else np.zeros(0, int),
+                np.concatenate(dst) if dst else np.zeros(0, int),
+            )
+            uniq, inv = np.unique(labels, return_inverse=True)
+            g.n_classes = len(uniq)
+            g.class_of = {s: inv[offset[s] : offset[s] + self.sizes[s]] for s in g.spaces}
+
+    # -- queries -------------------------------------------------------------------------
+    def prunable_groups(self) -> list[Group]:
+        return [g for g in self.groups if g.prunable]
+
+    def group(self, space: Space) -> Group:
+        return self.groups[self.group_of[space]]
+
+    def constants(
+        self, forced_zero: dict[Space, np.ndarray] | None = None
+    ) -> dict[Space, np.ndarray]:
+        """Per space, the constant value of each channel (NaN where it varies).
+
+        Runs every node's constant transfer in graph order; ``forced_zero`` masks channels
+        (of removed classes) that count as zero.
+        """
+        consts: dict[Space, np.ndarray] = {}
+        forced_zero = forced_zero or {}
+
+        def get(s: Space) -> np.ndarray:
+            v = consts.get(s)
+            if v is None:
+                v = np.full(self.sizes[s], np.nan)
+            return v
+
+        for node in self.gm.graph.nodes:
+            rec = self.records.get(node.name)
+            if rec is None or rec.const_fn is None:
+                continue
+            try:
+                out = rec.const_fn(get)
+            except Exception as exc:  # a transfer that cannot evaluate: nothing is constant
+                log.debug("constant transfer of %s failed: %s", node.name, exc)
+                continue
+            for s, v in out.items():
+                v = np.asarray(v, dtype=np.float64)
+                z = forced_zero.get(s)
+                if z is not None:
+                    v = np.where(z, 0.0, v)
+                consts[s] = v
+        return consts
+
+    # -- printing --------------------------------------------------------------------------
+    def summary(self, all_groups: bool = False) -> str:
+        lines = []
+        shown = [g for g in self.groups if all_groups or g.params]
+        prunable = sum(g.prunable for g in self.groups)
+        lines.append(
+            f"ChannelGraph of {type(self.gm).__name__}: {len(self.sizes)} spaces, {len(self.groups)} groups, "
+            f"{prunable} prunable, {sum(1 for g in shown if not g.prunable)} with parameters but not prunable"
+        )
+        for g in shown:
+            status = "prunable" if g.prunable else "blocked" if g.blocked else "fixed"
+            tags = f" ({', '.join(sorted(g.tags))})" if g.tags else ""
+            lines.append(
+                f"group {g.index} [{status}]{tags}: {g.channels} channels, {len(g.spaces)} spaces"
+            )
+            members = []
+            for p in g.params:
+                if p.role in ("stat", "buffer") or p.name == "bias":
+                    continue
+                members.append(f"{p.owner or '<root>'}.{p.name}[dim {p.dim}] {p.role}")
+            lines.append("    members: " + ", ".join(dict.fromkeys(members)))
+            for why in g.reasons[:4]:
+                lines.append(f"    blocked: {why}")
+            if len(g.reasons) > 4:
+                lines.append(f"    blocked: ... and {len(g.reasons) - 4} more reasons")
+            if not g.blocked and not g.prunable:
+                lines.append(
+                    "    fixed: a single channel class"
+                    if g.n_classes <= 1
+                    else "    fixed: no parameters"
+                )
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    def __repr__(self) -> str:
+        return f"<ChannelGraph {len(self.groups)} groups, {len(self.prunable_groups())} prunable>"
+
+
+def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Connected-component labels of n items joined by edges (a[k], b[k]) (min-label hooking
+    with pointer jumping; labels are the smallest item of each component)."""
+    labels = np.arange(n)
+    if len(a) == 0:
+        return labels
+    while True:
+        la, lb = labels[a], labels[b]
+        m = np.minimum(la, lb)
+        new = labels.copy()
+        np.minimum.at(new, la, m)
+        np.minimum.at(new, lb, m)
+        while True:
+            jumped = new[new]
+            if np.array_equal(jumped, new):
+                break
+            new = jumped
+        if np.array_equal(new, labels):
+            return labels
+        labels = new
+
+
+def build_channel_graph(
+    gm: fx.GraphModule, rule_lookup: Callable[[RuleContext], rules.Rule] = rules.lookup
+) -> ChannelGraph:
+    """Run every node's rule over a shape-annotated GraphModule and build its ChannelGraph."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for node in gm.graph.nodes:
+        if node.op != "output":
+            for name, shape in _meta_shapes(node):
+                shapes[name] = shape
+    if not shapes:
+        raise RuntimeError(
+            "no tensor metadata on the graph: run surgeon.trace.propagate_shapes first"
+        )
+    records: dict[str, NodeRecord] = {}
+    for node in gm.graph.nodes:
+        ctx = RuleContext(gm, node, shapes)
+        if node.op == "placeholder":
+            for name, shape in _meta_shapes(node):
+                for d in range(len(shape)):
+                    ctx.block((name, d), "model input")
+        elif node.op == "output":
+            for n in ctx.tensor_inputs():
+                for d in range(len(shapes[n.name])):
+                    ctx.block((n.name, d), "model output")
+            for n in _output_tuple_sources(node, shapes):
+                for d in range(len(shapes[n])):
+                    ctx.block((n, d), "model output")
+        elif node.op == "get_attr":
+            rules.get_attr_rule(ctx)
+        else:
+            rule = rule_lookup(ctx)
+            try:
+                rule(ctx)
+            except Exception as exc:
+                log.warning(
+                    "rule for %s failed (%s); its dims are blocked", ctx.describe_name(), exc
+                )
+                ctx.record = NodeRecord()
+                rules.block_all(ctx, f"the rule for {ctx.describe_name()} failed: {exc}")
+            # inputs and outputs a rule did not describe are blocked: never a silent guess
+            touched = ctx.record.described
+            for n in ctx.tensor_inputs():
+                for d in range(len(shapes[n.name])):
+                    if (n.name, d) not in touched:
+                        ctx.block(
+                            (n.name, d),
+                            f"{ctx.describe_name()} does not describe its input dim {d}",
+                        )
+            for name, shape in rules._outputs(ctx):
+                for d in range(len(shape)):
+                    if (name, d) not in touched:
+                        ctx.block(
+                            (name, d), f"{ctx.describe_name()} does not describe its output dim {d}"
+                        )
+        records[node.name] = ctx.record
+    return ChannelGraph(gm, shapes, records)
+
+
+def _output_tuple_sources(node: fx.Node, shapes: dict[str, tuple[int, ...]]) -> list[str]:
+    """Tuple-valued nodes returned directly (their element spaces, ``name#i``)."""
+    out: list[str] = []
+    nodes: list[fx.Node] = []
+    fx.node.map_arg(node.args, nodes.append)
+    for n in nodes:
+        i = 0
+        while f"{n.name}#{i}" in shapes:
+            out.append(f"{n.name}#{i}")
+            i += 1
+    return out

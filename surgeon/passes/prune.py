@@ -1,0 +1,134 @@
+"""ChannelPrunePass: decide which channel classes go. Changes no shape."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import numpy as np
+import torch.fx as fx
+
+from surgeon.graph import Group
+from surgeon.importance import class_scores
+from surgeon.passes.base import Pass, PassResult, PrunePlan
+
+__all__ = ["ChannelPrunePass", "protected_classes"]
+
+
+def protected_classes(group: Group, ignore: Iterable[str]) -> np.ndarray:
+    """Classes holding a slice of an ignored module (or of a module inside one)."""
+    names = tuple(ignore)
+    keep = np.zeros(group.n_classes, dtype=bool)
+    if not names:
+        return keep
+    for sl in group.params:
+        owner = sl.owner
+        if any(owner == n or owner.startswith(n + ".") or n == "" for n in names):
+            keep[np.unique(group.class_of[sl.space])] = True
+    return keep
+
+
+def _keep_one_per_space(group: Group, mask: np.ndarray, score: np.ndarray) -> None:
+    """No space may lose every channel (a cat input, a piece of a split): restore its best."""
+    for s in group.spaces:
+        cls = group.class_of[s]
+        if len(cls) and mask[cls].all():
+            mask[cls[np.argmax(score[cls])]] = False
+
+
+class ChannelPrunePass(Pass):
+    """Marks the least important channel classes of every prunable group as removed.
+
+    Cases:
+    1. ``scope="local"``: every group removes ``floor(ratio * classes)``; with ``round_to`` the
+       kept count is rounded up to a multiple of it.
+    2. ``scope="global"``: scores are divided by their group's mean and one threshold removes
+       ``ratio`` of all classes, no group losing more than ``max_group_ratio`` of its own.
+    3. At least one class is kept per group and per space; classes of ignored modules stay.
+    """
+
+    name = "ChannelPrunePass"
+
+    def __init__(
+        self,
+        plan: PrunePlan,
+        ratio: float,
+        *,
+        importance: str = "l2",
+        scope: str = "local",
+        round_to: int | None = None,
+        ignore: Iterable[str] = (),
+        max_group_ratio: float = 0.9,
+    ) -> None:
+        self.plan = plan
+        self.ratio = ratio
+        self.importance = importance
+        self.scope = scope
+        self.round_to = round_to
+        self.ignore = tuple(ignore)
+        self.max_group_ratio = max_group_ratio
+
+    def _n_keep(self, k: int, n_remove: int) -> int:
+        keep = k - n_remove
+        if self.round_to:
+            keep = min(k, math.ceil(keep / self.round_to) * self.round_to)
+        return max(1, keep)
+
+    def call(self, gm: fx.GraphModule) -> PassResult:
+        if self.plan.applied or self.ratio <= 0:
+            return PassResult(gm, False, {"removed_classes": 0})
+        groups = self.plan.graph.prunable_groups()
+        scores = {g.index: class_scores(gm, g, self.importance) for g in groups}
+        protect = {g.index: protected_classes(g, self.ignore) for g in groups}
+        target: dict[int, int] = {}
+        if self.scope == "local":
+            for g in groups:
+                target[g.index] = g.n_classes - self._n_keep(
+                    g.n_classes, int(self.ratio * g.n_classes + 1e-9)
+                )
+        else:
+            target = self._global_targets(groups, scores, protect)
+        removed = 0
+        for g in groups:
+            mask = self.plan.removed[g.index]
+            before = int(mask.sum())
+            order = [
+                c for c in np.argsort(scores[g.index], kind="stable") if not protect[g.index][c]
+            ]
+            want = max(0, target[g.index] - before)
+            for c in order:
+                if want == 0:
+                    break
+                if not mask[c]:
+                    mask[c] = True
+                    want -= 1
+            _keep_one_per_space(g, mask, scores[g.index])
+            removed += int(mask.sum()) - before
+        return PassResult(gm, removed > 0, {"removed_classes": removed, "groups": len(groups)})
+
+    def _global_targets(self, groups: list[Group], scores: dict, protect: dict) -> dict[int, int]:
+        total = sum(g.n_classes for g in groups)
+        budget = int(self.ratio * total + 1e-9)
+        entries = []
+        for g in groups:
+            s = scores[g.index]
+            norm = s / (s.mean() + 1e-12)
+            entries += [
+                (norm[c], g.index, c) for c in range(g.n_classes) if not protect[g.index][c]
+            ]
+        entries.sort(key=lambda e: (e[0], e[1], e[2]))
+        cap = {
+            g.index: min(g.n_classes - 1, int(self.max_group_ratio * g.n_classes)) for g in groups
+        }
+        count = dict.fromkeys(cap, 0)
+        for _, gi, _ in entries:
+            if budget == 0:
+                break
+            if count[gi] < cap[gi]:
+                count[gi] += 1
+                budget -= 1
+        by_index = {g.index: g for g in groups}
+        return {
+            gi: by_index[gi].n_classes - self._n_keep(by_index[gi].n_classes, n)
+            for gi, n in count.items()
+        }

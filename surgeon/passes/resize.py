@@ -1,0 +1,120 @@
+"""ResizePass: physically slice what the plan removes, then re-check every shape."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from surgeon.errors import SurgeonPassError
+from surgeon.passes.base import Pass, PassResult, PrunePlan
+from surgeon.spaces import Space
+from surgeon.trace import propagate_shapes
+
+__all__ = ["ResizePass"]
+
+
+class ResizePass(Pass):
+    """Slices parameters and buffers, updates module attributes and size constants.
+
+    Cases:
+    1. every parameter slice of a group with removed classes keeps the tensor indices of its
+       kept channels (a grouped conv's in-group offset is kept if its class is);
+    2. module attributes (``in_channels``, ``out_channels``, ``groups``, ``num_features``,
+       ``normalized_shape``, ``in_features``, ``out_features``) and size constants in the graph
+       (``view`` / ``reshape`` / ``split`` arguments) take the new sizes through the rules'
+       resize hooks;
+    3. then ``graph.lint()``, ``recompile()``, and shape propagation on the example inputs:
+       every space must have exactly its kept size, else the pass fails naming the node.
+    """
+
+    name = "ResizePass"
+
+    def __init__(self, plan: PrunePlan, example_inputs: Any) -> None:
+        self.plan = plan
+        self.example_inputs = example_inputs
+        self.output: Any = None
+
+    def new_size(self, space: Space) -> int:
+        mask = self.plan.space_mask(space)
+        return self.plan.graph.sizes[space] if mask is None else int((~mask).sum())
+
+    def call(self, gm: fx.GraphModule) -> PassResult:
+        if self.plan.applied or self.plan.n_removed() == 0:
+            self.plan.applied = True
+            return PassResult(gm, False, {"params_removed": 0})
+        graph = self.plan.graph
+        before = sum(p.numel() for p in gm.parameters())
+        cuts: dict[tuple[str, str], dict[int, np.ndarray]] = defaultdict(dict)
+        for gi, mask in self.plan.removed.items():
+            if not mask.any():
+                continue
+            group = graph.groups[gi]
+            for sl in group.params:
+                gone = mask[group.class_of[sl.space]]
+                tidx = sl.tensor_index(len(gone))
+                kept, dropped = np.unique(tidx[~gone]), np.unique(tidx[gone])
+                if np.intersect1d(kept, dropped).size:
+                    raise SurgeonPassError(
+                        f"{sl.owner}.{sl.name} dim {sl.dim}: channels that share a tensor index are "
+                        "split between kept and removed classes (a rule couples them wrongly)"
+                    )
+                if not dropped.size:
+                    continue
+                key = (sl.owner, sl.name)
+                prev = cuts[key].get(sl.dim)
+                if prev is not None and not np.array_equal(prev, kept):
+                    raise SurgeonPassError(
+                        f"{sl.owner}.{sl.name} dim {sl.dim} is sliced two different ways by two spaces"
+                    )
+                cuts[key][sl.dim] = kept
+        for (owner, name), dims in cuts.items():
+            _slice_tensor(gm.get_submodule(owner), name, dims)
+        for rec in graph.records.values():
+            for fn in rec.resize_fns:
+                fn(self.new_size)
+        gm.graph.lint()
+        gm.recompile()
+        self.output = propagate_shapes(gm, self.example_inputs)
+        self._check_shapes(gm)
+        self.plan.applied = True
+        after = sum(p.numel() for p in gm.parameters())
+        return PassResult(gm, True, {"params_removed": before - after, "tensors_sliced": len(cuts)})
+
+    def _check_shapes(self, gm: fx.GraphModule) -> None:
+        from surgeon.spaces import _meta_shapes
+
+        graph = self.plan.graph
+        for node in gm.graph.nodes:
+            if node.op == "output":
+                continue
+            for name, shape in _meta_shapes(node):
+                old = graph.shapes.get(name)
+                if old is None:
+                    continue
+                want = tuple(self.new_size((name, d)) for d in range(len(old)))
+                if tuple(shape) != want:
+                    raise SurgeonPassError(
+                        f"after resizing, node '{name}' has shape {tuple(shape)} where {want} was expected "
+                        f"(was {old}); its rule or a consumer's rule is wrong — put the module in "
+                        "ignore=(...) to leave its channels alone"
+                    )
+
+
+def _slice_tensor(module: nn.Module, name: str, dims: dict[int, np.ndarray]) -> None:
+    old = getattr(module, name)
+    with torch.no_grad():
+        new = old.detach()
+        for dim, kept in sorted(dims.items()):
+            new = new.index_select(dim, torch.as_tensor(kept, dtype=torch.long, device=new.device))
+        new = new.clone()
+    if isinstance(old, nn.Parameter):
+        setattr(module, name, nn.Parameter(new, requires_grad=old.requires_grad))
+    elif name in module._buffers:
+        module._buffers[name] = new
+    else:
+        setattr(module, name, new)

@@ -1,0 +1,170 @@
+"""Tracing: torch.fx symbolic trace plus shape metadata from example inputs.
+
+The traced ``GraphModule`` carries ``node.meta["tensor_meta"]`` (from torch.fx's ``ShapeProp``)
+on every node. A model fx cannot trace raises :class:`SurgeonTraceError` naming the module
+that was being traced and the offending source line, with the way out (leaf modules).
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import logging
+import os
+import traceback
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch.fx.passes.shape_prop import ShapeProp
+
+from surgeon.errors import SurgeonInputError, SurgeonTraceError
+from surgeon.metrics import as_args
+
+__all__ = ["trace", "propagate_shapes", "placeholder_args", "SurgeonTracer"]
+
+log = logging.getLogger(__name__)
+
+_TORCH_DIR = os.path.dirname(torch.__file__)
+
+
+class SurgeonTracer(fx.Tracer):
+    """An fx tracer that honours user leaf modules and remembers where tracing failed."""
+
+    def __init__(
+        self, leaf_modules: Iterable[type[torch.nn.Module] | torch.nn.Module] = ()
+    ) -> None:
+        super().__init__()
+        leaves = tuple(leaf_modules)
+        self._leaf_types = tuple(m for m in leaves if isinstance(m, type))
+        self._leaf_ids = {id(m) for m in leaves if isinstance(m, torch.nn.Module)}
+        self._stack: list[tuple[str, str]] = []
+        self.failed_in: list[tuple[str, str]] | None = None
+
+    def is_leaf_module(self, m: torch.nn.Module, module_qualified_name: str) -> bool:
+        if id(m) in self._leaf_ids or (self._leaf_types and isinstance(m, self._leaf_types)):
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+    def call_module(self, m, forward, args, kwargs):  # noqa: ANN001 - fx's signature
+        self._stack.append((self.path_of_module(m), type(m).__name__))
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_in is None:
+                self.failed_in = list(self._stack)
+            raise
+        finally:
+            self._stack.pop()
+
+
+def _user_frame(exc: BaseException) -> traceback.FrameSummary | None:
+    """The innermost traceback frame that is not inside torch itself."""
+    frames = [
+        f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(_TORCH_DIR)
+    ]
+    frames = [f for f in frames if not f.filename.endswith(os.path.join("surgeon", "trace.py"))]
+    return frames[-1] if frames else None
+
+
+def trace(
+    model: torch.nn.Module,
+    example_inputs: Any,
+    *,
+    leaf_modules: Iterable[type[torch.nn.Module] | torch.nn.Module] = (),
+) -> fx.GraphModule:
+    """Symbolically trace ``model`` and propagate shapes from ``example_inputs``.
+
+    ``example_inputs`` is a tensor, a tuple of tensors (positional) or a dict of keyword
+    tensors. ``leaf_modules`` are module types or instances fx must not trace into: their
+    output dims are then blocked by the channel analysis, which is always safe.
+    The returned GraphModule shares submodules with ``model``; copy first to keep it intact.
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise SurgeonInputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    tracer = SurgeonTracer(leaf_modules)
+    try:
+        graph = tracer.trace(model)
+    except Exception as exc:
+        raise _trace_error(model, tracer, exc) from exc
+    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    propagate_shapes(gm, example_inputs)
+    return gm
+
+
+def _trace_error(
+    model: torch.nn.Module, tracer: SurgeonTracer, exc: Exception
+) -> SurgeonTraceError:
+    where = "the top-level forward"
+    if tracer.failed_in:
+        qualname, type_name = tracer.failed_in[-1]
+        where = f"module '{qualname}' ({type_name})"
+    frame = _user_frame(exc)
+    line = f" at {frame.filename}:{frame.lineno}: `{(frame.line or '').strip()}`" if frame else ""
+    hint = (
+        "pass that module type in leaf_modules=(...) so fx treats it as one opaque call "
+        "(its channels are then left untouched), or make its forward free of data-dependent "
+        "Python control flow"
+    )
+    return SurgeonTraceError(
+        f"torch.fx cannot trace {type(model).__name__}: {type(exc).__name__}: {exc} — in {where}{line}. "
+        f"Way out: {hint}."
+    )
+
+
+def placeholder_args(gm: fx.GraphModule, example_inputs: Any) -> list[Any]:
+    """Positional values for the graph's placeholders, from a tensor, tuple or dict."""
+    args, kwargs = as_args(example_inputs)
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    values: list[Any] = []
+    for i, node in enumerate(placeholders):
+        name = node.target.lstrip("*")
+        if i < len(args):
+            values.append(args[i])
+        elif name in kwargs:
+            values.append(kwargs.pop(name))
+        elif node.args:
+            values.append(node.args[0])
+        else:
+            raise SurgeonInputError(
+                f"example_inputs gives no value for the model input '{name}'; pass it positionally "
+                f"or as a dict key (inputs: {[p.target for p in placeholders]})"
+            )
+    extra = len(args) - len(placeholders)
+    if extra > 0 or kwargs:
+        what = (
+            f"{extra} extra positional value(s)"
+            if extra > 0
+            else f"unknown key(s) {sorted(kwargs)}"
+        )
+        raise SurgeonInputError(
+            f"example_inputs has {what}; the model's forward takes {[p.target for p in placeholders]}"
+        )
+    return values
+
+
+def propagate_shapes(gm: fx.GraphModule, example_inputs: Any) -> Any:
+    """Run the graph once on ``example_inputs`` under no_grad, recording tensor metadata.
+
+    Returns the output. Raises SurgeonTraceError naming the node that failed.
+    """
+    values = placeholder_args(gm, example_inputs)
+    try:
+        with torch.no_grad():
+            return ShapeProp(gm).propagate(*values)
+    except Exception as exc:
+        raise SurgeonTraceError(
+            f"running the traced graph on example_inputs failed: {exc}. Check that example_inputs "
+            "match the model's forward (shapes, dtypes, device)."
+        ) from exc
+
+
+def signature_names(model: torch.nn.Module) -> list[str]:
+    """Parameter names of ``model.forward`` (for messages)."""
+    return list(inspect.signature(model.forward).parameters)
+
+
+def clone(model: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy of ``model`` (parameters, buffers and hooks)."""
+    return copy.deepcopy(model)
