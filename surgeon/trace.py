@@ -7,7 +7,6 @@ that was being traced and the offending source line, with the way out (leaf modu
 
 from __future__ import annotations
 
-import copy
 import inspect
 import logging
 import os
@@ -85,12 +84,32 @@ def trace(
         raise SurgeonInputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     tracer = SurgeonTracer(leaf_modules)
     try:
-        graph = tracer.trace(model)
+        graph = tracer.trace(
+            model, concrete_args=_defaults_not_given(model, example_inputs) or None
+        )
     except Exception as exc:
         raise _trace_error(model, tracer, exc) from exc
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
     propagate_shapes(gm, example_inputs)
     return gm
+
+
+def _defaults_not_given(model: torch.nn.Module, example_inputs: Any) -> dict[str, Any]:
+    """forward's parameters that example_inputs leaves out and that have defaults: fx
+    specialises them to the default (``scale=None`` stays ``None`` instead of a proxy)."""
+    args, kwargs = as_args(example_inputs)
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return {}
+    out = {}
+    for i, p in enumerate(params):
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        given = i < len(args) or p.name in kwargs
+        if not given and p.default is not p.empty:
+            out[p.name] = p.default
+    return out
 
 
 def _trace_error(
@@ -158,13 +177,3 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: Any) -> Any:
             f"running the traced graph on example_inputs failed: {exc}. Check that example_inputs "
             "match the model's forward (shapes, dtypes, device)."
         ) from exc
-
-
-def signature_names(model: torch.nn.Module) -> list[str]:
-    """Parameter names of ``model.forward`` (for messages)."""
-    return list(inspect.signature(model.forward).parameters)
-
-
-def clone(model: torch.nn.Module) -> torch.nn.Module:
-    """A deep copy of ``model`` (parameters, buffers and hooks)."""
-    return copy.deepcopy(model)

@@ -1,0 +1,87 @@
+"""analyze(): groups, tags and blocked reasons, as printed."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+import surgeon
+from surgeon.models import create
+
+
+def _groups_with(graph, module_weight: str):
+    owner, _, dim = module_weight.rpartition(":")
+    return [
+        g
+        for g in graph.groups
+        if any(p.owner == owner and p.name == "weight" and p.dim == int(dim) for p in g.params)
+    ]
+
+
+def test_resnet_residual_group():
+    model, x = create("resnet18", input_shape=(1, 3, 64, 64))
+    graph = surgeon.analyze(model, x)
+    (g,) = _groups_with(graph, "layer1.0.conv2:0")
+    assert g.prunable and "residual" in g.tags
+    owners = {p.owner for p in g.params if p.role == "producer"}
+    assert owners == {"conv1", "layer1.0.conv2", "layer1.1.conv2"}
+    assert g.n_classes == 64
+    text = str(graph)
+    assert "(residual)" in text and "layer1.1.conv2.weight[dim 0] producer" in text
+    assert sum(g.prunable for g in graph.groups) == 12
+
+
+def test_mobilenet_depthwise_group():
+    model, x = create("mobilenet_v2", input_shape=(1, 3, 64, 64))
+    graph = surgeon.analyze(model, x)
+    dw = [m for m, mod in model.named_modules() if isinstance(mod, nn.Conv2d) and mod.groups > 1]
+    assert len(dw) == 17
+    for name in dw:
+        (g,) = _groups_with(graph, f"{name}:0")
+        assert g.prunable and "depthwise" in g.tags, name
+    assert "(depthwise)" in str(graph)
+
+
+def test_flatten_to_linear_groups():
+    for name, conv, fc in (("vgg16_bn", "features.40", "classifier.0"), ("lenet5", "conv2", "fc1")):
+        model, x = create(name, input_shape=(1, 3, 64, 64) if name == "vgg16_bn" else None)
+        graph = surgeon.analyze(model, x)
+        (g,) = _groups_with(graph, f"{conv}:0")
+        assert g.prunable and "flatten" in g.tags, name
+        assert any(p.owner == fc and p.dim == 1 and p.role == "consumer" for p in g.params)
+        assert g.n_classes == model.get_submodule(conv).out_channels
+        assert "(flatten)" in str(graph)
+
+
+def test_blocked_reasons_are_printed():
+    model, x = create("lenet5")
+    text = str(surgeon.analyze(model, x))
+    assert "blocked: model input" in text
+    assert "blocked: model output" in text
+
+
+class Unknown(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.conv3 = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.conv1(x))
+        y = torch.cumsum(self.conv2(y), dim=1)  # no rule: its dims are blocked
+        return self.conv3(y)
+
+
+def test_unknown_op_blocks_its_dims_and_the_model_still_slims():
+    net = Unknown()
+    x = torch.randn(2, 3, 8, 8)
+    graph = surgeon.analyze(net, x)
+    (g2,) = _groups_with(graph, "conv2:0")
+    assert g2.blocked and any("no rule for cumsum" in r for r in g2.reasons)
+    (g1,) = _groups_with(graph, "conv1:0")
+    assert g1.prunable
+    assert "no rule for cumsum" in str(graph)
+    slim = surgeon.slim(net, 0.5, x)
+    assert slim.conv1.out_channels == 4 and slim.conv2.out_channels == 8
+    assert slim(x).shape == net(x).shape
