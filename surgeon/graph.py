@@ -324,7 +324,39 @@ def build_channel_graph(
                             (name, d), f"{ctx.describe_name()} does not describe its output dim {d}"
                         )
         records[node.name] = ctx.record
+    records["<shared parameters>"] = _shared_tensor_couplings(gm, records, shapes)
     return ChannelGraph(gm, shapes, records)
+
+
+def _shared_tensor_couplings(
+    gm: fx.GraphModule, records: dict[str, NodeRecord], shapes
+) -> NodeRecord:  # noqa: ANN001
+    """A module called twice, or a tensor shared by two modules (tied weights): every space that
+    slices the same dim of the same tensor is coupled through the tensor index."""
+    rec = NodeRecord()
+    seen: dict[tuple[int, int], tuple[Space, np.ndarray]] = {}
+    for r in list(records.values()):
+        for sl in r.params:
+            t = rules._get_attr(gm, f"{sl.owner}.{sl.name}" if sl.owner else sl.name)
+            size = shapes[sl.space[0]][sl.space[1]]
+            tidx = sl.tensor_index(size)
+            key = (id(t), sl.dim)
+            if key not in seen:
+                rep = np.full(int(tidx.max()) + 1 if size else 0, -1)
+                rep[tidx[::-1]] = np.arange(size)[::-1]  # first space index per tensor index
+                seen[key] = (sl.space, rep)
+                continue
+            first, rep = seen[key]
+            if first == sl.space:
+                continue
+            if len(rep) <= int(tidx.max()) or (rep[tidx] < 0).any():
+                rec.blocks.append(
+                    (sl.space, f"{sl.owner}.{sl.name} is shared with a different size")
+                )
+                rec.blocks.append((first, f"{sl.owner}.{sl.name} is shared with a different size"))
+                continue
+            rec.couplings.append((first, sl.space, rep[tidx], np.arange(size)))
+    return rec
 
 
 def _output_tuple_sources(node: fx.Node, shapes: dict[str, tuple[int, ...]]) -> list[str]:

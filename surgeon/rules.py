@@ -422,6 +422,13 @@ def embedding_rule(ctx: RuleContext) -> None:
     ctx.produce(yc)
     ctx.param(owner, "weight", 1, yc)
 
+    def transfer(c):
+        w = m.weight.detach()
+        lo, hi = w.min(0).values, w.max(0).values
+        return {yc: np.where((lo == hi).numpy(), lo.double().numpy(), NAN)}
+
+    ctx.transfer(transfer)
+
     def resize(size):
         m.embedding_dim = size(yc)
 
