@@ -325,7 +325,83 @@ def build_channel_graph(
                         )
         records[node.name] = ctx.record
     records["<shared parameters>"] = _shared_tensor_couplings(gm, records, shapes)
+    records["<factor sites>"] = _resolve_factor_sites(gm, records, shapes)
     return ChannelGraph(gm, shapes, records)
+
+
+class _SpaceUnion:
+    """Union-find over spaces that remembers whether a component is blocked."""
+
+    def __init__(self) -> None:
+        self.parent: dict[Space, Space] = {}
+        self.blocked: set[Space] = set()
+
+    def find(self, s: Space) -> Space:
+        root = s
+        while self.parent.get(root, root) != root:
+            root = self.parent[root]
+        while s != root:
+            self.parent[s], s = root, self.parent.get(s, s)
+        return root
+
+    def union(self, a: Space, b: Space) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[rb] = ra
+            if rb in self.blocked:
+                self.blocked.add(ra)
+
+    def block(self, s: Space) -> None:
+        self.blocked.add(self.find(s))
+
+    def is_blocked(self, s: Space) -> bool:
+        return self.find(s) in self.blocked
+
+
+def _resolve_factor_sites(gm: fx.GraphModule, records: dict[str, NodeRecord], shapes) -> NodeRecord:  # noqa: ANN001
+    """Choose each reshape factor site's carrier, last site first.
+
+    The carrier is the outermost factor whose group is not already blocked (by spatial dims,
+    indexing, model outputs, or a later site's fixed factors); the whole dim is coupled to it
+    through its digit and the other factors are fixed. With no free factor, all are fixed.
+    """
+    rec = NodeRecord()
+    uf = _SpaceUnion()
+    sites = []
+    for r in records.values():
+        for a, b, _, _ in r.couplings:
+            uf.union(a, b)
+        for s, _ in r.blocks:
+            uf.block(s)
+        sites.extend(r.factors)
+    for site in reversed(sites):
+        free = [k for k, p in enumerate(site.parts) if not uf.is_blocked(p)]
+        if uf.is_blocked(site.whole) or not free:
+            site.carrier = None
+            for s in (site.whole, *site.parts):
+                rec.blocks.append(
+                    (s, f"{site.where}: no factor of the reshaped dim is free to change")
+                )
+                uf.block(s)
+            continue
+        k = free[0]
+        site.carrier = k
+        n = len(site.digit(k))
+        if site.kind == "split":
+            rec.couplings.append((site.whole, site.parts[k], np.arange(n), site.digit(k)))
+        else:
+            rec.couplings.append((site.parts[k], site.whole, site.digit(k), np.arange(n)))
+        uf.union(site.whole, site.parts[k])
+        for j, p in enumerate(site.parts):
+            if j != k:
+                rec.blocks.append(
+                    (p, f"factor {j} of a dim {site.kind} by {site.where} keeps its size")
+                )
+                uf.block(p)
+        rec.tags.append(
+            (site.whole, "flatten" if site.kind == "merge" and k == 0 else f"reshape-{site.kind}")
+        )
+    return rec
 
 
 def _shared_tensor_couplings(

@@ -28,7 +28,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from surgeon.spaces import RuleContext, Space
+from surgeon.spaces import FactorSite, RuleContext, Space
 
 __all__ = ["Rule", "lookup", "register_module", "register_function", "register_method", "block_all"]
 
@@ -1063,17 +1063,21 @@ def _reshape(
     """A reshape couples dims segment by segment, where products of sizes agree.
 
     1. one dim to one dim of the same size: identity.
-    2. several dims merged into one (flatten of C x H x W into features): the merged dim is a
-       block expansion of the outermost non-singleton input dim; the inner factors are blocked.
-    3. one dim split into several (C into g x C/g): the outermost non-singleton output dim is
-       the block index; the inner factors are blocked.
-    4. anything else (many to many): blocked.
+    2. one dim split into several factors (C into g x C/g; a qkv width into 3 x heads x d), or
+       several merged into one (C x H x W into features; heads x d back into a width): a
+       *factor site*. The channel graph picks one factor as the carrier — the outermost one not
+       already fixed by something else — couples it to the whole dim through its digit
+       (c // stride % size), and fixes the other factors. Flatten carries C (H and W are
+       spatial); a channel shuffle carries C/g (g is fixed by the later merge); attention
+       carries whole heads (the q/k/v factor is fixed by indexing).
+    3. anything else (several dims to several): blocked.
     """
     xs, ys = ctx.shape(x), ctx.out_shape
     if xs is None or ys is None:
         return block_all(ctx)
     out = ctx.out
-    maps: list[tuple[int, int, int, str]] = []  # (in dim, out dim, inner, kind)
+    ids: list[tuple[int, int]] = []
+    sites: list[FactorSite] = []
     i = j = 0
     while i < len(xs) or j < len(ys):
         i0, j0, pi, pj = i, j, 1, 1
@@ -1104,22 +1108,17 @@ def _reshape(
             continue
         if len(ins) == 1 and len(outs) == 1:
             ctx.identity((x.name, ins[0]), (out, outs[0]))
-            maps.append((ins[0], outs[0], 1, "id"))
-        elif len(outs) == 1:
-            inner = math.prod(xs[d] for d in ins[1:])
-            n = ys[outs[0]]
-            ctx.couple((x.name, ins[0]), (out, outs[0]), np.arange(n) // inner, np.arange(n))
-            for d in ins[1:]:
-                ctx.block((x.name, d), f"inner factor merged by {ctx.describe_name()}")
-            ctx.tag((out, outs[0]), "flatten")
-            maps.append((ins[0], outs[0], inner, "merge"))
-        elif len(ins) == 1:
-            inner = math.prod(ys[d] for d in outs[1:])
-            n = xs[ins[0]]
-            ctx.couple((x.name, ins[0]), (out, outs[0]), np.arange(n), np.arange(n) // inner)
-            for d in outs[1:]:
-                ctx.block((out, d), f"inner factor split by {ctx.describe_name()}")
-            maps.append((ins[0], outs[0], inner, "split"))
+            ids.append((ins[0], outs[0]))
+        elif len(outs) == 1 or len(ins) == 1:
+            split = len(ins) == 1
+            whole = (x.name, ins[0]) if split else (out, outs[0])
+            parts = [(out, d) for d in outs] if split else [(x.name, d) for d in ins]
+            sizes = [ys[d] for d in outs] if split else [xs[d] for d in ins]
+            site = FactorSite(
+                whole, parts, sizes, "split" if split else "merge", ctx.describe_name()
+            )
+            ctx.factor(site)
+            sites.append(site)
         else:
             for d in ins:
                 ctx.block((x.name, d), f"{ctx.describe_name()} mixes several dims")
@@ -1127,16 +1126,9 @@ def _reshape(
                 ctx.block((out, d), f"{ctx.describe_name()} mixes several dims")
 
     def transfer(c):
-        res = {}
-        for di, do, inner, kind in maps:
-            v = c((x.name, di))
-            if kind == "id":
-                res[(out, do)] = v
-            elif kind == "merge":
-                res[(out, do)] = np.repeat(v, inner)
-            else:
-                blocks = v.reshape(-1, inner)
-                res[(out, do)] = np.where((blocks == blocks[:, :1]).all(1), blocks[:, 0], NAN)
+        res = {(out, do): c((x.name, di)) for di, do in ids}
+        for site in sites:
+            res.update(site.constants(c))
         return res
 
     ctx.transfer(transfer)
@@ -1152,12 +1144,20 @@ def _shape_args(node: fx.Node, start: int) -> tuple[list[Any], bool]:
 
 
 def _rewrite_sizes(ctx: RuleContext, start: int) -> Callable[[Callable[[Space], int]], None]:
-    """Resize hook: literal sizes in a view / reshape take the new sizes of their dims."""
-    node, out = ctx.node, ctx.out
+    """Resize hook: a size argument of a view / reshape / expand whose dim changed size becomes
+    the new size, literal or traced alike (``reshape(B, N, C)`` with C read from another
+    tensor's shape: a channel dim has the same size for every input, so a constant is exact;
+    batch and spatial dims never change and keep their traced sizes)."""
+    node, out, old = ctx.node, ctx.out, ctx.out_shape
 
     def resize(size):
         sizes, packed = _shape_args(node, start)
-        new = [size((out, d)) if isinstance(s, int) and s != -1 else s for d, s in enumerate(sizes)]
+        new = [
+            size((out, d))
+            if not (isinstance(s, int) and s == -1) and size((out, d)) != old[d]
+            else s
+            for d, s in enumerate(sizes)
+        ]
         rest = list(node.args[:start])
         node.args = tuple(rest + ([tuple(new)] if packed else new))
 
@@ -1392,3 +1392,64 @@ def getattr_rule(ctx: RuleContext) -> None:
     if ctx.arg(1, "name") in ("shape", "dtype", "device", "ndim", "is_cuda", "requires_grad"):
         return size_rule(ctx)
     block_all(ctx, f"getattr {ctx.arg(1, 'name')!r} of a traced tensor")
+
+
+# -- expand / unbind -----------------------------------------------------------------------
+@register_method("expand")
+def expand_rule(ctx: RuleContext) -> None:
+    """x.expand(*sizes): dims that keep their size are identity (their literal sizes are
+    rewritten); size-1 dims that grow, and new leading dims, are fixed."""
+    x = ctx.arg(0, "self")
+    xs, ys = ctx.shape(x), ctx.out_shape
+    sizes, packed = _shape_args(ctx.node, 1)
+    if xs is None or ys is None or len(sizes) != len(ys):
+        return block_all(ctx)
+    out, lead = ctx.out, len(ys) - len(xs)
+    pairs = []
+    for d in range(len(ys)):
+        di = d - lead
+        if di >= 0 and xs[di] == ys[d]:
+            ctx.identity((x.name, di), (out, d))
+            pairs.append((di, d))
+        else:
+            ctx.block((out, d), f"dim broadcast by {ctx.describe_name()}")
+            if di >= 0:
+                ctx.block((x.name, di), f"dim broadcast by {ctx.describe_name()}")
+    ctx.transfer(lambda c: {(out, d): c((x.name, di)) for di, d in pairs})
+    ctx.on_resize(_rewrite_sizes(ctx, 1))
+
+
+@register_method("expand_as")
+def expand_as_rule(ctx: RuleContext) -> None:
+    x, other = ctx.arg(0, "self"), ctx.arg(1, "other")
+    xs, ys = ctx.shape(x), ctx.out_shape
+    if xs is None or ys is None or len(xs) != len(ys):
+        return block_all(ctx)
+    out = ctx.out
+    for d in range(len(ys)):
+        if xs[d] == ys[d]:
+            ctx.identity((x.name, d), (out, d))
+        else:
+            ctx.block((x.name, d), f"dim broadcast by {ctx.describe_name()}")
+            ctx.block((out, d), f"dim broadcast by {ctx.describe_name()}")
+    for d in range(len(ys)):
+        ctx.identity((other.name, d), (out, d))
+
+
+@register_function(torch.unbind)
+@register_method("unbind")
+def unbind_rule(ctx: RuleContext) -> None:
+    """unbind(dim): that dim is fixed (indexed away); the others are identity in every piece."""
+    x = ctx.arg(0, "input")
+    dim = ctx.arg(1, "dim", 0)
+    xs = ctx.shape(x)
+    pieces = _outputs(ctx)
+    if xs is None or not isinstance(dim, int) or not pieces:
+        return block_all(ctx)
+    dim = _dim(dim, len(xs))
+    ctx.block((x.name, dim), f"dim indexed away by {ctx.describe_name()}")
+    maps = [d for d in range(len(xs)) if d != dim]
+    for pname, _ in pieces:
+        for j, d in enumerate(maps):
+            ctx.identity((x.name, d), (pname, j))
+    ctx.transfer(lambda c: {(p, j): c((x.name, d)) for p, _ in pieces for j, d in enumerate(maps)})

@@ -8,6 +8,7 @@ what they record. Nothing here mutates the model.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +17,16 @@ import numpy as np
 import torch
 import torch.fx as fx
 
-__all__ = ["Space", "ParamSlice", "Sink", "NodeRecord", "RuleContext", "ConstFn", "ResizeFn"]
+__all__ = [
+    "Space",
+    "ParamSlice",
+    "Sink",
+    "FactorSite",
+    "NodeRecord",
+    "RuleContext",
+    "ConstFn",
+    "ResizeFn",
+]
 
 Space = tuple[str, int]
 # consts: space -> float array (NaN = not a constant), returns output space -> array
@@ -66,6 +76,39 @@ class Sink:
 
 
 @dataclass
+class FactorSite:
+    """A dim split into factors by a reshape (or factors merged into one dim).
+
+    ``whole`` is the unsplit space, ``parts`` the factor spaces (row-major, outer first).
+    The channel graph sets ``carrier``: the factor whose digit follows the whole dim's
+    channels; the other factors keep their size. ``None`` means every part is fixed.
+    """
+
+    whole: Space
+    parts: list[Space]
+    sizes: list[int]
+    kind: str
+    where: str
+    carrier: int | None = None
+
+    def digit(self, i: int) -> np.ndarray:
+        """For each index of the whole dim, its digit in factor ``i``."""
+        stride = math.prod(self.sizes[i + 1 :])
+        return (np.arange(math.prod(self.sizes)) // stride) % self.sizes[i]
+
+    def constants(self, c: Callable[[Space], np.ndarray]) -> dict[Space, np.ndarray]:
+        if self.carrier is None:
+            return {}
+        part = self.parts[self.carrier]
+        if self.kind == "merge":
+            return {self.whole: c(part)[self.digit(self.carrier)]}
+        v = np.moveaxis(c(self.whole).reshape(self.sizes), self.carrier, 0).reshape(
+            self.sizes[self.carrier], -1
+        )
+        return {part: np.where((v == v[:, :1]).all(1), v[:, 0], np.nan)}
+
+
+@dataclass
 class NodeRecord:
     """What one node's rule said: its spaces' couplings, blocks, members, sinks and hooks."""
 
@@ -79,6 +122,7 @@ class NodeRecord:
     resize_fns: list[ResizeFn] = field(default_factory=list)
     described: set[Space] = field(default_factory=set)
     tags: list[tuple[Space, str]] = field(default_factory=list)
+    factors: list[FactorSite] = field(default_factory=list)
 
 
 def _meta_shapes(node: fx.Node) -> list[tuple[str, tuple[int, ...]]]:
@@ -183,6 +227,11 @@ class RuleContext:
     def sink(self, space: Space, kind: str, ignores=None, fold=None, out_space=None) -> None:  # noqa: ANN001
         self.record.sinks.append(Sink(space, kind, self.node.name, ignores, fold, out_space))
         self.record.described.add(space)
+
+    def factor(self, site: FactorSite) -> None:
+        """A split / merge whose carrier factor the channel graph chooses."""
+        self.record.factors.append(site)
+        self.record.described.update([site.whole, *site.parts])
 
     def tag(self, space: Space, tag: str) -> None:
         """A label for the group that holds ``space`` (residual, depthwise, flatten, ...)."""

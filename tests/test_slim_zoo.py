@@ -10,10 +10,10 @@ import torch
 
 import surgeon
 from surgeon.metrics import count_macs, count_params
-from surgeon.models import ZOO, create
+from surgeon.models import create
 from tests.helpers import out_channels, params_from_widths, randomize_norms, zero_thirds
 
-NAMES = list(ZOO)
+NAMES = ["lenet5", "vgg16_bn", "resnet18", "resnet50", "mobilenet_v2"]  # issue 2 zoo; the rest: test_coverage
 
 
 @pytest.fixture(scope="module", params=NAMES)
