@@ -142,7 +142,30 @@ class TokenNet(nn.Module):
         return self.out(att @ h).mean(1)
 
 
+class Seq1d3d(nn.Module):
+    """Conv1d / BatchNorm1d on a sequence and Conv3d / BatchNorm3d on a volume."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv1d(3, 8, 3, padding=1)
+        self.b1 = nn.BatchNorm1d(8)
+        self.c1b = nn.Conv1d(8, 8, 3, padding=1, groups=8)
+        self.c3 = nn.Conv3d(3, 6, 3, padding=1)
+        self.b3 = nn.BatchNorm3d(6)
+        self.p3 = nn.AdaptiveAvgPool3d(1)
+        self.fc_in = nn.Linear(8 + 6, 10)
+        self.bn_fc = nn.BatchNorm1d(10)
+        self.fc = nn.Linear(10, 2)
+
+    def forward(self, x):
+        seq, vol = x[:, :, :, 0, 0], x
+        a = F.avg_pool1d(self.c1b(F.elu(self.b1(self.c1(seq)))), 2).amax(-1)
+        b = torch.flatten(self.p3(F.relu(self.b3(self.c3(vol)))), 1)
+        return self.fc(F.relu(self.bn_fc(self.fc_in(torch.cat([a, b], 1)))))
+
+
 NETS = {
+    "conv1d_conv3d": (Seq1d3d, lambda: torch.randn(2, 3, 4, 4, 4)),
     "cat": (CatNet, lambda: torch.randn(2, 3, 8, 8)),
     "split_chunk": (SplitNet, lambda: torch.randn(2, 3, 8, 8)),
     "se_gate": (SENet, lambda: torch.randn(2, 3, 8, 8)),
