@@ -9,6 +9,14 @@ import torch.nn as nn
 from surgeon.graph import ChannelGraph
 
 
+def assert_same(got: torch.Tensor, want: torch.Tensor, tol: float = 1e-5) -> None:
+    """``got`` equals ``want`` to ``tol`` of the output's scale (its largest magnitude), so that
+    a network whose outputs are tiny (1e-9) is held to as much as one whose outputs are O(1)."""
+    scale = float(want.detach().abs().max())
+    assert scale > 0, "the reference output is all zero: the comparison would prove nothing"
+    torch.testing.assert_close(got, want, atol=tol * scale, rtol=tol)
+
+
 def randomize_norms(model: nn.Module, seed: int = 0) -> None:
     """Give every norm non-trivial statistics and affine, so BN is not the identity."""
     g = torch.Generator().manual_seed(seed)

@@ -1,4 +1,4 @@
-"""The surgeon model zoo: reference CNNs written in plain PyTorch, all ``torch.fx``-traceable."""
+"""The surgeon model zoo: reference networks written in plain PyTorch, all ``torch.fx``-traceable."""
 
 from __future__ import annotations
 
@@ -9,25 +9,53 @@ import torch
 from torch import nn
 
 from surgeon.errors import SurgeonInputError
+from surgeon.models.convnext import ConvNeXt, convnext_tiny
+from surgeon.models.densenet import DenseNet, densenet121
+from surgeon.models.efficientnet import EfficientNet, efficientnet_b0
+from surgeon.models.googlenet import GoogLeNet, googlenet
 from surgeon.models.lenet import LeNet5, lenet5
 from surgeon.models.mobilenet import MobileNetV2, mobilenet_v2
-from surgeon.models.resnet import ResNet, resnet18, resnet50
+from surgeon.models.mobilenetv3 import MobileNetV3, mobilenet_v3_large
+from surgeon.models.regnet import RegNet, regnety_400mf
+from surgeon.models.resnet import ResNet, resnet18, resnet50, resnext50_32x4d
+from surgeon.models.shufflenet import ShuffleNetV2, shufflenet_v2_x1_0
+from surgeon.models.unet import UNet, unet_small
 from surgeon.models.vgg import VGG, vgg16_bn
+from surgeon.models.vit import VisionTransformer, vit_tiny
 
 __all__ = [
     "DEFAULT_MODEL",
     "VGG",
     "ZOO",
+    "ConvNeXt",
+    "DenseNet",
+    "EfficientNet",
+    "GoogLeNet",
     "LeNet5",
     "MobileNetV2",
+    "MobileNetV3",
+    "RegNet",
     "ResNet",
+    "ShuffleNetV2",
+    "UNet",
+    "VisionTransformer",
     "ZooEntry",
+    "convnext_tiny",
     "create",
+    "densenet121",
+    "efficientnet_b0",
+    "googlenet",
     "lenet5",
     "mobilenet_v2",
+    "mobilenet_v3_large",
+    "regnety_400mf",
     "resnet18",
     "resnet50",
+    "resnext50_32x4d",
+    "shufflenet_v2_x1_0",
+    "unet_small",
     "vgg16_bn",
+    "vit_tiny",
 ]
 
 
@@ -51,6 +79,54 @@ ZOO: dict[str, ZooEntry] = {
     ),
     "mobilenet_v2": ZooEntry(
         mobilenet_v2, (1, 3, 224, 224), "MobileNetV2, depthwise inverted residuals (3.5M params)"
+    ),
+    "resnext50_32x4d": ZooEntry(
+        resnext50_32x4d,
+        (1, 3, 224, 224),
+        "ResNeXt-50 32x4d, grouped 3x3 bottlenecks (25.0M params)",
+    ),
+    "mobilenet_v3_large": ZooEntry(
+        mobilenet_v3_large,
+        (1, 3, 224, 224),
+        "MobileNetV3-Large, Hardswish, Hardsigmoid SE gates (5.5M params)",
+    ),
+    "efficientnet_b0": ZooEntry(
+        efficientnet_b0,
+        (1, 3, 224, 224),
+        "EfficientNet-B0, MBConv with SiLU and SE, no stochastic depth (5.3M params)",
+    ),
+    "densenet121": ZooEntry(
+        densenet121, (1, 3, 224, 224), "DenseNet-121, concatenating dense blocks (8.0M params)"
+    ),
+    "googlenet": ZooEntry(
+        googlenet,
+        (1, 3, 224, 224),
+        "GoogLeNet (Inception v1), multi-branch concat, no aux logits (6.6M params)",
+    ),
+    "shufflenet_v2_x1_0": ZooEntry(
+        shufflenet_v2_x1_0,
+        (1, 3, 224, 224),
+        "ShuffleNet V2 1.0x, channel split and channel shuffle (2.3M params)",
+    ),
+    "convnext_tiny": ZooEntry(
+        convnext_tiny,
+        (1, 3, 224, 224),
+        "ConvNeXt-T, channels-last LayerNorm MLP blocks with layer scale (28.6M params)",
+    ),
+    "regnety_400mf": ZooEntry(
+        regnety_400mf,
+        (1, 3, 224, 224),
+        "RegNetY-400MF, grouped 3x3 (group width 8) with SE (4.3M params)",
+    ),
+    "vit_tiny": ZooEntry(
+        vit_tiny,
+        (1, 3, 224, 224),
+        "ViT-Ti/16, explicit fused-qkv multi-head self-attention (5.7M params)",
+    ),
+    "unet_small": ZooEntry(
+        unet_small,
+        (1, 3, 64, 64),
+        "Small U-Net, width 16, transposed-conv and bilinear ups, 2 classes (477K params)",
     ),
 }
 

@@ -1,11 +1,14 @@
-"""ResNet-18 and ResNet-50 (He et al., 2016), "v1.5" layout: stride on the 3x3 conv."""
+"""ResNet-18 and ResNet-50 (He et al., 2016) and ResNeXt-50 32x4d (Xie et al., 2017).
+
+All use the "v1.5" layout: the stride sits on the 3x3 conv.
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-__all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet50"]
+__all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet50", "resnext50_32x4d"]
 
 
 def _init_weights(model: nn.Module) -> None:
@@ -23,9 +26,17 @@ def _init_weights(model: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-def _conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
-    """3x3 convolution with padding 1 and no bias."""
-    return nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False)
+def _conv3x3(in_channels: int, out_channels: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
+    """3x3 convolution with padding 1 and no bias (grouped when ``groups > 1``)."""
+    return nn.Conv2d(
+        in_channels,
+        out_channels,
+        kernel_size=3,
+        stride=stride,
+        padding=1,
+        groups=groups,
+        bias=False,
+    )
 
 
 def _conv1x1(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
@@ -44,8 +55,12 @@ class BasicBlock(nn.Module):
         channels: int,
         stride: int = 1,
         downsample: nn.Module | None = None,
+        groups: int = 1,
+        base_width: int = 64,
     ) -> None:
         super().__init__()
+        if groups != 1 or base_width != 64:
+            raise ValueError("BasicBlock only supports groups=1 and base_width=64")
         self.conv1 = _conv3x3(in_channels, channels, stride)
         self.bn1 = nn.BatchNorm2d(channels)
         self.relu = nn.ReLU(inplace=True)
@@ -65,7 +80,11 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """1x1 reduce, 3x3 (strided), 1x1 expand by 4, with a residual connection (ResNet-50+)."""
+    """1x1 reduce, 3x3 (strided), 1x1 expand by 4, with a residual connection (ResNet-50+).
+
+    With ``groups > 1`` the 3x3 conv is grouped and the inner width is
+    ``int(channels * base_width / 64) * groups`` (ResNeXt); the defaults give plain ResNet.
+    """
 
     expansion = 4
 
@@ -75,14 +94,17 @@ class Bottleneck(nn.Module):
         channels: int,
         stride: int = 1,
         downsample: nn.Module | None = None,
+        groups: int = 1,
+        base_width: int = 64,
     ) -> None:
         super().__init__()
+        width = int(channels * (base_width / 64.0)) * groups
         out_channels = channels * self.expansion
-        self.conv1 = _conv1x1(in_channels, channels)
-        self.bn1 = nn.BatchNorm2d(channels)
-        self.conv2 = _conv3x3(channels, channels, stride)
-        self.bn2 = nn.BatchNorm2d(channels)
-        self.conv3 = _conv1x1(channels, out_channels)
+        self.conv1 = _conv1x1(in_channels, width)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = _conv3x3(width, width, stride, groups)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = _conv1x1(width, out_channels)
         self.bn3 = nn.BatchNorm2d(out_channels)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
@@ -107,9 +129,13 @@ class ResNet(nn.Module):
         block: type[BasicBlock | Bottleneck],
         layers: list[int],
         num_classes: int = 1000,
+        groups: int = 1,
+        width_per_group: int = 64,
     ) -> None:
         super().__init__()
         self._in_channels = 64
+        self.groups = groups
+        self.base_width = width_per_group
         self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
@@ -137,10 +163,14 @@ class ResNet(nn.Module):
                 _conv1x1(self._in_channels, out_channels, stride),
                 nn.BatchNorm2d(out_channels),
             )
-        blocks: list[nn.Module] = [block(self._in_channels, channels, stride, downsample)]
+        blocks: list[nn.Module] = [
+            block(self._in_channels, channels, stride, downsample, self.groups, self.base_width)
+        ]
         self._in_channels = out_channels
         for _ in range(1, num_blocks):
-            blocks.append(block(self._in_channels, channels))
+            blocks.append(
+                block(self._in_channels, channels, groups=self.groups, base_width=self.base_width)
+            )
         return nn.Sequential(*blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -163,3 +193,8 @@ def resnet18(num_classes: int = 1000) -> ResNet:
 def resnet50(num_classes: int = 1000) -> ResNet:
     """Build ResNet-50 (25,557,032 parameters at 1000 classes)."""
     return ResNet(Bottleneck, [3, 4, 6, 3], num_classes=num_classes)
+
+
+def resnext50_32x4d(num_classes: int = 1000) -> ResNet:
+    """Build ResNeXt-50 32x4d (25,028,904 parameters at 1000 classes)."""
+    return ResNet(Bottleneck, [3, 4, 6, 3], num_classes=num_classes, groups=32, width_per_group=4)

@@ -1,0 +1,157 @@
+"""EfficientNet-B0 (Tan & Le, 2019), torchvision's layout.
+
+Stochastic depth on the residual branches is omitted: it is the identity at inference,
+which is all the zoo is used for.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from surgeon.models.blocks import SqueezeExcitation, make_divisible
+
+__all__ = ["EfficientNet", "MBConv", "efficientnet_b0"]
+
+
+def _init_weights(model: nn.Module) -> None:
+    """Deterministic reference init: Kaiming-normal (fan_out) convs, unit BN, N(0, 0.01) linears."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, 0.0, 0.01)
+            nn.init.zeros_(module.bias)
+
+
+# (expand ratio, kernel, first stride, input channels, output channels, repeats) per stage (B0).
+_B0: list[tuple[int, int, int, int, int, int]] = [
+    (1, 3, 1, 32, 16, 1),
+    (6, 3, 2, 16, 24, 2),
+    (6, 5, 2, 24, 40, 2),
+    (6, 3, 2, 40, 80, 3),
+    (6, 5, 1, 80, 112, 3),
+    (6, 5, 2, 112, 192, 4),
+    (6, 3, 1, 192, 320, 1),
+]
+
+
+class ConvBNSiLU(nn.Sequential):
+    """Conv (no bias) → BatchNorm → optional SiLU, "same" padding for odd kernels."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        groups: int = 1,
+        activation: bool = True,
+    ) -> None:
+        layers: list[nn.Module] = [
+            nn.Conv2d(
+                in_channels,
+                out_channels,
+                kernel_size,
+                stride=stride,
+                padding=(kernel_size - 1) // 2,
+                groups=groups,
+                bias=False,
+            ),
+            nn.BatchNorm2d(out_channels),
+        ]
+        if activation:
+            layers.append(nn.SiLU(inplace=True))
+        super().__init__(*layers)
+
+
+class MBConv(nn.Module):
+    """Mobile inverted bottleneck: 1x1 expand → kxk depthwise → SE → 1x1 linear projection.
+
+    The SE bottleneck is a quarter of the block's *input* width, with SiLU inside and a
+    sigmoid gate. The residual add (when shapes match) has no stochastic depth here.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int,
+        expand_ratio: int,
+    ) -> None:
+        super().__init__()
+        if stride not in (1, 2):
+            raise ValueError(f"stride must be 1 or 2, got {stride}")
+        self.use_res_connect = stride == 1 and in_channels == out_channels
+        expanded = make_divisible(in_channels * expand_ratio, 8)
+        layers: list[nn.Module] = []
+        if expanded != in_channels:
+            layers.append(ConvBNSiLU(in_channels, expanded, kernel_size=1))
+        layers.append(
+            ConvBNSiLU(expanded, expanded, kernel_size=kernel_size, stride=stride, groups=expanded)
+        )
+        squeeze = max(1, in_channels // 4)
+        layers.append(SqueezeExcitation(expanded, squeeze, activation=nn.SiLU, gate=nn.Sigmoid))
+        layers.append(ConvBNSiLU(expanded, out_channels, kernel_size=1, activation=False))
+        self.block = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the block."""
+        if self.use_res_connect:
+            return x + self.block(x)
+        return self.block(x)
+
+
+class EfficientNet(nn.Module):
+    """EfficientNet: SiLU stem, seven MBConv stages, 1x1 conv to 1280, dropout + linear head."""
+
+    def __init__(
+        self,
+        settings: list[tuple[int, int, int, int, int, int]],
+        last_channel: int = 1280,
+        num_classes: int = 1000,
+        dropout: float = 0.2,
+    ) -> None:
+        super().__init__()
+        stem_channels = settings[0][3]
+        layers: list[nn.Module] = [ConvBNSiLU(3, stem_channels, kernel_size=3, stride=2)]
+        for expand, kernel, stride, in_channels, out_channels, repeats in settings:
+            stage: list[nn.Module] = []
+            for i in range(repeats):
+                stage.append(
+                    MBConv(
+                        in_channels if i == 0 else out_channels,
+                        out_channels,
+                        kernel,
+                        stride if i == 0 else 1,
+                        expand,
+                    )
+                )
+            layers.append(nn.Sequential(*stage))
+        final_in = settings[-1][4]
+        layers.append(ConvBNSiLU(final_in, last_channel, kernel_size=1))
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(
+            nn.Dropout(p=dropout, inplace=True),
+            nn.Linear(last_channel, num_classes),
+        )
+        _init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map a ``(N, 3, H, W)`` batch to ``(N, num_classes)`` logits."""
+        x = self.features(x)
+        x = self.avgpool(x)
+        x = torch.flatten(x, 1)
+        return self.classifier(x)
+
+
+def efficientnet_b0(num_classes: int = 1000, dropout: float = 0.2) -> EfficientNet:
+    """Build EfficientNet-B0 (5,288,548 parameters at 1000 classes)."""
+    return EfficientNet(_B0, last_channel=1280, num_classes=num_classes, dropout=dropout)

@@ -1,0 +1,174 @@
+"""MobileNetV3-Large (Howard et al., 2019), torchvision's layout."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from surgeon.models.blocks import SqueezeExcitation, make_divisible
+
+__all__ = ["InvertedResidualV3", "MobileNetV3", "mobilenet_v3_large"]
+
+
+def _init_weights(model: nn.Module) -> None:
+    """Deterministic reference init: Kaiming-normal (fan_out) convs, unit BN, N(0, 0.01) linears."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, 0.0, 0.01)
+            nn.init.zeros_(module.bias)
+
+
+# (kernel, expanded channels, output channels, squeeze-excite, activation, stride) per block;
+# "RE" is ReLU and "HS" Hardswish. The 16-channel stem feeds the first block.
+_LARGE: list[tuple[int, int, int, bool, str, int]] = [
+    (3, 16, 16, False, "RE", 1),
+    (3, 64, 24, False, "RE", 2),
+    (3, 72, 24, False, "RE", 1),
+    (5, 72, 40, True, "RE", 2),
+    (5, 120, 40, True, "RE", 1),
+    (5, 120, 40, True, "RE", 1),
+    (3, 240, 80, False, "HS", 2),
+    (3, 200, 80, False, "HS", 1),
+    (3, 184, 80, False, "HS", 1),
+    (3, 184, 80, False, "HS", 1),
+    (3, 480, 112, True, "HS", 1),
+    (3, 672, 112, True, "HS", 1),
+    (5, 672, 160, True, "HS", 2),
+    (5, 960, 160, True, "HS", 1),
+    (5, 960, 160, True, "HS", 1),
+]
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {"RE": nn.ReLU, "HS": nn.Hardswish}
+
+
+class ConvBNActivation(nn.Sequential):
+    """Conv (no bias) → BatchNorm (eps 1e-3) → optional activation, "same" padding."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        groups: int = 1,
+        activation: type[nn.Module] | None = nn.Hardswish,
+    ) -> None:
+        layers: list[nn.Module] = [
+            nn.Conv2d(
+                in_channels,
+                out_channels,
+                kernel_size,
+                stride=stride,
+                padding=(kernel_size - 1) // 2,
+                groups=groups,
+                bias=False,
+            ),
+            nn.BatchNorm2d(out_channels, eps=0.001, momentum=0.01),
+        ]
+        if activation is not None:
+            layers.append(activation(inplace=True))
+        super().__init__(*layers)
+
+
+class InvertedResidualV3(nn.Module):
+    """1x1 expand → kxk depthwise → optional SE (Hardsigmoid gate) → 1x1 linear projection."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        kernel_size: int,
+        expanded_channels: int,
+        out_channels: int,
+        use_se: bool,
+        activation: str,
+        stride: int,
+    ) -> None:
+        super().__init__()
+        if stride not in (1, 2):
+            raise ValueError(f"stride must be 1 or 2, got {stride}")
+        act = _ACTIVATIONS[activation]
+        self.use_res_connect = stride == 1 and in_channels == out_channels
+        layers: list[nn.Module] = []
+        if expanded_channels != in_channels:
+            layers.append(
+                ConvBNActivation(in_channels, expanded_channels, kernel_size=1, activation=act)
+            )
+        layers.append(
+            ConvBNActivation(
+                expanded_channels,
+                expanded_channels,
+                kernel_size=kernel_size,
+                stride=stride,
+                groups=expanded_channels,
+                activation=act,
+            )
+        )
+        if use_se:
+            squeeze = make_divisible(expanded_channels // 4, 8)
+            layers.append(
+                SqueezeExcitation(
+                    expanded_channels, squeeze, activation=nn.ReLU, gate=nn.Hardsigmoid
+                )
+            )
+        layers.append(
+            ConvBNActivation(expanded_channels, out_channels, kernel_size=1, activation=None)
+        )
+        self.block = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the block."""
+        if self.use_res_connect:
+            return x + self.block(x)
+        return self.block(x)
+
+
+class MobileNetV3(nn.Module):
+    """MobileNetV3: Hardswish stem, inverted residuals with SE, 1x1 conv, two-layer head."""
+
+    def __init__(
+        self,
+        settings: list[tuple[int, int, int, bool, str, int]],
+        last_channel: int = 1280,
+        num_classes: int = 1000,
+        dropout: float = 0.2,
+    ) -> None:
+        super().__init__()
+        in_channels = 16
+        layers: list[nn.Module] = [ConvBNActivation(3, in_channels, kernel_size=3, stride=2)]
+        for kernel, expanded, out_channels, use_se, activation, stride in settings:
+            layers.append(
+                InvertedResidualV3(
+                    in_channels, kernel, expanded, out_channels, use_se, activation, stride
+                )
+            )
+            in_channels = out_channels
+        last_conv = 6 * in_channels
+        layers.append(ConvBNActivation(in_channels, last_conv, kernel_size=1))
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(
+            nn.Linear(last_conv, last_channel),
+            nn.Hardswish(inplace=True),
+            nn.Dropout(p=dropout, inplace=True),
+            nn.Linear(last_channel, num_classes),
+        )
+        _init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map a ``(N, 3, H, W)`` batch to ``(N, num_classes)`` logits."""
+        x = self.features(x)
+        x = self.avgpool(x)
+        x = torch.flatten(x, 1)
+        return self.classifier(x)
+
+
+def mobilenet_v3_large(num_classes: int = 1000, dropout: float = 0.2) -> MobileNetV3:
+    """Build MobileNetV3-Large (5,483,032 parameters at 1000 classes)."""
+    return MobileNetV3(_LARGE, last_channel=1280, num_classes=num_classes, dropout=dropout)
