@@ -44,7 +44,9 @@ class Block(nn.Module):
 
 
 def residual_net(blocks: int, c: int = 8) -> nn.Module:
-    return nn.Sequential(nn.Conv2d(3, c, 3, padding=1), *[Block(c) for _ in range(blocks)], nn.Conv2d(c, 4, 1)).eval()
+    return nn.Sequential(
+        nn.Conv2d(3, c, 3, padding=1), *[Block(c) for _ in range(blocks)], nn.Conv2d(c, 4, 1)
+    ).eval()
 
 
 def main() -> None:
@@ -53,8 +55,12 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(ZOO))
     args = ap.parse_args()
     torch.set_num_threads(2)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeat} runs after one warm-up\n")
-    print(f"{'model':<14}{'input':<18}{'slim s (median)':>16}{'min':>8}{'first call':>12}{'analyze s':>11}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeat} runs after one warm-up\n"
+    )
+    print(
+        f"{'model':<14}{'input':<18}{'slim s (median)':>16}{'min':>8}{'first call':>12}{'analyze s':>11}"
+    )
     for name in args.models.split(","):
         model, x = create(name)
         t = time.perf_counter()

@@ -21,8 +21,8 @@ _LAZY = {
     "analyze": "surgeon.api",
     "count_macs": "surgeon.metrics",
     "count_params": "surgeon.metrics",
-    "export": "surgeon.export",
-    "bench": "surgeon.bench",
+    "export": "surgeon.exporter",
+    "bench": "surgeon.benchmark",
 }
 
 __all__ = [
@@ -36,8 +36,8 @@ __all__ = [
 if TYPE_CHECKING:  # pragma: no cover
     # ruff: noqa: F401 - names re-exported lazily through __getattr__
     from surgeon.api import analyze, slim
-    from surgeon.bench import bench
-    from surgeon.export import export
+    from surgeon.benchmark import bench
+    from surgeon.exporter import export
     from surgeon.metrics import count_macs, count_params
 
 

@@ -1,0 +1,369 @@
+"""onnxruntime latency: median and p90 of one ONNX model on the CPU and, where present, CUDA.
+
+Each provider gets its own session. Inputs and outputs are bound with IO binding, on the
+provider's device, before the clock starts, so the timed loop is ``run_with_iobinding`` alone
+(plus the output synchronisation on CUDA): host <-> device copies are not timed. A provider that
+onnxruntime does not offer here (or that fails to initialise) is reported as unavailable, with
+the reason, rather than raising.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import statistics
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from surgeon.errors import SurgeonError, SurgeonInputError
+
+__all__ = ["SurgeonBenchError", "ProviderTiming", "BenchResult", "bench", "PROVIDERS"]
+
+logger = logging.getLogger(__name__)
+
+#: short provider names accepted by :func:`bench`, and the onnxruntime provider each one means
+PROVIDERS: dict[str, str] = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+}
+
+_NUMPY_TYPES: dict[str, Any] = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int16)": np.int16,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+
+class SurgeonBenchError(SurgeonError):
+    """The ONNX file cannot be loaded or run for timing."""
+
+
+@dataclass(frozen=True)
+class ProviderTiming:
+    """Latency of one model on one onnxruntime execution provider (times in milliseconds)."""
+
+    provider: str
+    available: bool
+    reason: str | None = None
+    median_ms: float | None = None
+    p90_ms: float | None = None
+    mean_ms: float | None = None
+    min_ms: float | None = None
+    runs: int = 0
+    warmup: int = 0
+    threads: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict of every field."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """What :func:`bench` measured: the model, its inputs, and one timing per provider."""
+
+    path: str
+    inputs: dict[str, tuple[tuple[int, ...], str]]
+    timings: dict[str, ProviderTiming] = field(default_factory=dict)
+
+    def __getitem__(self, provider: str) -> ProviderTiming:
+        return self.timings[provider]
+
+    @property
+    def cpu(self) -> ProviderTiming | None:
+        """The CPU timing, if it was asked for."""
+        return self.timings.get("cpu")
+
+    @property
+    def cuda(self) -> ProviderTiming | None:
+        """The CUDA timing (possibly unavailable), if it was asked for."""
+        return self.timings.get("cuda")
+
+    def median_ms(self, provider: str = "cpu") -> float | None:
+        """Median latency on ``provider``, or None when it was not measured."""
+        timing = self.timings.get(provider)
+        return timing.median_ms if timing is not None else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict (shapes as lists)."""
+        return {
+            "path": self.path,
+            "inputs": {
+                name: {"shape": list(shape), "type": dtype}
+                for name, (shape, dtype) in self.inputs.items()
+            },
+            "timings": {name: t.to_dict() for name, t in self.timings.items()},
+        }
+
+
+def _normalise_providers(providers: Iterable[str] | str) -> list[str]:
+    if isinstance(providers, str):
+        providers = (providers,)
+    wanted: list[str] = []
+    for item in providers:
+        key = str(item).lower()
+        for short, full in PROVIDERS.items():
+            if key == full.lower():
+                key = short
+        if key not in PROVIDERS:
+            raise SurgeonInputError(
+                f"unknown provider {item!r}; choose from {', '.join(PROVIDERS)}"
+            )
+        if key not in wanted:
+            wanted.append(key)
+    if not wanted:
+        raise SurgeonInputError("providers is empty; pass ('cpu',), ('cuda',) or both")
+    return wanted
+
+
+def _check_counts(warmup: int, runs: int, threads: int | None) -> None:
+    if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
+        raise SurgeonInputError(f"runs must be an int >= 1, got {runs!r}")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise SurgeonInputError(f"warmup must be an int >= 0, got {warmup!r}")
+    if threads is not None and (
+        isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
+    ):
+        raise SurgeonInputError(
+            f"threads must be an int >= 1, or None for onnxruntime's default, got {threads!r}"
+        )
+
+
+def _session(path: Path, provider: str, threads: int | None) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    chain: list[Any] = [PROVIDERS[provider]]
+    if provider == "cuda":
+        chain = [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]
+    return ort.InferenceSession(str(path), options, providers=chain)
+
+
+def _input_specs(session: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+    """ONNX input shapes with every symbolic / unknown dim set to 1 (batch 1)."""
+    specs: dict[str, tuple[tuple[int, ...], str]] = {}
+    for item in session.get_inputs():
+        shape = tuple(d if isinstance(d, int) and d > 0 else 1 for d in item.shape)
+        specs[item.name] = (shape, item.type)
+    return specs
+
+
+def _make_inputs(specs: Mapping[str, tuple[tuple[int, ...], str]]) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    made: dict[str, np.ndarray] = {}
+    for name, (shape, onnx_type) in specs.items():
+        dtype = _NUMPY_TYPES.get(onnx_type)
+        if dtype is None:
+            raise SurgeonBenchError(
+                f"cannot make an input for {name!r} of type {onnx_type}; pass example_inputs"
+            )
+        if np.issubdtype(dtype, np.floating):
+            made[name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype is np.bool_:
+            made[name] = np.zeros(shape, dtype=dtype)
+        else:  # ids: small non-negative values are valid for any embedding table
+            made[name] = rng.integers(0, 2, size=shape).astype(dtype)
+    return made
+
+
+def _as_numpy(value: Any, name: str) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch tensor, without importing torch here
+        return value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        return value
+    raise SurgeonInputError(
+        f"example input {name!r} is a {type(value).__name__}; pass torch tensors or numpy arrays"
+    )
+
+
+def _given_inputs(example_inputs: Any, names: Sequence[str]) -> dict[str, np.ndarray]:
+    if isinstance(example_inputs, Mapping):
+        unknown = [k for k in example_inputs if k not in names]
+        missing = [n for n in names if n not in example_inputs]
+        if unknown or missing:
+            raise SurgeonInputError(
+                f"example_inputs keys {sorted(map(str, example_inputs))} do not match the ONNX "
+                f"inputs {list(names)}; use those names"
+            )
+        return {n: _as_numpy(example_inputs[n], n) for n in names}
+    values = list(example_inputs) if isinstance(example_inputs, (tuple, list)) else [example_inputs]
+    if len(values) != len(names):
+        raise SurgeonInputError(
+            f"{len(values)} example inputs given but the ONNX model takes {len(names)} "
+            f"({', '.join(names)}); pass one per input, in order, or a dict by name"
+        )
+    return {n: _as_numpy(v, n) for n, v in zip(names, values, strict=True)}
+
+
+def _time_session(
+    session: Any,
+    feed: Mapping[str, np.ndarray],
+    *,
+    device: str,
+    warmup: int,
+    runs: int,
+) -> list[float]:
+    """Milliseconds per run, with inputs and outputs bound on ``device`` beforehand."""
+    import onnxruntime as ort
+
+    binding = session.io_binding()
+    for name, array in feed.items():
+        value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), device, 0)
+        binding.bind_ortvalue_input(name, value)
+    for output in session.get_outputs():
+        binding.bind_output(output.name, device)
+    binding.synchronize_inputs()
+
+    def once() -> None:
+        session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+
+    for _ in range(warmup):
+        once()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        once()
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def _unavailable(provider: str, reason: str, warmup: int, threads: int | None) -> ProviderTiming:
+    logger.info("%s: not measured (%s)", provider, reason)
+    return ProviderTiming(
+        provider=provider, available=False, reason=reason, warmup=warmup, threads=threads
+    )
+
+
+def bench(
+    onnx_path: str | os.PathLike[str],
+    example_inputs: Any = None,
+    *,
+    providers: Iterable[str] | str = ("cpu", "cuda"),
+    warmup: int = 10,
+    runs: int = 50,
+    threads: int | None = None,
+) -> BenchResult:
+    """Time ``onnx_path`` with onnxruntime on each provider in ``providers``.
+
+    Args:
+        onnx_path: the ONNX file.
+        example_inputs: a tensor / array, a sequence of them (in the model's input order) or a
+            dict by input name; ``None`` makes random inputs from the ONNX input shapes, with
+            every dynamic dimension (the batch) set to 1.
+        providers: ``"cpu"`` and / or ``"cuda"``. CUDA is measured when onnxruntime offers
+            ``CUDAExecutionProvider``; otherwise it is reported unavailable, with the reason.
+        warmup: untimed runs first.
+        runs: timed runs; median and p90 are over these.
+        threads: onnxruntime intra-op threads (``None``: onnxruntime's default, one per
+            physical core), recorded in the result.
+
+    Returns:
+        A :class:`BenchResult`; ``result["cpu"].median_ms`` is the CPU median in ms.
+
+    Raises:
+        SurgeonInputError: a bad argument.
+        SurgeonBenchError: the file is missing or onnxruntime cannot load or run it on the CPU.
+    """
+    import onnxruntime as ort
+
+    wanted = _normalise_providers(providers)
+    _check_counts(warmup, runs, threads)
+    path = Path(onnx_path).expanduser()
+    if not path.is_file():
+        raise SurgeonBenchError(
+            f"ONNX file {str(path)!r} does not exist; export one first (surgeon export)"
+        )
+    available = ort.get_available_providers()
+    timings: dict[str, ProviderTiming] = {}
+    specs: dict[str, tuple[tuple[int, ...], str]] = {}
+    feed: dict[str, np.ndarray] | None = None
+    for provider in wanted:
+        full = PROVIDERS[provider]
+        if full not in available:
+            timings[provider] = _unavailable(
+                provider,
+                f"onnxruntime {ort.__version__} here offers {', '.join(available)}, not {full}"
+                + (" (install onnxruntime-gpu and a CUDA driver)" if provider == "cuda" else ""),
+                warmup,
+                threads,
+            )
+            continue
+        try:
+            session = _session(path, provider, threads)
+        except Exception as exc:  # onnxruntime raises its own Fail / InvalidGraph / ...
+            message = " ".join(str(exc).split())[:300]
+            if provider == "cpu":
+                raise SurgeonBenchError(
+                    f"onnxruntime cannot load {str(path)!r}: {message}; is it an ONNX file?"
+                ) from exc
+            timings[provider] = _unavailable(
+                provider, f"{full} failed to start: {message}", warmup, threads
+            )
+            continue
+        if session.get_providers()[0] != full:
+            timings[provider] = _unavailable(
+                provider,
+                f"{full} failed to initialise; onnxruntime fell back to "
+                f"{session.get_providers()[0]}",
+                warmup,
+                threads,
+            )
+            continue
+        if feed is None:
+            specs = _input_specs(session)
+            if example_inputs is None:
+                feed = _make_inputs(specs)
+            else:
+                feed = _given_inputs(example_inputs, list(specs))
+                specs = {n: (tuple(a.shape), specs[n][1]) for n, a in feed.items()}
+        try:
+            times = _time_session(session, feed, device=provider, warmup=warmup, runs=runs)
+        except Exception as exc:
+            message = " ".join(str(exc).split())[:300]
+            if provider == "cpu":
+                raise SurgeonBenchError(
+                    f"onnxruntime failed to run {str(path)!r}: {message}; check the inputs' "
+                    "shapes and types"
+                ) from exc
+            timings[provider] = _unavailable(provider, f"run failed: {message}", warmup, threads)
+            continue
+        median = statistics.median(times)
+        p90 = float(np.percentile(times, 90))
+        if not (math.isfinite(median) and math.isfinite(p90)):  # pragma: no cover - clock bug
+            raise SurgeonBenchError(f"non-finite timing on {provider}: {times[:5]}")
+        timings[provider] = ProviderTiming(
+            provider=provider,
+            available=True,
+            median_ms=median,
+            p90_ms=p90,
+            mean_ms=statistics.fmean(times),
+            min_ms=min(times),
+            runs=runs,
+            warmup=warmup,
+            threads=threads,
+        )
+        logger.info(
+            "%s on %s: median %.3f ms, p90 %.3f ms over %d runs",
+            path.name,
+            provider,
+            median,
+            p90,
+            runs,
+        )
+    return BenchResult(path=str(path), inputs=specs, timings=timings)

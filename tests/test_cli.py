@@ -1,0 +1,282 @@
+"""The ``surgeon`` command line, run as a subprocess (``python -m surgeon.cli``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+import pytest
+
+from surgeon.exporter import export
+from surgeon.models import DEFAULT_MODEL, create
+
+HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
+
+FACTORY_FILE = """
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 4, 3)
+
+    def forward(self, x):
+        return self.conv2(torch.relu(self.bn1(self.conv1(x)))).mean(dim=(2, 3))
+
+
+class Lies(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        y = self.conv(x).mean(dim=(2, 3))
+        return y + 1.0 if torch.onnx.is_in_onnx_export() else y
+
+
+def make():
+    return Net()
+
+
+def lies():
+    return Lies()
+
+
+def broken():
+    raise RuntimeError("no weights today")
+"""
+
+
+def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "120"}
+    return subprocess.run(
+        [sys.executable, "-m", "surgeon.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def assert_user_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in result.stderr + result.stdout
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.fixture()
+def workdir(tmp_path: Path) -> Path:
+    (tmp_path / "models.py").write_text(FACTORY_FILE)
+    return tmp_path
+
+
+def files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_bare_export_writes_onnx_and_report(tmp_path: Path) -> None:
+    result = run("export", "--report", "report.json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    out = tmp_path / f"{DEFAULT_MODEL}_slim.onnx"
+    # the original's ONNX (for the latency comparison) went to a temporary folder
+    assert files(tmp_path) == sorted([out.name, "report.json"])
+    model = onnx.load(str(out))
+    onnx.checker.check_model(model)
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+
+    report = json.loads((tmp_path / "report.json").read_text())
+    original, _ = create(DEFAULT_MODEL)
+    assert report["model"] == DEFAULT_MODEL
+    assert report["settings"]["ratio"] == 0.5 and report["settings"]["scope"] == "local"
+    assert report["original"]["params"] == sum(p.numel() for p in original.parameters())
+    assert report["slim"]["params"] < report["original"]["params"]
+    assert report["compression_ratio"] == pytest.approx(
+        report["original"]["params"] / report["slim"]["params"]
+    )
+    assert report["theoretical_speedup"] == pytest.approx(
+        report["original"]["macs"] / report["slim"]["macs"]
+    )
+    assert report["slim"]["onnx_bytes"] == out.stat().st_size
+    cpu_orig = report["original"]["latency_median_ms"]["cpu"]
+    cpu_slim = report["slim"]["latency_median_ms"]["cpu"]
+    assert cpu_orig > 0 and cpu_slim > 0
+    assert report["measured_speedup"]["cpu"] == pytest.approx(cpu_orig / cpu_slim)
+    assert report["measured_over_theoretical"]["cpu"] == pytest.approx(
+        report["measured_speedup"]["cpu"] / report["theoretical_speedup"]
+    )
+    assert "compression" in result.stdout and "theoretical" in result.stdout
+
+
+def test_export_factory_file_with_options(workdir: Path) -> None:
+    result = run(
+        "export",
+        "models.py:make",
+        "--input-shape",
+        "1,3,16,16",
+        "--ratio",
+        "0.25",
+        "--round-to",
+        "2",
+        "--scope",
+        "global",
+        "-o",
+        "net.onnx",
+        "--no-bench",
+        cwd=workdir,
+    )
+    assert result.returncode == 0, result.stderr
+    assert files(workdir) == ["models.py", "net.onnx"]
+    kernels = sorted(
+        tuple(i.dims)
+        for i in onnx.load(str(workdir / "net.onnx")).graph.initializer
+        if len(i.dims) == 4
+    )
+    # conv1: 8 -> 6 output channels (ratio 0.25, a multiple of 2); conv2 reads 6, keeps its 4
+    assert kernels == [(4, 6, 3, 3), (6, 3, 3, 3)]
+
+
+def test_export_module_factory(workdir: Path) -> None:
+    result = run("export", "models:make", "--input-shape", "1,3,16,16", "--no-bench", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert "make_slim.onnx" in files(workdir)
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["export", "nofile.py:f"], ["'nofile.py'", "does not exist"]),
+        (["export", "models.py:nope"], ["'nope' is not defined", "make"]),
+        (["export", "models.py:make"], ["--input-shape"]),
+        (["export", "models.py:broken", "--input-shape", "1,3,8,8"], ["no weights today"]),
+        (["export", "no_such_pkg.mod:f"], ["cannot import module 'no_such_pkg.mod'"]),
+        (["export", "resnet9"], ["unknown model 'resnet9'", "resnet18"]),
+        (["export", "--ratio", "1.5"], ["--ratio 1.5", "0 <= ratio < 1"]),
+        (["export", "--ratio", "-0.1"], ["--ratio -0.1"]),
+        (["export", "--input-shape", "1,x,3"], ["--input-shape '1,x,3'"]),
+        (["export", "-o", "missing/out.onnx"], ["does not exist"]),
+        (["export", "-o", "models.py/out.onnx"], ["not a folder"]),
+        (["export", "lenet5", "--report", "missing/r.json"], ["report file", "does not exist"]),
+        (["export", "--scope", "everywhere"], ["--scope"]),
+        (["export", "--round-to", "0"], ["--round-to"]),
+        (["export", "models.py:lies", "--input-shape", "1,3,8,8"], ["disagrees", "tolerance"]),
+        (["inspect"], ["Missing argument"]),
+        (["bench", "nothere.onnx"], ["'nothere.onnx' does not exist"]),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(workdir: Path, args, needles) -> None:
+    result = run(*args, cwd=workdir)
+    assert_user_error(result, *needles)
+    assert files(workdir) == ["models.py"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write to read-only folders")
+def test_read_only_output_folder(workdir: Path) -> None:
+    locked = workdir / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        result = run("export", "lenet5", "-o", "locked/out.onnx", cwd=workdir)
+        assert_user_error(result, "not writable")
+        assert list(locked.iterdir()) == []
+    finally:
+        locked.chmod(0o700)
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="onnxruntime has CUDA here")
+def test_device_cuda_without_cuda(workdir: Path) -> None:
+    result = run("export", "lenet5", "--device", "cuda", cwd=workdir)
+    assert_user_error(result, "--device cuda", "CUDAExecutionProvider")
+    assert files(workdir) == ["models.py"]
+
+
+def test_unexpected_error_exit_1_with_debug_hint(tmp_path: Path) -> None:
+    code = (
+        "import surgeon.cli as cli\n"
+        "def boom(*args, **kwargs):\n"
+        "    raise RuntimeError('kaboom')\n"
+        "cli.load_model = boom\n"
+        "cli.main(['inspect', 'lenet5'{debug}])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code.format(debug="")], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "error: unexpected RuntimeError: kaboom (rerun with --debug for the traceback)"
+    ]
+    result = subprocess.run(
+        [sys.executable, "-c", code.format(debug=", '--debug'")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr and "kaboom" in result.stderr
+
+
+def test_inspect_prints_groups(workdir: Path) -> None:
+    result = run("inspect", "lenet5", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert "prunable" in result.stdout and "conv1.weight" in result.stdout
+    result = run("inspect", "models.py:make", "--input-shape", "1,3,16,16", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert "bn1" in result.stdout
+
+
+def test_bench_one_and_two_files(tmp_path: Path) -> None:
+    model, x = create("lenet5")
+    export(model, x, tmp_path / "a.onnx")
+    export(model, x, tmp_path / "b.onnx")
+    result = run("bench", "a.onnx", "--runs", "5", "--warmup", "1", "--device", "cpu", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "median ms" in result.stdout and "a.onnx" in result.stdout
+    row = next(line for line in result.stdout.splitlines() if "a.onnx" in line)
+    median, p90 = (float(v) for v in re.findall(r"\d+\.\d{3}", row)[:2])
+    assert 0 < median <= p90
+    result = run("bench", "a.onnx", "b.onnx", "--runs", "5", "--warmup", "1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    row = next(line for line in result.stdout.splitlines() if "b.onnx" in line)
+    assert re.search(r"\d+\.\d\dx", row)  # the speedup of b over a
+    if not HAS_CUDA:
+        assert "cuda: not measured" in result.stdout
+    assert files(tmp_path) == ["a.onnx", "b.onnx"]
+
+
+def test_console_script_is_installed() -> None:
+    script = shutil.which("surgeon", path=str(Path(sys.executable).parent))
+    if script is None:
+        pytest.skip("the package is not installed in this environment (pip install -e .)")
+    result = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0
+    assert "export" in result.stdout and "inspect" in result.stdout and "bench" in result.stdout
+
+
+def test_unwritable_output_folder(tmp_path: Path) -> None:
+    """As root no folder is read-only, so the OS's answer is simulated with os.access."""
+    code = (
+        "import os, surgeon.cli as cli\n"
+        "os.access = lambda *args, **kwargs: False\n"
+        "cli.main(['export', 'lenet5', '-o', 'out.onnx'])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert_user_error(result, "is not writable", str(tmp_path))
+    assert files(tmp_path) == []
