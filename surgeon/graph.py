@@ -18,7 +18,7 @@ import numpy as np
 import torch.fx as fx
 
 from surgeon import rules
-from surgeon.spaces import NodeRecord, ParamSlice, RuleContext, Sink, Space, _meta_shapes
+from surgeon.spaces import NodeRecord, ParamSlice, RuleContext, Sink, Space, meta_shapes
 
 __all__ = ["Group", "ChannelGraph", "build_channel_graph"]
 
@@ -276,7 +276,7 @@ def build_channel_graph(
     shapes: dict[str, tuple[int, ...]] = {}
     for node in gm.graph.nodes:
         if node.op != "output":
-            for name, shape in _meta_shapes(node):
+            for name, shape in meta_shapes(node):
                 shapes[name] = shape
     if not shapes:
         raise RuntimeError(
@@ -286,7 +286,7 @@ def build_channel_graph(
     for node in gm.graph.nodes:
         ctx = RuleContext(gm, node, shapes)
         if node.op == "placeholder":
-            for name, shape in _meta_shapes(node):
+            for name, shape in meta_shapes(node):
                 for d in range(len(shape)):
                     ctx.block((name, d), "model input")
         elif node.op == "output":
@@ -317,7 +317,7 @@ def build_channel_graph(
                             (n.name, d),
                             f"{ctx.describe_name()} does not describe its input dim {d}",
                         )
-            for name, shape in rules._outputs(ctx):
+            for name, shape in rules.output_spaces(ctx):
                 for d in range(len(shape)):
                     if (name, d) not in touched:
                         ctx.block(
@@ -413,7 +413,7 @@ def _shared_tensor_couplings(
     seen: dict[tuple[int, int], tuple[Space, np.ndarray]] = {}
     for r in list(records.values()):
         for sl in r.params:
-            t = rules._get_attr(gm, f"{sl.owner}.{sl.name}" if sl.owner else sl.name)
+            t = rules.attr_tensor(gm, f"{sl.owner}.{sl.name}" if sl.owner else sl.name)
             size = shapes[sl.space[0]][sl.space[1]]
             tidx = sl.tensor_index(size)
             key = (id(t), sl.dim)

@@ -8,7 +8,7 @@ import torch.fx as fx
 
 from surgeon.errors import SurgeonInputError
 from surgeon.graph import Group
-from surgeon.rules import _get_attr
+from surgeon.rules import attr_tensor
 
 __all__ = ["CRITERIA", "class_scores"]
 
@@ -31,7 +31,7 @@ def class_scores(gm: fx.GraphModule, group: Group, criterion: str) -> np.ndarray
     for sl in group.params:
         if sl.role not in ("producer", "consumer", "norm", "param") or sl.name == "bias":
             continue
-        t = _get_attr(gm, f"{sl.owner}.{sl.name}" if sl.owner else sl.name)
+        t = attr_tensor(gm, f"{sl.owner}.{sl.name}" if sl.owner else sl.name)
         if not isinstance(t, torch.Tensor) or not t.is_floating_point():
             continue
         with torch.no_grad():

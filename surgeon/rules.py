@@ -30,7 +30,17 @@ import torch.nn.functional as F
 
 from surgeon.spaces import FactorSite, RuleContext, Space
 
-__all__ = ["Rule", "lookup", "register_module", "register_function", "register_method", "block_all"]
+__all__ = [
+    "Rule",
+    "lookup",
+    "register_module",
+    "register_function",
+    "register_method",
+    "block_all",
+    "output_spaces",
+    "attr_tensor",
+    "get_attr_rule",
+]
 
 Rule = Callable[[RuleContext], None]
 
@@ -114,12 +124,12 @@ def block_all(ctx: RuleContext, reason: str | None = None) -> None:
     for n in ctx.tensor_inputs():
         for s in _spaces(n.name, ctx.shape(n)):
             ctx.block(s, why)
-    for name, shape in _outputs(ctx):
+    for name, shape in output_spaces(ctx):
         for s in _spaces(name, shape):
             ctx.block(s, why)
 
 
-def _outputs(ctx: RuleContext) -> list[tuple[str, tuple[int, ...]]]:
+def output_spaces(ctx: RuleContext) -> list[tuple[str, tuple[int, ...]]]:
     out = []
     if ctx.out_shape is not None:
         out.append((ctx.out, ctx.out_shape))
@@ -176,14 +186,14 @@ def get_attr_rule(ctx: RuleContext) -> None:
     if shape is None:
         return
     owner, _, name = str(ctx.node.target).rpartition(".")
-    is_param = isinstance(_get_attr(ctx.gm, str(ctx.node.target)), nn.Parameter)
+    is_param = isinstance(attr_tensor(ctx.gm, str(ctx.node.target)), nn.Parameter)
     for d in range(len(shape)):
         ctx.produce((ctx.out, d))
         ctx.param(owner, name, d, (ctx.out, d), role="param" if is_param else "buffer")
     out, gm, target = ctx.out, ctx.gm, str(ctx.node.target)
 
     def transfer(c):
-        t = _get_attr(gm, target).detach().double()
+        t = attr_tensor(gm, target).detach().double()
         res = {}
         for d in range(t.dim()):
             flat = t.movedim(d, 0).reshape(t.shape[d], -1)
@@ -197,7 +207,7 @@ def get_attr_rule(ctx: RuleContext) -> None:
     ctx.transfer(transfer)
 
 
-def _get_attr(gm: nn.Module, target: str) -> torch.Tensor:
+def attr_tensor(gm: nn.Module, target: str) -> torch.Tensor:
     obj: Any = gm
     for part in target.split("."):
         obj = getattr(obj, part)
@@ -946,7 +956,7 @@ def _split(ctx: RuleContext, x: fx.Node, size: Any, dim: Any, chunk: bool = Fals
     chunk: pieces must stay equal, so a class spans the same offset in every piece.
     """
     xs = ctx.shape(x)
-    pieces = _outputs(ctx)
+    pieces = output_spaces(ctx)
     if xs is None or not isinstance(dim, int) or not pieces or ctx.out_shape is not None:
         return block_all(ctx, f"{ctx.describe_name()} with traced arguments")
     dim = _dim(dim, len(xs))
@@ -1443,7 +1453,7 @@ def unbind_rule(ctx: RuleContext) -> None:
     x = ctx.arg(0, "input")
     dim = ctx.arg(1, "dim", 0)
     xs = ctx.shape(x)
-    pieces = _outputs(ctx)
+    pieces = output_spaces(ctx)
     if xs is None or not isinstance(dim, int) or not pieces:
         return block_all(ctx)
     dim = _dim(dim, len(xs))

@@ -125,7 +125,7 @@ class NodeRecord:
     factors: list[FactorSite] = field(default_factory=list)
 
 
-def _meta_shapes(node: fx.Node) -> list[tuple[str, tuple[int, ...]]]:
+def meta_shapes(node: fx.Node) -> list[tuple[str, tuple[int, ...]]]:
     """(space name, shape) for each tensor a node produces."""
     meta = node.meta.get("tensor_meta")
     if meta is None:

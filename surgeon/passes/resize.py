@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from surgeon.errors import SurgeonPassError
 from surgeon.passes.base import Pass, PassResult, PrunePlan
-from surgeon.spaces import Space
+from surgeon.spaces import Space, meta_shapes
 from surgeon.trace import propagate_shapes
 
 __all__ = ["ResizePass"]
@@ -86,13 +86,11 @@ class ResizePass(Pass):
         return PassResult(gm, True, {"params_removed": before - after, "tensors_sliced": len(cuts)})
 
     def _check_shapes(self, gm: fx.GraphModule) -> None:
-        from surgeon.spaces import _meta_shapes
-
         graph = self.plan.graph
         for node in gm.graph.nodes:
             if node.op == "output":
                 continue
-            for name, shape in _meta_shapes(node):
+            for name, shape in meta_shapes(node):
                 old = graph.shapes.get(name)
                 if old is None:
                     continue
