@@ -26,6 +26,7 @@ __all__ = [
     "RuleContext",
     "ConstFn",
     "ResizeFn",
+    "meta_shapes",
 ]
 
 Space = tuple[str, int]
