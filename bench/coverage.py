@@ -30,6 +30,13 @@ def _reason_kind(reason: str) -> str:
     return re.sub(r"'[^']*'", "…", text)
 
 
+def _human(v: float) -> str:
+    for scale, unit in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if v >= scale:
+            return f"{v / scale:.2f}{unit}"
+    return f"{v:.0f}"
+
+
 def _parity(slim: torch.nn.Module, x: torch.Tensor, folder: Path, name: str) -> float:
     path = surgeon.export(slim, x, folder / f"{name}.onnx")
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -64,8 +71,8 @@ def main() -> None:
                     len(with_params),
                     len(prunable),
                     len(blocked),
-                    f"{p0 / 1e6:.2f}M → {p1 / 1e6:.2f}M",
-                    f"{m0 / 1e9:.3f}G → {m1 / 1e9:.3f}G",
+                    f"{_human(p0)} → {_human(p1)}",
+                    f"{_human(m0)} → {_human(m1)}",
                     f"{m0 / m1:.2f}x",
                     f"{parity:.1e}",
                 )

@@ -113,6 +113,8 @@ class ChannelGraph:
                     msg = f"{why} [{s[0]} dim {s[1]}]"
                     if why not in (r.split(" [")[0] for r in reasons):
                         reasons.append(msg)
+            # the model's own inputs and outputs first: they explain most blocked groups
+            reasons.sort(key=lambda r: not r.startswith(("model input", "model output")))
             self.groups.append(
                 Group(
                     i,
