@@ -20,7 +20,7 @@ from surgeon.importance import CRITERIA
 from surgeon.passes import ChannelPrunePass, PassManager, PropagatePass, PrunePlan, ResizePass
 from surgeon.trace import trace
 
-__all__ = ["slim", "analyze"]
+__all__ = ["slim", "analyze", "PLAN_KEY", "input_spec", "inputs_from_spec"]
 
 log = logging.getLogger(__name__)
 
@@ -179,8 +179,47 @@ def _slim(
     ).run(gm)
     gm = result.module
     _self_check(gm, expected, resize.output)
+    gm.meta[PLAN_KEY] = {
+        **plan.to_record(),
+        "model": type(model).__name__,
+        "inputs": input_spec(example_inputs),
+        "leaf_modules": sorted(_leaf_name(m) for m in leaf_modules),
+    }
     log.info("slim: %s", result.stats)
     return gm
+
+
+PLAN_KEY = "surgeon.plan"
+
+
+def _leaf_name(m: Leaf) -> str:
+    t = m if isinstance(m, type) else type(m)
+    return f"{t.__module__}.{t.__qualname__}"
+
+
+def input_spec(example_inputs: Any) -> Any:
+    """The shapes and dtypes of ``example_inputs``, JSON-able, in the same structure."""
+    if isinstance(example_inputs, torch.Tensor):
+        return {
+            "shape": list(example_inputs.shape),
+            "dtype": str(example_inputs.dtype).removeprefix("torch."),
+        }
+    if isinstance(example_inputs, dict):
+        return {"dict": {k: input_spec(v) for k, v in example_inputs.items()}}
+    if isinstance(example_inputs, (tuple, list)):
+        return {"tuple": [input_spec(v) for v in example_inputs]}
+    return {"value": example_inputs}
+
+
+def inputs_from_spec(spec: Any) -> Any:
+    """Zero tensors of the recorded shapes and dtypes (for re-tracing a recorded plan)."""
+    if "shape" in spec:
+        return torch.zeros(spec["shape"], dtype=getattr(torch, spec["dtype"]))
+    if "dict" in spec:
+        return {k: inputs_from_spec(v) for k, v in spec["dict"].items()}
+    if "tuple" in spec:
+        return tuple(inputs_from_spec(v) for v in spec["tuple"])
+    return spec["value"]
 
 
 def _output_shapes(gm: fx.GraphModule) -> list[tuple[int, ...]]:

@@ -60,6 +60,35 @@ class PrunePlan:
     def n_removed(self) -> int:
         return int(sum(m.sum() for m in self.removed.values()))
 
+    def fingerprint(self) -> dict[str, Any]:
+        """What must match for this plan to apply to another trace of the same architecture."""
+        groups = self.graph.prunable_groups()
+        return {
+            "spaces": len(self.graph.sizes),
+            "groups": len(self.graph.groups),
+            "prunable": [[g.index, g.n_classes] for g in groups],
+        }
+
+    def to_record(self) -> dict[str, Any]:
+        """A JSON-able record of the decision: removed classes per group, and the fingerprint."""
+        return {
+            "fingerprint": self.fingerprint(),
+            "removed": {
+                str(i): np.nonzero(m)[0].tolist() for i, m in self.removed.items() if m.any()
+            },
+        }
+
+    def apply_record(self, record: dict[str, Any]) -> None:
+        """Mark the classes a record removed; the fingerprint must match this graph."""
+        if record.get("fingerprint") != self.fingerprint():
+            raise SurgeonPassError(
+                "the saved plan does not fit this model: its channel graph differs (another "
+                "architecture, other input shapes, or other leaf modules); load it onto a fresh "
+                "instance of the model it was made from"
+            )
+        for key, classes in record.get("removed", {}).items():
+            self.removed[int(key)][np.asarray(classes, dtype=int)] = True
+
 
 class Pass:
     """A rewrite step. Subclasses implement ``call``; a second run must change nothing."""
