@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -236,6 +238,27 @@ def test_deterministic_bytes(name: str, tmp_path) -> None:
     again, _ = zoo_case(name)  # a fresh but identical model
     c = export(again, x, tmp_path / "c.onnx")
     assert a.read_bytes() == c.read_bytes()
+
+
+_PIPELINE = """
+import sys, torch, surgeon
+from surgeon.models import create
+model, x = create("resnet18", input_shape=(1, 3, 64, 64))
+surgeon.export(surgeon.slim(model, 0.5, x, round_to=8), x, sys.argv[1])
+"""
+
+
+def test_slim_and_export_give_byte_identical_files_across_processes(tmp_path) -> None:
+    """Same model, inputs and options: the same ONNX bytes, in this process and in others."""
+    model, x = create("resnet18", input_shape=(1, 3, 64, 64))
+    a = export(surgeon.slim(model, 0.5, x, round_to=8), x, tmp_path / "a.onnx")
+    b = export(surgeon.slim(model, 0.5, x, round_to=8), x, tmp_path / "b.onnx")
+    assert a.read_bytes() == b.read_bytes()
+    for name in ("c.onnx", "d.onnx"):
+        subprocess.run(
+            [sys.executable, "-c", _PIPELINE, str(tmp_path / name)], check=True, timeout=300
+        )
+        assert (tmp_path / name).read_bytes() == a.read_bytes()
 
 
 class TwoInTwoOut(nn.Module):
