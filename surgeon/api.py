@@ -54,7 +54,12 @@ def analyze(
 
 
 def _check_ratio(ratio: Any) -> float:
-    if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real) or not 0 <= float(ratio) < 1:
+    if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real):
+        raise SurgeonInputError(
+            f"ratio={ratio!r} is not a number: it is the fraction of each group's channels to remove, "
+            "0 <= ratio < 1 (e.g. 0.5)"
+        )
+    if not 0 <= float(ratio) < 1:
         raise SurgeonInputError(
             f"ratio={ratio!r} is out of range: it is the fraction of each group's channels to remove, "
             "a number with 0 <= ratio < 1 (e.g. 0.5)"

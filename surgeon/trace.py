@@ -7,9 +7,12 @@ that was being traced and the offending source line, with the way out (leaf modu
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import io
 import logging
 import os
+import sys
 import traceback
 from collections.abc import Iterable
 from typing import Any
@@ -169,11 +172,37 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: Any) -> Any:
     Returns the output. Raises SurgeonTraceError naming the node that failed.
     """
     values = placeholder_args(gm, example_inputs)
+    prop = _ShapeProp(gm)
+    stderr = io.StringIO()
     try:
-        with torch.no_grad():
-            return ShapeProp(gm).propagate(*values)
+        # ShapeProp prints a traceback before it re-raises: keep it out of the user's terminal
+        with torch.no_grad(), contextlib.redirect_stderr(stderr):
+            out = prop.propagate(*values)
     except Exception as exc:
+        cause = exc.__cause__ or exc
+        node = prop.current
+        where = (
+            f" at node '{node.name}' ({node.op} {_target_name(node)})" if node is not None else ""
+        )
+        first = (str(cause).strip().splitlines() or [""])[0]
         raise SurgeonTraceError(
-            f"running the traced graph on example_inputs failed: {exc}. Check that example_inputs "
-            "match the model's forward (shapes, dtypes, device)."
+            f"running the traced model on example_inputs failed{where}: {type(cause).__name__}: "
+            f"{first}. Check that example_inputs match the model's forward (shapes, dtypes, device)."
         ) from exc
+    sys.stderr.write(stderr.getvalue())  # whatever else was said (warnings) still reaches the user
+    return out
+
+
+class _ShapeProp(ShapeProp):
+    """ShapeProp that remembers the node it is running (for the error message)."""
+
+    current: fx.Node | None = None
+
+    def run_node(self, n: fx.Node) -> Any:
+        self.current = n
+        return super().run_node(n)
+
+
+def _target_name(node: fx.Node) -> str:
+    t = node.target
+    return t if isinstance(t, str) else getattr(t, "__name__", str(t))
