@@ -23,6 +23,8 @@ _LAZY = {
     "count_params": "surgeon.metrics",
     "export": "surgeon.exporter",
     "bench": "surgeon.benchmark",
+    "save": "surgeon.persist",
+    "load": "surgeon.persist",
 }
 
 __all__ = [
@@ -39,6 +41,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from surgeon.benchmark import bench
     from surgeon.exporter import export
     from surgeon.metrics import count_macs, count_params
+    from surgeon.persist import load, save
 
 
 def __getattr__(name: str) -> Any:

@@ -340,39 +340,62 @@ def conv_transpose_rule(ctx: RuleContext) -> None:
     xs = ctx.shape(x)
     k = m.weight.dim() - 2
     cdim = len(xs) - k - 1
-    owner, out = str(ctx.node.target), ctx.out
+    out = ctx.out
     for d in range(cdim):
         ctx.identity((x.name, d), (out, d))
     for d in range(cdim + 1, len(xs)):
         ctx.block((x.name, d), "spatial dim of a convolution")
         ctx.block((out, d), "spatial dim of a convolution")
     xin, yc = (x.name, cdim), (out, cdim)
-    ctx.produce(yc)
-    ctx.param(owner, "weight", 1, yc)
-    if m.bias is not None:
-        ctx.param(owner, "bias", 0, yc)
-    ctx.param(owner, "weight", 0, xin, role="consumer")
-
-    def ignores(alive_rows):
-        w = _kernel_abs(m.weight).T  # [out, in]
-        if alive_rows is not None:
-            w = w * alive_rows[:, None]
-        return w.sum(0) == 0
-
-    ctx.sink(xin, "contract", ignores=ignores, out_space=yc)
-
-    def transfer(c):
-        xv = c(xin)
-        w = _kernel_abs(m.weight).T
-        ok = ((w == 0) | (xv == 0)[None, :]).all(1)
-        return {yc: np.where(ok, _np(m.bias, m.out_channels), NAN)}
-
-    ctx.transfer(transfer)
+    _contraction(ctx, m, xin, yc, in_dim=0, out_dim=1, fold=None)
 
     def resize(size):
         m.in_channels, m.out_channels = size(xin), size(yc)
 
     ctx.on_resize(resize)
+
+
+def _contraction(
+    ctx: RuleContext,
+    m: nn.Module,
+    xin: Space,
+    yc: Space,
+    *,
+    in_dim: int,
+    out_dim: int,
+    fold: Callable[[np.ndarray, np.ndarray], None] | None,
+) -> None:
+    """A dense weighted sum from ``xin`` to ``yc`` (Linear, ungrouped ConvTranspose).
+
+    ``weight[out_dim]`` and the bias produce ``yc``; ``weight[in_dim]`` reads ``xin``, which is
+    a contraction sink; an output channel is the bias (a constant) when every input it reads
+    is zero or has zero weight.
+    """
+    owner = str(ctx.node.target)
+    ctx.produce(yc)
+    ctx.param(owner, "weight", out_dim, yc)
+    if m.bias is not None:
+        ctx.param(owner, "bias", 0, yc)
+    ctx.param(owner, "weight", in_dim, xin, role="consumer")
+
+    def weights() -> np.ndarray:  # |w| as [out, in]
+        w = _kernel_abs(m.weight)
+        return w.T if out_dim == 1 else w
+
+    def ignores(alive_rows):
+        w = weights()
+        if alive_rows is not None:
+            w = w * alive_rows[:, None]
+        return w.sum(0) == 0
+
+    ctx.sink(xin, "contract", ignores=ignores, fold=fold, out_space=yc)
+
+    def transfer(c):
+        w = weights()
+        ok = ((w == 0) | (c(xin) == 0)[None, :]).all(1)
+        return {yc: np.where(ok, _np(m.bias, w.shape[0]), NAN)}
+
+    ctx.transfer(transfer)
 
 
 @register_module(nn.Linear)
@@ -383,36 +406,17 @@ def linear_rule(ctx: RuleContext) -> None:
     xs = ctx.shape(x)
     if xs is None:
         return block_all(ctx)
-    owner, out, last = str(ctx.node.target), ctx.out, len(xs) - 1
+    out, last = ctx.out, len(xs) - 1
     for d in range(last):
         ctx.identity((x.name, d), (out, d))
     xin, yc = (x.name, last), (out, last)
-    ctx.produce(yc)
-    ctx.param(owner, "weight", 0, yc)
-    if m.bias is not None:
-        ctx.param(owner, "bias", 0, yc)
-    ctx.param(owner, "weight", 1, xin, role="consumer")
-
-    def ignores(alive_rows):
-        w = _kernel_abs(m.weight)
-        if alive_rows is not None:
-            w = w * alive_rows[:, None]
-        return w.sum(0) == 0
 
     def fold(idx, const):
         with torch.no_grad():
             delta = m.weight.detach()[:, torch.as_tensor(idx)].double() @ torch.as_tensor(const)
             _add_bias(m, delta.to(m.weight.dtype))
 
-    ctx.sink(xin, "contract", ignores=ignores, fold=fold, out_space=yc)
-
-    def transfer(c):
-        xv = c(xin)
-        w = _kernel_abs(m.weight)
-        ok = ((w == 0) | (xv == 0)[None, :]).all(1)
-        return {yc: np.where(ok, _np(m.bias, m.out_features), NAN)}
-
-    ctx.transfer(transfer)
+    _contraction(ctx, m, xin, yc, in_dim=1, out_dim=0, fold=fold)
 
     def resize(size):
         m.in_features, m.out_features = size(xin), size(yc)

@@ -5,7 +5,32 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["SqueezeExcitation", "make_divisible"]
+__all__ = ["SqueezeExcitation", "make_divisible", "init_weights"]
+
+
+def init_weights(model: nn.Module, *, scheme: str = "kaiming", mode: str = "fan_out") -> None:
+    """The zoo's deterministic reference init (given ``torch.manual_seed``).
+
+    ``kaiming``: Kaiming-normal convs (``mode`` fan_out or fan_in, ReLU gain), zero conv
+    biases, unit / zero BatchNorm, N(0, 0.01) linears with zero bias (the CNNs).
+    ``trunc_normal``: truncated-normal (std 0.02) convs and linears, zero biases, unit / zero
+    LayerNorm (ViT, ConvNeXt).
+    """
+    for m in model.modules():
+        if scheme == "trunc_normal" and isinstance(m, nn.Conv2d | nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
+            nn.init.kaiming_normal_(m.weight, mode=mode, nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d | nn.LayerNorm) and m.weight is not None:
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 0.01)
+            nn.init.zeros_(m.bias)
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:

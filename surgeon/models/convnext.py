@@ -10,19 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from surgeon.models.blocks import init_weights
+
 __all__ = ["ConvNeXt", "ConvNeXtBlock", "LayerNorm2d", "convnext_tiny"]
-
-
-def _init_weights(model: nn.Module) -> None:
-    """Deterministic reference init: truncated-normal (std 0.02) convs and linears, zero biases."""
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d | nn.Linear):
-            nn.init.trunc_normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
 
 
 class LayerNorm2d(nn.Module):
@@ -97,7 +87,7 @@ class ConvNeXt(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.norm = LayerNorm2d(dims[-1])
         self.head = nn.Linear(dims[-1], num_classes)
-        _init_weights(self)
+        init_weights(self, scheme="trunc_normal")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map a ``(N, 3, H, W)`` batch to ``(N, num_classes)`` logits."""

@@ -7,20 +7,9 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from surgeon.models.blocks import init_weights
+
 __all__ = ["DenseBlock", "DenseLayer", "DenseNet", "Transition", "densenet121"]
-
-
-def _init_weights(model: nn.Module) -> None:
-    """Deterministic reference init: Kaiming-normal convs, unit BN, zero-bias linears."""
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight)
-        elif isinstance(module, nn.BatchNorm2d):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, 0.0, 0.01)
-            nn.init.zeros_(module.bias)
 
 
 class DenseLayer(nn.Module):
@@ -106,7 +95,7 @@ class DenseNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.classifier = nn.Linear(channels, num_classes)
-        _init_weights(self)
+        init_weights(self, mode="fan_in")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map a ``(N, 3, H, W)`` batch to ``(N, num_classes)`` logits."""

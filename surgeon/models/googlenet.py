@@ -10,22 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from surgeon.models.blocks import init_weights
+
 __all__ = ["BasicConv2d", "GoogLeNet", "Inception", "googlenet"]
-
-
-def _init_weights(model: nn.Module) -> None:
-    """Deterministic reference init: Kaiming-normal (fan_out) convs, unit BN, N(0, 0.01) linears."""
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.BatchNorm2d):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, 0.0, 0.01)
-            nn.init.zeros_(module.bias)
 
 
 class BasicConv2d(nn.Module):
@@ -116,7 +103,7 @@ class GoogLeNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.dropout = nn.Dropout(p=dropout)
         self.fc = nn.Linear(1024, num_classes)
-        _init_weights(self)
+        init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map a ``(N, 3, H, W)`` batch to ``(N, num_classes)`` logits."""

@@ -5,24 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from surgeon.models.blocks import SqueezeExcitation, make_divisible
+from surgeon.models.blocks import SqueezeExcitation, init_weights, make_divisible
 
 __all__ = ["InvertedResidualV3", "MobileNetV3", "mobilenet_v3_large"]
-
-
-def _init_weights(model: nn.Module) -> None:
-    """Deterministic reference init: Kaiming-normal (fan_out) convs, unit BN, N(0, 0.01) linears."""
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_out")
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.BatchNorm2d):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, 0.0, 0.01)
-            nn.init.zeros_(module.bias)
 
 
 # (kernel, expanded channels, output channels, squeeze-excite, activation, stride) per block;
@@ -159,7 +144,7 @@ class MobileNetV3(nn.Module):
             nn.Dropout(p=dropout, inplace=True),
             nn.Linear(last_channel, num_classes),
         )
-        _init_weights(self)
+        init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map a ``(N, 3, H, W)`` batch to ``(N, num_classes)`` logits."""

@@ -7,30 +7,12 @@ widths 48, 104, 208, 440 with 1, 3, 6, 6 blocks.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
-from surgeon.models.blocks import SqueezeExcitation
+from surgeon.models.blocks import SqueezeExcitation, init_weights
 
 __all__ = ["RegNet", "ResBottleneckBlock", "regnety_400mf"]
-
-
-def _init_weights(model: nn.Module) -> None:
-    """Deterministic reference init: N(0, sqrt(2 / fan_out)) convs, unit BN, N(0, 0.01) linears."""
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels
-            nn.init.normal_(module.weight, mean=0.0, std=math.sqrt(2.0 / fan_out))
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.BatchNorm2d):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, 0.0, 0.01)
-            nn.init.zeros_(module.bias)
 
 
 # (blocks, width) per stage of RegNetY-400MF; every stage starts with a stride-2 block.
@@ -128,7 +110,7 @@ class RegNet(nn.Module):
         self.trunk_output = nn.Sequential(*blocks)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(width_in, num_classes)
-        _init_weights(self)
+        init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map a ``(N, 3, H, W)`` batch to ``(N, num_classes)`` logits."""

@@ -5,22 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from surgeon.models.blocks import init_weights
+
 __all__ = ["ShuffleNetV2", "ShuffleUnit", "channel_shuffle", "shufflenet_v2_x1_0"]
-
-
-def _init_weights(model: nn.Module) -> None:
-    """Deterministic reference init: Kaiming-normal (fan_out) convs, unit BN, N(0, 0.01) linears."""
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.BatchNorm2d):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, 0.0, 0.01)
-            nn.init.zeros_(module.bias)
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -122,7 +109,7 @@ class ShuffleNetV2(nn.Module):
             nn.ReLU(inplace=True),
         )
         self.fc = nn.Linear(last, num_classes)
-        _init_weights(self)
+        init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map a ``(N, 3, H, W)`` batch to ``(N, num_classes)`` logits."""

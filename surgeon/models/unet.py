@@ -12,19 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from surgeon.models.blocks import init_weights
+
 __all__ = ["DoubleConv", "UNet", "unet_small"]
-
-
-def _init_weights(model: nn.Module) -> None:
-    """Deterministic reference init: Kaiming-normal (fan_out) convs, unit BN."""
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d | nn.ConvTranspose2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.BatchNorm2d):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
 
 
 class DoubleConv(nn.Sequential):
@@ -72,7 +62,7 @@ class UNet(nn.Module):
         self.up1 = nn.ConvTranspose2d(w2, w1, kernel_size=2, stride=2)
         self.dec1 = DoubleConv(2 * w1, w1)
         self.head = nn.Conv2d(w1, num_classes, kernel_size=1)
-        _init_weights(self)
+        init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map a ``(N, C, H, W)`` batch (H, W divisible by 8) to ``(N, num_classes, H, W)`` logits."""

@@ -5,22 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from surgeon.models.blocks import init_weights
+
 __all__ = ["VGG", "vgg16_bn"]
-
-
-def _init_weights(model: nn.Module) -> None:
-    """Deterministic reference init: Kaiming-normal (fan_out) convs, unit BN, N(0, 0.01) linears."""
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.BatchNorm2d):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, 0.0, 0.01)
-            nn.init.zeros_(module.bias)
 
 
 # Configuration "D" of the paper: output channels of each 3x3 conv, "M" for a 2x2 max pool.
@@ -68,7 +55,7 @@ class VGG(nn.Module):
             nn.Dropout(p=dropout),
             nn.Linear(4096, num_classes),
         )
-        _init_weights(self)
+        init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map a ``(N, 3, H, W)`` batch to ``(N, num_classes)`` logits."""

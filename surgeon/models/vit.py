@@ -10,19 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from surgeon.models.blocks import init_weights
+
 __all__ = ["Attention", "EncoderBlock", "VisionTransformer", "vit_tiny"]
-
-
-def _init_weights(model: nn.Module) -> None:
-    """Deterministic reference init: truncated-normal (std 0.02) weights, zero biases, unit LN."""
-    for module in model.modules():
-        if isinstance(module, nn.Linear | nn.Conv2d):
-            nn.init.trunc_normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
 
 
 class Attention(nn.Module):
@@ -92,7 +82,7 @@ class VisionTransformer(nn.Module):
         self.blocks = nn.Sequential(*(EncoderBlock(dim, num_heads, mlp_dim) for _ in range(depth)))
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.head = nn.Linear(dim, num_classes)
-        _init_weights(self)
+        init_weights(self, scheme="trunc_normal")
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
 
