@@ -133,6 +133,14 @@ def slim(
         raise SurgeonInputError(f"round_to={round_to!r}: use None or a whole number >= 1 (e.g. 8)")
     if not isinstance(model, nn.Module):
         raise SurgeonInputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if (
+        isinstance(max_group_ratio, bool)
+        or not isinstance(max_group_ratio, numbers.Real)
+        or not 0 < max_group_ratio <= 1
+    ):
+        raise SurgeonInputError(
+            f"max_group_ratio={max_group_ratio!r}: use a number with 0 < max_group_ratio <= 1"
+        )
     ignored = _ignore_names(model, ignore)
     with _gc_paused():
         return _slim(

@@ -9,12 +9,14 @@ form *channel classes*, computed by a vectorised union over (space, index).
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+import operator
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import networkx as nx
 import numpy as np
+import torch
 import torch.fx as fx
 
 from surgeon import rules
@@ -75,6 +77,11 @@ class ChannelGraph:
         self.gm = gm
         self.shapes = shapes
         self.records = records
+        # how often each module is called: a module called twice must not fold constants
+        self.calls: Counter[str] = Counter(
+            str(n.target) for n in gm.graph.nodes if n.op == "call_module"
+        )
+        self.mutated = _mutated_and_shared(gm)
         self.sizes: dict[Space, int] = {
             (n, d): s for n, shp in shapes.items() for d, s in enumerate(shp)
         }
@@ -201,6 +208,8 @@ class ChannelGraph:
             except Exception as exc:  # a transfer that cannot evaluate: nothing is constant
                 log.debug("constant transfer of %s failed: %s", node.name, exc)
                 continue
+            if node.name in self.mutated:  # changed in place while another use still reads it
+                out = {s: np.full(len(np.asarray(v)), np.nan) for s, v in out.items()}
             for s, v in out.items():
                 v = np.asarray(v, dtype=np.float64)
                 z = forced_zero.get(s)
@@ -249,6 +258,38 @@ class ChannelGraph:
         return f"<ChannelGraph {len(self.groups)} groups, {len(self.prunable_groups())} prunable>"
 
 
+_INPLACE_FUNCTIONS = {
+    operator.iadd,
+    operator.isub,
+    operator.imul,
+    operator.itruediv,
+    operator.ifloordiv,
+}
+
+
+def _mutated_and_shared(gm: fx.GraphModule) -> set[str]:
+    """Nodes that an op changes in place while another op also reads them: their values are
+    not what the graph order suggests, so no constant is trusted for them (or their aliases)."""
+    out: set[str] = set()
+    for n in gm.graph.nodes:
+        if not n.args or not isinstance(n.args[0], fx.Node):
+            continue
+        src = n.args[0]
+        inplace = bool(n.kwargs.get("inplace"))
+        if n.op == "call_method":
+            inplace |= n.target.endswith("_") and not n.target.endswith("__")
+        elif n.op == "call_function":
+            inplace |= n.target in _INPLACE_FUNCTIONS or getattr(n.target, "__name__", "").endswith(
+                "_"
+            )
+        elif n.op == "call_module":
+            inplace |= bool(getattr(gm.get_submodule(n.target), "inplace", False))
+        if inplace and len(src.users) > 1:
+            out.add(src.name)
+            out.add(n.name)
+    return out
+
+
 def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Connected-component labels of n items joined by edges (a[k], b[k]) (min-label hooking
     with pointer jumping; labels are the smallest item of each component)."""
@@ -295,7 +336,7 @@ def build_channel_graph(
             for n in ctx.tensor_inputs():
                 for d in range(len(shapes[n.name])):
                     ctx.block((n.name, d), "model output")
-            for n in _output_tuple_sources(node, shapes):
+            for n in _tuple_pieces(node, shapes):
                 for d in range(len(shapes[n])):
                     ctx.block((n, d), "model output")
         elif node.op == "get_attr":
@@ -312,12 +353,14 @@ def build_channel_graph(
                 rules.block_all(ctx, f"the rule for {ctx.describe_name()} failed: {exc}")
             # inputs and outputs a rule did not describe are blocked: never a silent guess
             touched = ctx.record.described
-            for n in ctx.tensor_inputs():
-                for d in range(len(shapes[n.name])):
-                    if (n.name, d) not in touched:
+            inputs = [(n.name, shapes[n.name]) for n in ctx.tensor_inputs()]
+            if node.target is not operator.getitem:  # getitem describes the piece it reads
+                inputs += [(p, shapes[p]) for p in _tuple_pieces(node, shapes)]
+            for name, shape in inputs:
+                for d in range(len(shape)):
+                    if (name, d) not in touched:
                         ctx.block(
-                            (n.name, d),
-                            f"{ctx.describe_name()} does not describe its input dim {d}",
+                            (name, d), f"{ctx.describe_name()} does not describe its input dim {d}"
                         )
             for name, shape in rules.output_spaces(ctx):
                 for d in range(len(shape)):
@@ -326,6 +369,7 @@ def build_channel_graph(
                             (name, d), f"{ctx.describe_name()} does not describe its output dim {d}"
                         )
         records[node.name] = ctx.record
+    records["<size reads>"] = _size_reads(gm, shapes)
     records["<shared parameters>"] = _shared_tensor_couplings(gm, records, shapes)
     records["<factor sites>"] = _resolve_factor_sites(gm, records, shapes)
     return ChannelGraph(gm, shapes, records)
@@ -406,6 +450,66 @@ def _resolve_factor_sites(gm: fx.GraphModule, records: dict[str, NodeRecord], sh
     return rec
 
 
+_RESHAPE_METHODS = {"view", "reshape", "expand", "unflatten"}
+_RESHAPE_FUNCTIONS = {torch.reshape, torch.unflatten}
+
+
+def _size_reads(gm: fx.GraphModule, shapes) -> NodeRecord:  # noqa: ANN001
+    """Block the dims whose size the model reads and uses in a computation.
+
+    ``x.size(1)`` / ``x.shape`` flow through Python arithmetic; where they end up as size
+    arguments of a reshape the rule rewrites them, but used anywhere else (``y.sum(1) /
+    y.size(1)``, a new tensor's shape) a pruned dim would silently change the result.
+    """
+    rec = NodeRecord()
+    deps: dict[str, object] = {}  # node -> frozenset of spaces, or a list of them (a shape)
+
+    def flat(v: object) -> frozenset:
+        if isinstance(v, list):
+            return frozenset().union(*v) if v else frozenset()
+        return v  # type: ignore[return-value]
+
+    for n in gm.graph.nodes:
+        src = n.args[0] if n.args and isinstance(n.args[0], fx.Node) else None
+        if src is not None and src.name in shapes:
+            nd = len(shapes[src.name])
+            whole = [frozenset({(src.name, d)}) for d in range(nd)]
+            if n.op == "call_method" and n.target == "size":
+                dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
+                deps[n.name] = whole if dim is None else whole[dim % nd]
+                continue
+            if n.op == "call_function" and n.target is getattr and n.args[1] == "shape":
+                deps[n.name] = whole
+                continue
+        args: list[fx.Node] = []
+        fx.node.map_arg((n.args, n.kwargs), args.append)
+        used = [a for a in args if a.name in deps]
+        if not used:
+            continue
+        if n.name not in shapes and n.op != "output" and not _is_tuple(n, shapes):
+            if (
+                n.target is operator.getitem
+                and isinstance(deps.get(src.name), list)
+                and isinstance(n.args[1], int)
+            ):
+                deps[n.name] = deps[src.name][n.args[1]]
+            else:
+                deps[n.name] = frozenset().union(*(flat(deps[u.name]) for u in used))
+            continue
+        if (n.op == "call_method" and n.target in _RESHAPE_METHODS) or (
+            n.op == "call_function" and n.target in _RESHAPE_FUNCTIONS
+        ):
+            continue  # size arguments of a changed dim are rewritten by the reshape's rule
+        for u in used:
+            for space in flat(deps[u.name]):
+                rec.blocks.append((space, f"its size is read and used by node '{n.name}'"))
+    return rec
+
+
+def _is_tuple(n: fx.Node, shapes) -> bool:  # noqa: ANN001
+    return f"{n.name}#0" in shapes
+
+
 def _shared_tensor_couplings(
     gm: fx.GraphModule, records: dict[str, NodeRecord], shapes
 ) -> NodeRecord:  # noqa: ANN001
@@ -416,6 +520,8 @@ def _shared_tensor_couplings(
     for r in list(records.values()):
         for sl in r.params:
             t = rules.attr_tensor(gm, f"{sl.owner}.{sl.name}" if sl.owner else sl.name)
+            if t is None:
+                continue
             size = shapes[sl.space[0]][sl.space[1]]
             tidx = sl.tensor_index(size)
             key = (id(t), sl.dim)
@@ -437,11 +543,11 @@ def _shared_tensor_couplings(
     return rec
 
 
-def _output_tuple_sources(node: fx.Node, shapes: dict[str, tuple[int, ...]]) -> list[str]:
-    """Tuple-valued nodes returned directly (their element spaces, ``name#i``)."""
-    out: list[str] = []
+def _tuple_pieces(node: fx.Node, shapes: dict[str, tuple[int, ...]]) -> list[str]:
+    """Pieces (``name#i``) of the tuple-valued nodes among ``node``'s inputs."""
     nodes: list[fx.Node] = []
-    fx.node.map_arg(node.args, nodes.append)
+    fx.node.map_arg((node.args, node.kwargs), nodes.append)
+    out = []
     for n in nodes:
         i = 0
         while f"{n.name}#{i}" in shapes:

@@ -83,12 +83,13 @@ def lookup(ctx: RuleContext) -> Rule:
     node = ctx.node
     if node.op == "call_module":
         cls = type(ctx.module)
-        for base in cls.__mro__:
+        for i, base in enumerate(cls.__mro__):
             rule = _MODULES.get(base)
             if rule is not None:
-                # a subclass that rewrites forward is a different op: only trust the rule when
-                # forward is the one the rule was written for
-                if base is cls or cls.forward is base.forward:
+                # a subclass that overrides any method (forward, _conv_forward, ...) may compute
+                # something else: only trust the rule for the class it was written for, or for
+                # subclasses that add nothing but construction
+                if all(_adds_no_methods(sub) for sub in cls.__mro__[:i]):
                     return rule
                 break
         return block_all
@@ -97,6 +98,20 @@ def lookup(ctx: RuleContext) -> Rule:
     if node.op == "call_method":
         return _METHODS.get(node.target, block_all)
     return block_all
+
+
+_HARMLESS = {"__init__", "extra_repr", "reset_parameters", "__repr__", "_get_name"}
+
+
+def _adds_no_methods(klass: type) -> bool:
+    return not any(
+        callable(v)
+        and not isinstance(v, type)
+        and k not in _HARMLESS
+        and not k.startswith("__")
+        or k in ("forward", "__call__")
+        for k, v in vars(klass).items()
+    )
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -244,8 +259,7 @@ def conv_rule(ctx: RuleContext) -> None:
     xin, yc = (x.name, cdim), (out, cdim)
     ctx.produce(yc)
     ctx.param(owner, "weight", 0, yc)
-    if m.bias is not None:
-        ctx.param(owner, "bias", 0, yc)
+    ctx.param(owner, "bias", 0, yc)  # even when None: a constant fold may create it
     if g == 1:
         ctx.param(owner, "weight", 1, xin, role="consumer")
         no_pad = all(p == 0 for p in _tuple(m.padding)) and m.padding != "same"
@@ -374,8 +388,7 @@ def _contraction(
     owner = str(ctx.node.target)
     ctx.produce(yc)
     ctx.param(owner, "weight", out_dim, yc)
-    if m.bias is not None:
-        ctx.param(owner, "bias", 0, yc)
+    ctx.param(owner, "bias", 0, yc)  # even when None: a constant fold may create it
     ctx.param(owner, "weight", in_dim, xin, role="consumer")
 
     def weights() -> np.ndarray:  # |w| as [out, in]
@@ -452,7 +465,12 @@ def embedding_rule(ctx: RuleContext) -> None:
 # -- normalisation -----------------------------------------------------------------------
 @register_module(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 def batchnorm_rule(ctx: RuleContext) -> None:
-    """BatchNorm: every dim identity; affine and running statistics follow the channel dim."""
+    """BatchNorm: every dim identity; affine and running statistics follow the channel dim.
+
+    The batch statistics run over every other dim, so those are statistic sinks. Constants
+    are the ones that hold in train and eval mode alike (a zero scale gives the shift), so a
+    fold stays exact whichever mode the slim model is later run in.
+    """
     m: nn.BatchNorm2d = ctx.module  # type: ignore[assignment]
     x = ctx.arg(0, "input")
     xs = ctx.shape(x)
@@ -461,6 +479,8 @@ def batchnorm_rule(ctx: RuleContext) -> None:
     owner, out = str(ctx.node.target), ctx.out
     for d in range(len(xs)):
         ctx.identity((x.name, d), (out, d))
+        if d != 1:
+            ctx.sink((x.name, d), "stat")
     yc = (out, 1)
     if m.weight is not None:
         ctx.param(owner, "weight", 0, yc, role="norm")
@@ -471,14 +491,16 @@ def batchnorm_rule(ctx: RuleContext) -> None:
 
     def transfer(c):
         n = m.num_features
-        res = {(out, d): np.where(c((x.name, d)) == 0, 0.0, NAN) for d in range(len(xs)) if d != 1}
+        res = {(out, d): _nan(xs[d]) for d in range(len(xs)) if d != 1}
         xv = c((x.name, 1))
         gamma, beta = _np(m.weight, n, 1.0), _np(m.bias, n, 0.0)
-        if m.training or m.running_mean is None:
-            normed = np.where(np.isnan(xv), NAN, beta)  # a constant channel has zero variance
+        train = np.where(np.isnan(xv), NAN, beta)  # batch statistics: a constant channel gives beta
+        if m.running_mean is None:
+            normed = train
         else:
             rm, rv = _np(m.running_mean, n), _np(m.running_var, n, 1.0)
-            normed = gamma * (xv - rm) / np.sqrt(rv + m.eps) + beta
+            evaluated = gamma * (xv - rm) / np.sqrt(rv + m.eps) + beta
+            normed = np.where(np.isclose(evaluated, train, rtol=0, atol=1e-7), evaluated, NAN)
         res[yc] = np.where(gamma == 0, beta, normed)
         return res
 
@@ -537,7 +559,8 @@ def groupnorm_rule(ctx: RuleContext) -> None:
     c_, g = m.num_channels, m.num_groups
     yc = (out, 1)
     ctx.couple(yc, yc, np.arange(c_), np.arange(c_) % (c_ // g))
-    ctx.sink((x.name, 1), "stat")
+    for d in range(1, len(xs)):
+        ctx.sink((x.name, d), "stat")
     if m.weight is not None:
         ctx.param(owner, "weight", 0, yc, role="norm")
         ctx.param(owner, "bias", 0, yc, role="norm")
@@ -596,7 +619,7 @@ def _copy_module(m: nn.Module) -> nn.Module:
     return m
 
 
-@register_module(nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+@register_module(nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
 def dropout_module_rule(ctx: RuleContext) -> None:
     """Dropout: identity coupling; a zero channel stays zero, other constants do not."""
     _same_shape_unary(ctx, ctx.arg(0, "input"), None)
@@ -721,10 +744,13 @@ def unary_method_rule(ctx: RuleContext) -> None:
 
 @register_method(*_PASS_METHODS)
 def passthrough_method_rule(ctx: RuleContext) -> None:
-    _same_shape_unary(ctx, ctx.arg(0, "self"), lambda v: v)
+    """Identity coupling. clone / contiguous / detach / device moves keep constants exactly;
+    a dtype change (to, half, float, type_as) keeps only zeros (other values round)."""
+    exact = ctx.node.target in ("contiguous", "clone", "detach", "cpu", "cuda")
+    _same_shape_unary(ctx, ctx.arg(0, "self"), (lambda v: v) if exact else None)
 
 
-@register_function(F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout)
+@register_function(F.dropout, F.dropout1d, F.dropout2d, F.dropout3d)
 def dropout_function_rule(ctx: RuleContext) -> None:
     _same_shape_unary(ctx, ctx.arg(0, "input"), None)
 
@@ -1018,26 +1044,43 @@ def getitem_rule(ctx: RuleContext) -> None:
     if not isinstance(src, fx.Node):
         return block_all(ctx)
     if ctx.shape(src) is None:
-        if isinstance(idx, int) and f"{src.name}#{idx % 10**6}" in ctx.shapes:
-            piece = f"{src.name}#{idx}"
-            shape = ctx.shapes.get(piece)
-            if shape is None:
-                return block_all(ctx)
+        pieces = _pieces(ctx, src)
+        if (
+            pieces
+            and isinstance(idx, int)
+            and not isinstance(idx, bool)
+            and -len(pieces) <= idx < len(pieces)
+        ):
+            piece = pieces[idx]
+            shape = ctx.shapes[piece]
             for d in range(len(shape)):
                 ctx.identity((piece, d), (ctx.out, d))
             out = ctx.out
             ctx.transfer(lambda c: {(out, d): c((piece, d)) for d in range(len(shape))})
             return
+        why = f"{ctx.describe_name()} with index {idx!r} into a tuple"
+        for piece in pieces:  # a slice of the tuple, or an index we cannot follow
+            for d in range(len(ctx.shapes[piece])):
+                ctx.block((piece, d), why)
         if ctx.out_shape is not None:
-            return block_all(ctx, f"{ctx.describe_name()} of a value with no tensor shape")
+            block_all(ctx, why)
         return
     _tensor_index(ctx, src, idx)
+
+
+def _pieces(ctx: RuleContext, node: fx.Node) -> list[str]:
+    """Space names of the tensors in a tuple-valued node (``split#0``, ``split#1``, ...)."""
+    out, i = [], 0
+    while f"{node.name}#{i}" in ctx.shapes:
+        out.append(f"{node.name}#{i}")
+        i += 1
+    return out
 
 
 def _tensor_index(ctx: RuleContext, x: fx.Node, idx: Any) -> None:
     xs, ys = ctx.shape(x), ctx.out_shape
     items = list(idx) if isinstance(idx, tuple) else [idx]
-    if any(isinstance(i, (fx.Node, list, torch.Tensor)) for i in items) or ys is None:
+    if any(isinstance(i, (fx.Node, list, torch.Tensor, bool)) for i in items) or ys is None:
         return block_all(ctx, f"{ctx.describe_name()}: advanced or traced indexing")
     if items.count(Ellipsis) > 1:
         return block_all(ctx)

@@ -74,6 +74,7 @@ class Sink:
     ignores: Callable[[np.ndarray | None], np.ndarray] | None = None
     fold: Callable[[np.ndarray, np.ndarray], None] | None = None
     out_space: Space | None = None
+    owner: str | None = None
 
 
 @dataclass
@@ -226,7 +227,8 @@ class RuleContext:
         self.record.params.append(ParamSlice(owner, name, dim, space, index, role))
 
     def sink(self, space: Space, kind: str, ignores=None, fold=None, out_space=None) -> None:  # noqa: ANN001
-        self.record.sinks.append(Sink(space, kind, self.node.name, ignores, fold, out_space))
+        owner = str(self.node.target) if self.node.op == "call_module" else None
+        self.record.sinks.append(Sink(space, kind, self.node.name, ignores, fold, out_space, owner))
         self.record.described.add(space)
 
     def factor(self, site: FactorSite) -> None:

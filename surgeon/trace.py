@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 from torch.fx.passes.shape_prop import ShapeProp
+from torch.utils import _pytree as pytree
 
 from surgeon.errors import SurgeonInputError, SurgeonTraceError
 from surgeon.metrics import as_args
@@ -93,8 +94,37 @@ def trace(
     except Exception as exc:
         raise _trace_error(model, tracer, exc) from exc
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
-    propagate_shapes(gm, example_inputs)
+    traced = propagate_shapes(gm, example_inputs)
+    _check_trace(model, example_inputs, traced)
     return gm
+
+
+def _check_trace(model: torch.nn.Module, example_inputs: Any, traced: Any) -> None:
+    """The traced graph must compute what the model computes on the example inputs.
+
+    torch.fx records ``x += y`` as an out-of-place add, so when ``x`` is also read elsewhere
+    the graph and the model part ways; refuse rather than slim a different function.
+    """
+    args, kwargs = as_args(example_inputs)
+    args = tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
+    kwargs = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+    with torch.no_grad(), _eval_mode(model):
+        eager = model(*args, **kwargs)
+    want = [t for t in pytree.tree_leaves(eager) if isinstance(t, torch.Tensor)]
+    got = [t for t in pytree.tree_leaves(traced) if isinstance(t, torch.Tensor)]
+    for i, (a, b) in enumerate(zip(got, want, strict=False)):
+        if a.shape != b.shape or not a.is_floating_point():
+            continue
+        scale = float(b.abs().max()) if b.numel() else 0.0
+        diff = float((a - b).abs().max()) if b.numel() else 0.0
+        if diff > 1e-5 * max(scale, 1e-30) and diff > 0:
+            raise SurgeonTraceError(
+                f"the torch.fx graph of {type(model).__name__} does not compute what the model "
+                f"computes (output {i} differs by {diff:.3g}, its scale is {scale:.3g}). The usual "
+                "cause is an in-place update (`x += y`, `x.add_(y)`) of a tensor that is also read "
+                "elsewhere, which fx records as out of place. Way out: write it out of place "
+                "(`x = x + y`), or put that module in leaf_modules=(...)."
+            )
 
 
 def _defaults_not_given(model: torch.nn.Module, example_inputs: Any) -> dict[str, Any]:
@@ -171,12 +201,17 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: Any) -> Any:
 
     Returns the output. Raises SurgeonTraceError naming the node that failed.
     """
-    values = placeholder_args(gm, example_inputs)
+    # the user's tensors stay untouched even if forward works in place on its inputs
+    values = [
+        v.clone() if isinstance(v, torch.Tensor) else v
+        for v in placeholder_args(gm, example_inputs)
+    ]
     prop = _ShapeProp(gm)
     stderr = io.StringIO()
     try:
-        # ShapeProp prints a traceback before it re-raises: keep it out of the user's terminal
-        with torch.no_grad(), contextlib.redirect_stderr(stderr):
+        # ShapeProp prints a traceback before it re-raises: keep it out of the user's terminal.
+        # Eval mode: a run for shapes must not move BatchNorm statistics of a training model.
+        with torch.no_grad(), contextlib.redirect_stderr(stderr), _eval_mode(gm):
             out = prop.propagate(*values)
     except Exception as exc:
         cause = exc.__cause__ or exc
@@ -191,6 +226,18 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: Any) -> Any:
         ) from exc
     sys.stderr.write(stderr.getvalue())  # whatever else was said (warnings) still reaches the user
     return out
+
+
+@contextlib.contextmanager
+def _eval_mode(module: torch.nn.Module):
+    """Every submodule in eval mode for the duration; each one's own flag restored after."""
+    flags = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
 
 
 class _ShapeProp(ShapeProp):

@@ -50,6 +50,8 @@ def zero_thirds(model: nn.Module, graph: ChannelGraph) -> dict[str, int]:
                 cls = group.class_of[sl.space]
                 idx = np.unique(sl.tensor_index(len(cls))[chosen[cls]])
                 t = getattr(model.get_submodule(sl.owner), sl.name)
+                if t is None:
+                    continue
                 t.index_fill_(sl.dim, torch.as_tensor(idx), 0.0)
                 if sl.role == "producer" and sl.name == "weight":
                     zeroed[sl.owner] = len(idx)

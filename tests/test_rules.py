@@ -264,14 +264,13 @@ class ConstChain(nn.Module):
 
 @pytest.mark.parametrize("pad", [0, 1])
 def test_constant_channel_is_folded_only_where_exact(pad):
-    """A zeroed filter under a BN with a shift gives a constant channel: it is folded into the
-    next conv's bias when that conv has no padding, and kept when padding would make it wrong."""
+    """A BN with zero scale and a shift gives a constant channel: it is folded into the next
+    conv's bias when that conv has no padding, and kept when padding would make it wrong."""
     torch.manual_seed(0)
     net = ConstChain(pad).eval()
     randomize_norms(net)
     with torch.no_grad():
-        net.conv1.weight[[1, 4]] = 0
-        net.conv1.bias[[1, 4]] = 0
+        net.bn.weight[[1, 4]] = 0  # a zero scale: the channel is the shift, in train and eval mode
         net.bn.bias[[1, 4]] = torch.tensor([0.7, 1.3])
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():

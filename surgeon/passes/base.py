@@ -113,12 +113,16 @@ class PassManager:
         stats: dict[str, Any] = {}
         modified = False
         for p in self.passes:
+            ran = ", ".join(done) or "none"
             try:
                 res = p(gm)
+            except SurgeonPassError as exc:
+                raise SurgeonPassError(
+                    f"{p.name} failed: {exc} (passes that already ran: {ran})"
+                ) from exc
             except SurgeonError:
                 raise
             except Exception as exc:
-                ran = ", ".join(done) or "none"
                 raise SurgeonPassError(
                     f"{p.name} failed: {type(exc).__name__}: {exc} (passes that already ran: {ran}). "
                     "This is a surgeon bug or an op whose rule is wrong: rerun with that module in "

@@ -69,6 +69,8 @@ class PropagatePass(Pass):
                     foldable = (
                         ~zero & ~np.isnan(v) & (sink.kind == "contract") & (sink.fold is not None)
                     )
+                    if sink.owner is not None and graph.calls[sink.owner] > 1:
+                        foldable[:] = False  # one bias, several call sites: no single fold is exact
                     live[cls[~zero & ~foldable]] = True
                     if foldable.any():
                         fold_sites.append((sink, foldable, v, cls))

@@ -10,7 +10,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from surgeon.errors import SurgeonPassError
+from surgeon.errors import SurgeonPassError, SurgeonTraceError
 from surgeon.passes.base import Pass, PassResult, PrunePlan
 from surgeon.spaces import Space, meta_shapes
 from surgeon.trace import propagate_shapes
@@ -79,7 +79,13 @@ class ResizePass(Pass):
                 fn(self.new_size)
         gm.graph.lint()
         gm.recompile()
-        self.output = propagate_shapes(gm, self.example_inputs)
+        try:
+            self.output = propagate_shapes(gm, self.example_inputs)
+        except SurgeonTraceError as exc:
+            raise SurgeonPassError(
+                f"the resized model no longer runs: {exc.__cause__ or exc}; a rule sized something "
+                "wrongly — put the module involved in ignore=(...) and report the model"
+            ) from exc
         self._check_shapes(gm)
         self.plan.applied = True
         after = sum(p.numel() for p in gm.parameters())
@@ -105,6 +111,8 @@ class ResizePass(Pass):
 
 def _slice_tensor(module: nn.Module, name: str, dims: dict[int, np.ndarray]) -> None:
     old = getattr(module, name)
+    if old is None:  # an optional bias that does not exist
+        return
     with torch.no_grad():
         new = old.detach()
         for dim, kept in sorted(dims.items()):
