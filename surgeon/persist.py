@@ -101,6 +101,7 @@ def save(model: nn.Module, path: str | os.PathLike[str]) -> Path:
             f"{type(model).__name__}"
         )
     plan = _plan_of(model)
+    target = check_output_path(path, what=_WHAT)
     doc = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
@@ -117,7 +118,6 @@ def save(model: nn.Module, path: str | os.PathLike[str]) -> Path:
             "and plain numbers"
         ) from exc
     state = {key: _compact(value) for key, value in model.state_dict().items()}
-    target = check_output_path(path, what=_WHAT)
     _write_atomic(target, text.encode("utf-8"), state)
     return target
 
@@ -145,6 +145,8 @@ def _plan_of(model: nn.Module) -> dict[str, Any]:
 def _compact(t: torch.Tensor) -> torch.Tensor:
     """``t`` on the CPU, copied when it views a larger storage (torch.save writes all of it)."""
     t = t.detach()
+    if t.layout != torch.strided:
+        return t.cpu()
     if t.device.type != "cpu":
         return t.cpu()
     if t.untyped_storage().nbytes() > t.numel() * t.element_size():
@@ -238,6 +240,8 @@ def load(
         SurgeonLoadError: the file is missing, not a surgeon file, or damaged; ``model`` is
             missing; or the plan or weights do not fit ``model`` (another architecture, other
             arguments, other leaf modules).
+        SurgeonInputError: ``model`` is not a module, or ``leaf_modules`` holds something that
+            is not a module type or instance.
     """
     source = _existing_file(path)
     with _open_archive(source) as zf:
