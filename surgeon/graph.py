@@ -316,6 +316,7 @@ def build_channel_graph(
     gm: fx.GraphModule, rule_lookup: Callable[[RuleContext], rules.Rule] = rules.lookup
 ) -> ChannelGraph:
     """Run every node's rule over a shape-annotated GraphModule and build its ChannelGraph."""
+    rules.clear_caches()
     shapes: dict[str, tuple[int, ...]] = {}
     for node in gm.graph.nodes:
         if node.op != "output":

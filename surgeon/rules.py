@@ -281,10 +281,13 @@ def conv_rule(ctx: RuleContext) -> None:
         ctx.tag(yc, "grouped")
 
     def transfer(c):
-        xv = c(xin)
-        w = _kernel_abs(m.weight)  # [cout, ipg]
-        xz = (xv == 0).reshape(g, ipg)
-        ok = ((w == 0) | np.repeat(xz, opg, axis=0)).all(1)
+        xz = (c(xin) == 0).reshape(g, ipg)
+        if not xz.any():  # the usual case: only all-zero filters give constants
+            ok = _zero_lines(m.weight, 1)
+        elif g == 1:
+            ok = ~(_kernel_abs(m.weight)[:, ~xz[0]] != 0).any(1)
+        else:
+            ok = ((_kernel_abs(m.weight) == 0) | np.repeat(xz, opg, axis=0)).all(1)
         return {yc: np.where(ok, _np(m.bias, cout), NAN)}
 
     ctx.transfer(transfer)
@@ -298,13 +301,45 @@ def conv_rule(ctx: RuleContext) -> None:
     ctx.on_resize(resize)
 
 
+_ABS_CACHE: dict[tuple[int, int, int], np.ndarray] = {}
+
+
 def _kernel_abs(w: torch.Tensor) -> np.ndarray:
-    """|w| summed over the kernel: [dim0, dim1] (a zero entry means that pair never interacts)."""
+    """|w| summed over the kernel: [dim0, dim1] (a zero entry means that pair never interacts).
+
+    Cached per tensor and version: PropagatePass asks for it once per sink and per round, and
+    weights do not change while it runs (folds only touch biases). The cache is cleared for
+    each new channel graph (:func:`clear_caches`).
+    """
+    key = (id(w), w._version, w.data_ptr())
+    hit = _ABS_CACHE.get(key)
+    if hit is not None:
+        return hit
     with torch.no_grad():
         a = w.detach().abs()
         if a.dim() > 2:
             a = a.flatten(2).sum(-1)
-        return a.float().cpu().numpy()
+        out = a.float().cpu().numpy()
+    _ABS_CACHE[key] = out
+    return out
+
+
+def _zero_lines(w: torch.Tensor, axis: int) -> np.ndarray:
+    """Of ``|w|`` summed over the kernel ([dim0, dim1]): which entries along dim ``1 - axis``
+    have all-zero weights (``axis=1``: per dim-0 index; ``axis=0``: per dim-1 index). Cached."""
+    key = (id(w), w._version, w.data_ptr(), axis)
+    hit = _LINE_CACHE.get(key)
+    if hit is None:
+        hit = _LINE_CACHE[key] = (_kernel_abs(w) == 0).all(axis)
+    return hit
+
+
+_LINE_CACHE: dict[tuple[int, int, int, int], np.ndarray] = {}
+
+
+def clear_caches() -> None:
+    _LINE_CACHE.clear()
+    _ABS_CACHE.clear()
 
 
 def _tuple(v: Any) -> tuple:
@@ -315,6 +350,10 @@ def _conv_ignores(m: nn.Module, g: int) -> Callable[[np.ndarray | None], np.ndar
     """Per input channel: True where every (alive) output row of its group has zero weight."""
 
     def ignores(alive_rows: np.ndarray | None) -> np.ndarray:
+        if g == 1 and (alive_rows is None or alive_rows.all()):
+            return _zero_lines(m.weight, 0)
+        if g == 1:
+            return ~(_kernel_abs(m.weight)[alive_rows] != 0).any(0)
         w = _kernel_abs(m.weight)  # [cout, ipg]
         if alive_rows is not None:
             w = w * alive_rows[:, None]
@@ -396,17 +435,20 @@ def _contraction(
         return w.T if out_dim == 1 else w
 
     def ignores(alive_rows):
+        if alive_rows is None or alive_rows.all():
+            return _zero_lines(m.weight, 0 if out_dim == 0 else 1)
         w = weights()
-        if alive_rows is not None:
-            w = w * alive_rows[:, None]
-        return w.sum(0) == 0
+        return (w * alive_rows[:, None]).sum(0) == 0
 
     ctx.sink(xin, "contract", ignores=ignores, fold=fold, out_space=yc)
 
     def transfer(c):
-        w = weights()
-        ok = ((w == 0) | (c(xin) == 0)[None, :]).all(1)
-        return {yc: np.where(ok, _np(m.bias, w.shape[0]), NAN)}
+        xz = c(xin) == 0
+        if not xz.any():
+            ok = _zero_lines(m.weight, 1 if out_dim == 0 else 0)
+        else:
+            ok = ((weights() == 0) | xz[None, :]).all(1)
+        return {yc: np.where(ok, _np(m.bias, len(ok)), NAN)}
 
     ctx.transfer(transfer)
 
