@@ -143,63 +143,37 @@ def slim(
         )
     ignored = _ignore_names(model, ignore)
     with _gc_paused():
-        return _slim(
-            model,
-            ratio,
-            example_inputs,
-            importance,
-            scope,
-            round_to,
-            ignored,
-            inplace,
-            leaf_modules,
-            max_group_ratio,
-        )
-
-
-def _slim(
-    model,
-    ratio,
-    example_inputs,
-    importance,
-    scope,
-    round_to,
-    ignored,
-    inplace,
-    leaf_modules,
-    max_group_ratio,
-):  # noqa: ANN001, ANN202
-    work = model if inplace else copy.deepcopy(model)
-    gm = trace(work, example_inputs, leaf_modules=leaf_modules)
-    expected = _output_shapes(gm)
-    graph = build_channel_graph(gm)
-    plan = PrunePlan(graph)
-    resize = ResizePass(plan, example_inputs)
-    result = PassManager(
-        [
-            ChannelPrunePass(
-                plan,
-                ratio,
-                importance=importance,
-                scope=scope,
-                round_to=round_to,
-                ignore=ignored,
-                max_group_ratio=max_group_ratio,
-            ),
-            PropagatePass(plan, ignore=ignored),
-            resize,
-        ]
-    ).run(gm)
-    gm = result.module
-    _self_check(gm, expected, resize.output)
-    gm.meta[PLAN_KEY] = {
-        **plan.to_record(),
-        "model": type(model).__name__,
-        "inputs": input_spec(example_inputs),
-        "leaf_modules": sorted(_leaf_name(m) for m in leaf_modules),
-    }
-    log.info("slim: %s", result.stats)
-    return gm
+        work = model if inplace else copy.deepcopy(model)
+        gm = trace(work, example_inputs, leaf_modules=leaf_modules)
+        expected = _output_shapes(gm)
+        graph = build_channel_graph(gm)
+        plan = PrunePlan(graph)
+        resize = ResizePass(plan, example_inputs)
+        result = PassManager(
+            [
+                ChannelPrunePass(
+                    plan,
+                    ratio,
+                    importance=importance,
+                    scope=scope,
+                    round_to=round_to,
+                    ignore=ignored,
+                    max_group_ratio=max_group_ratio,
+                ),
+                PropagatePass(plan, ignore=ignored),
+                resize,
+            ]
+        ).run(gm)
+        gm = result.module
+        _self_check(gm, expected, resize.output)
+        gm.meta[PLAN_KEY] = {
+            **plan.to_record(),
+            "model": type(model).__name__,
+            "inputs": input_spec(example_inputs),
+            "leaf_modules": sorted(_leaf_name(m) for m in leaf_modules),
+        }
+        log.info("slim: %s", result.stats)
+        return gm
 
 
 PLAN_KEY = "surgeon.plan"
