@@ -61,6 +61,8 @@ __all__ = [
     "export",
     "check_output_path",
     "write_bytes_atomic",
+    "temp_sibling",
+    "publish",
     "copy_file_atomic",
 ]
 
@@ -113,7 +115,7 @@ def check_output_path(path: str | os.PathLike[str], *, what: str = "output file"
 
 
 @contextlib.contextmanager
-def _temp_sibling(target: Path, *, what: str) -> Iterator[Path]:
+def temp_sibling(target: Path, *, what: str) -> Iterator[Path]:
     """Yield a fresh hidden temporary path next to ``target``; remove it on the way out."""
     try:
         fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -146,7 +148,7 @@ def _file_mode(target: Path) -> int:
         return 0o666 & ~umask
 
 
-def _publish(temp: Path, target: Path, *, what: str) -> None:
+def publish(temp: Path, target: Path, *, what: str) -> None:
     try:
         _fsync(temp)
         os.chmod(temp, _file_mode(target))  # mkstemp makes 0o600 files
@@ -165,14 +167,14 @@ def write_bytes_atomic(
     Either the whole file is at ``path`` afterwards, or (on any error) ``path`` is untouched.
     """
     target = check_output_path(path, what=what)
-    with _temp_sibling(target, what=what) as temp:
+    with temp_sibling(target, what=what) as temp:
         try:
             temp.write_bytes(data)
         except OSError as exc:
             raise SurgeonExportError(
                 f"cannot write the {what} {str(target)!r}: {exc.strerror or exc}"
             ) from exc
-        _publish(temp, target, what=what)
+        publish(temp, target, what=what)
     return target
 
 
@@ -183,14 +185,14 @@ def copy_file_atomic(
     import shutil
 
     target = check_output_path(path, what=what)
-    with _temp_sibling(target, what=what) as temp:
+    with temp_sibling(target, what=what) as temp:
         try:
             shutil.copyfile(source, temp)
         except OSError as exc:
             raise SurgeonExportError(
                 f"cannot write the {what} {str(target)!r}: {exc.strerror or exc}"
             ) from exc
-        _publish(temp, target, what=what)
+        publish(temp, target, what=what)
     return target
 
 
@@ -631,7 +633,7 @@ def export(
     started = time.perf_counter()
     # The adapter (and through it the model) is put in eval mode as a whole: the TorchScript
     # exporter restores the *adapter's* flag recursively when it is done.
-    with _eval_mode(adapter), _temp_sibling(target, what="ONNX file") as temp:
+    with _eval_mode(adapter), temp_sibling(target, what="ONNX file") as temp:
         try:
             expected = _run_torch(adapter, signature.tensors)
         except Exception as exc:
@@ -685,7 +687,7 @@ def export(
                 ),
             )
         del session
-        _publish(temp, target, what="ONNX file")
+        publish(temp, target, what="ONNX file")
     logger.info(
         "exported %s to %s in %.2fs (%s exporter); onnxruntime parity max abs diff %.3g",
         type(model).__name__,

@@ -35,7 +35,6 @@ import io
 import itertools
 import json
 import os
-import tempfile
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -49,7 +48,7 @@ from torch.utils import _pytree as pytree
 import surgeon
 from surgeon.api import PLAN_KEY, _gc_paused, _leaf_name, inputs_from_spec
 from surgeon.errors import SurgeonError, SurgeonInputError, SurgeonPassError
-from surgeon.exporter import SurgeonExportError, check_output_path
+from surgeon.exporter import SurgeonExportError, check_output_path, publish, temp_sibling
 from surgeon.graph import build_channel_graph
 from surgeon.passes import PrunePlan, ResizePass
 from surgeon.trace import trace
@@ -166,29 +165,11 @@ def _to_json(value: Any, depth: int = 0) -> str:
     return json.dumps(value, allow_nan=False)
 
 
-def _file_mode(target: Path) -> int:
-    """The mode a new file at ``target`` gets: the old file's, else 0o666 minus the umask."""
-    try:
-        return target.stat().st_mode & 0o777
-    except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
-
-
 def _write_atomic(target: Path, plan: bytes, state: dict[str, torch.Tensor]) -> None:
-    """Stream the archive into a temporary sibling of ``target``, then ``os.replace`` it."""
-    try:
-        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    except OSError as exc:
-        raise SurgeonExportError(
-            f"cannot create a file in {str(target.parent)!r} for the {_WHAT}: "
-            f"{exc.strerror or exc}; choose another path or fix the folder's permissions"
-        ) from exc
-    temp = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            with zipfile.ZipFile(handle, "w") as zf:
+    """Stream the archive into a temporary sibling of ``target``, then move it into place."""
+    with temp_sibling(target, what=_WHAT) as temp:
+        try:
+            with open(temp, "wb") as handle, zipfile.ZipFile(handle, "w") as zf:
                 info = zipfile.ZipInfo(_PLAN_MEMBER, _ZIP_DATE)
                 info.compress_type = zipfile.ZIP_DEFLATED
                 info.external_attr = 0o644 << 16
@@ -198,17 +179,12 @@ def _write_atomic(target: Path, plan: bytes, state: dict[str, torch.Tensor]) -> 
                 info.external_attr = 0o644 << 16
                 with zf.open(info, "w", force_zip64=True) as member:
                     torch.save(state, member)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temp, _file_mode(target))  # mkstemp makes 0o600 files
-        os.replace(temp, target)
-    except OSError as exc:
-        raise SurgeonExportError(
-            f"cannot write the {_WHAT} {str(target)!r}: {exc.strerror or exc}; nothing was "
-            "written there - free some space or choose another path"
-        ) from exc
-    finally:
-        temp.unlink(missing_ok=True)
+        except OSError as exc:
+            raise SurgeonExportError(
+                f"cannot write the {_WHAT} {str(target)!r}: {exc.strerror or exc}; nothing was "
+                "written there - free some space or choose another path"
+            ) from exc
+        publish(temp, target, what=_WHAT)
 
 
 # --------------------------------------------------------------------------------------------
