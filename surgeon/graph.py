@@ -179,9 +179,6 @@ class ChannelGraph:
     def prunable_groups(self) -> list[Group]:
         return [g for g in self.groups if g.prunable]
 
-    def group(self, space: Space) -> Group:
-        return self.groups[self.group_of[space]]
-
     def constants(
         self, forced_zero: dict[Space, np.ndarray] | None = None
     ) -> dict[Space, np.ndarray]:

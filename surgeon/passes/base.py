@@ -27,8 +27,8 @@ class PassResult:
 class PrunePlan:
     """Which channel classes go, per group: the one value the three passes share.
 
-    ``removed[g]`` is a bool mask over group g's classes; ``reason[g]`` says why each went
-    (``pruned`` by the criterion, ``dead`` when it computed nothing). ``applied`` turns true
+    ``removed[g]`` is a bool mask over group g's classes; ``dead[g]`` marks the ones that
+    PropagatePass removed because they computed nothing (the rest were pruned by the criterion). ``applied`` turns true
     once ResizePass has sliced the model; the plan is then final.
     """
 
