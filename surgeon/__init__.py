@@ -21,6 +21,11 @@ _LAZY = {
     "analyze": "surgeon.api",
     "count_macs": "surgeon.metrics",
     "count_params": "surgeon.metrics",
+    "metrics": "surgeon.metrics",
+    "level_prune": "surgeon.metrics",
+    "prune_iteratively": "surgeon.schedule",
+    "agp_ratio": "surgeon.schedule",
+    "distill_loss": "surgeon.schedule",
     "export": "surgeon.exporter",
     "bench": "surgeon.benchmark",
     "save": "surgeon.persist",
@@ -40,8 +45,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from surgeon.api import analyze, slim
     from surgeon.benchmark import bench
     from surgeon.exporter import export
-    from surgeon.metrics import count_macs, count_params
+    from surgeon.metrics import count_macs, count_params, level_prune, metrics
     from surgeon.persist import load, save
+    from surgeon.schedule import agp_ratio, distill_loss, prune_iteratively
 
 
 def __getattr__(name: str) -> Any:

@@ -7,7 +7,7 @@ import copy
 import gc
 import logging
 import numbers
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -16,8 +16,15 @@ import torch.nn as nn
 
 from surgeon.errors import SurgeonInputError, SurgeonPassError
 from surgeon.graph import ChannelGraph, build_channel_graph
-from surgeon.importance import CRITERIA
-from surgeon.passes import ChannelPrunePass, PassManager, PropagatePass, PrunePlan, ResizePass
+from surgeon.importance import DATA_CRITERIA, check_criterion, collect_stats
+from surgeon.passes import (
+    ChannelPrunePass,
+    CompensatePass,
+    PassManager,
+    PropagatePass,
+    PrunePlan,
+    ResizePass,
+)
 from surgeon.trace import trace
 
 __all__ = ["slim", "analyze", "PLAN_KEY", "input_spec", "inputs_from_spec"]
@@ -99,6 +106,9 @@ def slim(
     inplace: bool = False,
     leaf_modules: Iterable[Leaf] = (),
     max_group_ratio: float = 0.9,
+    data: Iterable[Any] | None = None,
+    loss_fn: Callable[..., torch.Tensor] | None = None,
+    compensate: bool = True,
 ) -> nn.Module:
     """Remove ``ratio`` of the channels of every prunable group, physically.
 
@@ -109,22 +119,71 @@ def slim(
             ``0`` nothing new is pruned, but channels that are already dead (all-zero filters,
             zero norm scales) are removed: the function is unchanged.
         example_inputs: a tensor, a tuple of tensors or a dict of keyword tensors.
-        importance: ``"l2"`` or ``"l1"`` magnitude, aggregated over each channel class.
+        importance: the criterion, aggregated over each channel class: ``"l2"`` / ``"l1"``
+            weight magnitude, ``"bn_scale"`` (|gamma| of the norms), ``"random"`` (a baseline),
+            or, from gradients on ``data``, ``"taylor"`` (|activation x gradient| at every
+            consumer input, normalised per input) and ``"grad"`` (|w x dL/dw|).
         scope: ``"local"`` (the same ratio in every group) or ``"global"`` (one threshold over
             scores normalised per group, at most ``max_group_ratio`` of any group).
         round_to: keep a multiple of this many channels per group.
         ignore: modules (or qualified names) whose parameter shapes must not change.
         leaf_modules: module types or instances torch.fx must not trace into.
+        data: an iterable of ``(input, target)`` batches (a DataLoader, a list): needed by
+            ``taylor`` and ``grad``; with any criterion it also gives compensation measured
+            means. One pass is made over it, in eval mode, on a copy of the model.
+        loss_fn: ``loss_fn(output, target)`` -> scalar tensor, for ``taylor`` and ``grad``.
+        compensate: fold the expected value of every removed channel into its consumers (a
+            following batch norm's running mean, else the consumer's bias), so the slim model
+            loses less before fine-tuning. The expected value is measured on ``data`` when
+            given, else derived from the batch norm that produced the channel; channels with
+            neither are not compensated. Off: ``compensate=False``.
 
     Returns:
         a ``torch.fx.GraphModule`` with the same inputs and output shapes that trains like any
         module.
     """
+    return _slim(
+        model,
+        ratio,
+        example_inputs,
+        importance=importance,
+        scope=scope,
+        round_to=round_to,
+        ignore=ignore,
+        inplace=inplace,
+        leaf_modules=leaf_modules,
+        max_group_ratio=max_group_ratio,
+        data=data,
+        loss_fn=loss_fn,
+        compensate=compensate,
+    )
+
+
+def _slim(
+    model: nn.Module,
+    ratio: float,
+    example_inputs: Any,
+    *,
+    importance: str = "l2",
+    scope: str = "local",
+    round_to: int | None = None,
+    ignore: Iterable[nn.Module | str] = (),
+    inplace: bool = False,
+    leaf_modules: Iterable[Leaf] = (),
+    max_group_ratio: float = 0.9,
+    data: Iterable[Any] | None = None,
+    loss_fn: Callable[..., torch.Tensor] | None = None,
+    compensate: bool = True,
+    original: dict[int, int] | None = None,
+    kept: dict[str, dict[int, Any]] | None = None,
+) -> fx.GraphModule:
+    """``slim``, plus what iterative schedules need: ``original`` class counts per group (the
+    ratio is then cumulative over earlier steps) and ``kept``, filled with the original indices
+    each sliced tensor kept."""
     ratio = _check_ratio(ratio)
-    if importance not in CRITERIA:
-        raise SurgeonInputError(
-            f"importance={importance!r} is not a known criterion; use one of {CRITERIA}"
-        )
+    check_criterion(importance, data, loss_fn)
+    if not isinstance(compensate, bool):
+        raise SurgeonInputError(f"compensate={compensate!r}: use True or False")
     if scope not in ("local", "global"):
         raise SurgeonInputError(f"scope={scope!r}: use 'local' or 'global'")
     if round_to is not None and (
@@ -148,30 +207,59 @@ def slim(
         expected = _output_shapes(gm)
         graph = build_channel_graph(gm)
         plan = PrunePlan(graph)
+        if original is not None and (
+            len(original) != len(graph.groups)
+            or any(g.n_classes > original.get(g.index, -1) for g in graph.groups)
+        ):
+            raise SurgeonPassError(
+                "the model's channel groups changed between prune steps (a resize merged or "
+                "split them), so the schedule cannot track the original counts; prune in one "
+                "step (schedule='oneshot') or report the model"
+            )
+        stats = None
+        if ratio > 0 and (importance in DATA_CRITERIA or (compensate and data is not None)):
+            stats = collect_stats(
+                gm,
+                graph,
+                data,  # type: ignore[arg-type]
+                loss_fn,
+                taylor=importance == "taylor",
+                grads=importance == "grad",
+                means=compensate,
+            )
         resize = ResizePass(plan, example_inputs)
-        result = PassManager(
-            [
-                ChannelPrunePass(
-                    plan,
-                    ratio,
-                    importance=importance,
-                    scope=scope,
-                    round_to=round_to,
-                    ignore=ignored,
-                    max_group_ratio=max_group_ratio,
-                ),
-                PropagatePass(plan, ignore=ignored),
-                resize,
-            ]
-        ).run(gm)
+        passes = [
+            ChannelPrunePass(
+                plan,
+                ratio,
+                importance=importance,
+                scope=scope,
+                round_to=round_to,
+                ignore=ignored,
+                max_group_ratio=max_group_ratio,
+                stats=stats,
+                original=original,
+            )
+        ]
+        if compensate:
+            passes.append(CompensatePass(plan, stats.means if stats is not None else None))
+        passes += [PropagatePass(plan, ignore=ignored), resize]
+        result = PassManager(passes).run(gm)
         gm = result.module
         _self_check(gm, expected, resize.output)
+        previous = (
+            getattr(model, "meta", {}).get(PLAN_KEY) if isinstance(model, fx.GraphModule) else None
+        )
         gm.meta[PLAN_KEY] = {
             **plan.to_record(),
-            "model": type(model).__name__,
+            "model": previous["model"] if previous else type(model).__name__,
             "inputs": input_spec(example_inputs),
             "leaf_modules": sorted(_leaf_name(m) for m in leaf_modules),
         }
+        if previous:
+            gm.meta[PLAN_KEY]["previous"] = copy.deepcopy(previous)
+        if kept is not None:
+            kept.update(resize.kept)
         log.info("slim: %s", result.stats)
         return gm
 

@@ -1,46 +1,318 @@
-"""Importance criteria: a score per channel class, aggregated over every member of the class."""
+"""Importance criteria: a score per channel class, aggregated over every member of the class.
+
+Magnitude criteria (``l1``, ``l2``, ``bn_scale``, ``random``) read the weights only. The
+data-driven ones (``taylor``, ``grad``) run the model on ``data`` through ``collect_stats``,
+which also measures the mean value of every edge where a channel class leaves its class (the
+inputs of its consumers) for compensation.
+"""
 
 from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 import torch.fx as fx
+import torch.nn as nn
 
 from surgeon.errors import SurgeonInputError
-from surgeon.graph import Group
+from surgeon.graph import ChannelGraph, Group
+from surgeon.metrics import as_args
 from surgeon.rules import attr_tensor
+from surgeon.spaces import Sink
 
-__all__ = ["CRITERIA", "class_scores"]
+__all__ = [
+    "CRITERIA",
+    "DATA_CRITERIA",
+    "DataStats",
+    "Edge",
+    "check_criterion",
+    "class_scores",
+    "collect_stats",
+    "edge_of",
+]
 
-CRITERIA = ("l1", "l2")
+CRITERIA = ("l1", "l2", "taylor", "grad", "bn_scale", "random")
+DATA_CRITERIA = ("taylor", "grad")
+
+Edge = tuple[str, int, str]  # (source node, dim, consumer node): one sink's input
 
 
-def class_scores(gm: fx.GraphModule, group: Group, criterion: str) -> np.ndarray:
-    """Magnitude score of each channel class of ``group``.
+def edge_of(sink: Sink) -> Edge:
+    return (sink.space[0], sink.space[1], sink.node)
 
-    ``l1``: sum of |w| over every weight slice that belongs to the class (producers' filters,
-    consumers' input slices, norm scales); ``l2``: the square root of the sum of w². A tensor
-    index that several space indices map to (a grouped conv's in-group offset) counts once.
+
+def check_criterion(importance: Any, data: Any, loss_fn: Any) -> None:
+    """A known criterion, and ``data`` / ``loss_fn`` when it needs them."""
+    if importance not in CRITERIA:
+        raise SurgeonInputError(
+            f"importance={importance!r} is not a known criterion; use one of {CRITERIA}"
+        )
+    if importance in DATA_CRITERIA and (data is None or loss_fn is None):
+        missing = " and ".join(n for n, v in (("data=", data), ("loss_fn=", loss_fn)) if v is None)
+        raise SurgeonInputError(
+            f"importance={importance!r} is computed from gradients on data and needs {missing}: "
+            "pass data= (an iterable of (input, target) batches, e.g. a DataLoader or a list of "
+            "a few batches) and loss_fn= (e.g. torch.nn.functional.cross_entropy), or use a "
+            "weight criterion ('l2', 'l1', 'bn_scale')"
+        )
+    if loss_fn is not None and not callable(loss_fn):
+        raise SurgeonInputError(
+            f"loss_fn={loss_fn!r} is not callable: pass a function loss_fn(output, target) "
+            "returning a scalar tensor"
+        )
+
+
+@dataclass
+class DataStats:
+    """What ``collect_stats`` measured over the batches of ``data``.
+
+    ``taylor[edge]``: per index of the edge's space, the mean over examples of
+    ``|sum over positions of activation * gradient|`` (first-order Taylor, Molchanov et al.);
+    ``means[edge]``: the mean value per index (over examples and positions); ``grads[name]``:
+    dL/dw of each parameter, summed over batches; ``examples``: how many examples were seen.
+    """
+
+    taylor: dict[Edge, np.ndarray] = field(default_factory=dict)
+    means: dict[Edge, np.ndarray] = field(default_factory=dict)
+    grads: dict[str, torch.Tensor] = field(default_factory=dict)
+    examples: int = 0
+
+
+def class_scores(
+    gm: fx.GraphModule, group: Group, criterion: str, stats: DataStats | None = None
+) -> np.ndarray:
+    """Score of each channel class of ``group`` under ``criterion`` (higher = keep).
+
+    ``l1`` / ``l2``: the L1 norm / L2 norm of every weight slice that belongs to the class
+    (producers' filters, consumers' input slices, norm scales). ``grad``: the sum of
+    ``|w * dL/dw|`` over the same slices. ``taylor``: at every consumer input of the group, the
+    Taylor score of each index normalised by that input's L2 norm, summed over the class.
+    ``bn_scale``: the sum of ``|gamma|`` of the norms in the class (a group without a norm falls
+    back to ``l2``). ``random``: a uniform draw, seeded by the group index.
+    A tensor index that several space indices map to (a grouped conv's in-group offset) counts
+    once.
     """
     if criterion not in CRITERIA:
         raise SurgeonInputError(
             f"importance={criterion!r} is not a known criterion; use one of {CRITERIA}"
         )
-    p = 1 if criterion == "l1" else 2
+    if criterion in DATA_CRITERIA and stats is None:
+        raise SurgeonInputError(f"importance={criterion!r} needs data= and loss_fn=")
+    if criterion == "random":
+        return np.random.default_rng([0, group.index]).random(group.n_classes)
+    if criterion == "taylor":
+        return _taylor_scores(group, stats)
+    if criterion == "bn_scale":
+        scores = _slice_scores(gm, group, lambda sl, t: t.abs(), roles=("norm",), names=("weight",))
+        if scores.any():
+            return scores
+        criterion = "l2"
+    if criterion == "grad":
+        grads = stats.grads  # type: ignore[union-attr]
+
+        def fn(sl, t):
+            g = grads.get(_qualname(sl.owner, sl.name))
+            return torch.zeros_like(t) if g is None else (t * g).abs()
+
+        return _slice_scores(gm, group, fn)
+    if criterion == "l1":
+        return _slice_scores(gm, group, lambda sl, t: t.abs())
+    return np.sqrt(_slice_scores(gm, group, lambda sl, t: t.square()))
+
+
+def _qualname(owner: str, name: str) -> str:
+    return f"{owner}.{name}" if owner else name
+
+
+def _slice_scores(
+    gm: fx.GraphModule,
+    group: Group,
+    fn: Callable[[Any, torch.Tensor], torch.Tensor],
+    *,
+    roles: tuple[str, ...] = ("producer", "consumer", "norm", "param"),
+    names: tuple[str, ...] | None = None,
+) -> np.ndarray:
+    """Sum over the class's weight slices (biases excluded) of ``fn(slice, tensor)``."""
     scores = np.zeros(group.n_classes)
     for sl in group.params:
-        if sl.role not in ("producer", "consumer", "norm", "param") or sl.name == "bias":
+        if sl.role not in roles or sl.name == "bias" or (names and sl.name not in names):
             continue
-        t = attr_tensor(gm, f"{sl.owner}.{sl.name}" if sl.owner else sl.name)
+        t = attr_tensor(gm, _qualname(sl.owner, sl.name))
         if not isinstance(t, torch.Tensor) or not t.is_floating_point():
             continue
         with torch.no_grad():
-            w = t.detach()
-            w = w.abs() if p == 1 else w.square()
+            w = fn(sl, t.detach())
             others = [d for d in range(w.dim()) if d != sl.dim]
             mag = (w.sum(dim=others) if others else w).double().cpu().numpy()
         cls = group.class_of[sl.space]
         tidx = sl.tensor_index(len(cls))
         uniq, first = np.unique(tidx, return_index=True)
         np.add.at(scores, cls[first], mag[uniq])
-    return np.sqrt(scores) if p == 2 else scores
+    return scores
+
+
+def _taylor_scores(group: Group, stats: DataStats | None) -> np.ndarray:
+    scores = np.zeros(group.n_classes)
+    seen: set[Edge] = set()
+    for sink in group.sinks:
+        edge = edge_of(sink)
+        t = None if stats is None else stats.taylor.get(edge)
+        if t is None or edge in seen:
+            continue
+        seen.add(edge)
+        norm = np.linalg.norm(t)
+        if norm > 0:
+            np.add.at(scores, group.class_of[sink.space], t / norm)
+    return scores
+
+
+# -- measuring on data -----------------------------------------------------------------------
+class _Probe(nn.Module):
+    """Sits on one edge (a node's value going into one consumer): ``x * gate`` per probed dim,
+    with a gate of ones over (example, channel) whose gradient is, per example and channel,
+    the sum of ``activation * gradient`` over the other positions; also sums channel means."""
+
+    def __init__(self, taylor: bool, means: bool) -> None:
+        super().__init__()
+        self.want_taylor, self.want_means = taylor, means
+        self.dims: list[int] = []
+        self.gates: dict[int, torch.Tensor] = {}
+        self.taylor: dict[int, torch.Tensor] = {}
+        self.sum: dict[int, torch.Tensor] = {}
+        self.count: dict[int, int] = {}
+
+    def forward(self, x: Any) -> Any:
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            return x
+        for dim in self.dims:
+            if x.dim() <= dim:
+                continue
+            if self.want_means:
+                others = [d for d in range(x.dim()) if d != dim]
+                s = x.detach().double().sum(dim=others)
+                self.sum[dim] = s + self.sum[dim] if dim in self.sum else s
+                self.count[dim] = self.count.get(dim, 0) + x.numel() // max(1, x.shape[dim])
+            if self.want_taylor and x.requires_grad:
+                shape = [1] * x.dim()
+                shape[dim] = x.shape[dim]
+                if dim != 0:
+                    shape[0] = x.shape[0]
+                gate = torch.ones(shape, dtype=x.dtype, device=x.device, requires_grad=True)
+                self.gates[dim] = gate
+                x = x * gate
+        return x
+
+    def after_backward(self) -> None:
+        for dim, gate in self.gates.items():
+            if gate.grad is None:
+                continue
+            g = gate.grad.detach().double().abs()
+            per = g.reshape(g.shape[0], -1).sum(0) if dim != 0 else g.reshape(-1)
+            self.taylor[dim] = per + self.taylor[dim] if dim in self.taylor else per
+        self.gates = {}
+
+
+def collect_stats(
+    gm: fx.GraphModule,
+    graph: ChannelGraph,
+    data: Iterable[Any],
+    loss_fn: Callable[..., torch.Tensor] | None,
+    *,
+    taylor: bool = False,
+    grads: bool = False,
+    means: bool = False,
+) -> DataStats:
+    """Run ``gm`` (a copy of it, in eval mode) over ``data`` and measure, at every consumer
+    input of every prunable group, the Taylor scores and / or the mean values, and / or the
+    parameter gradients. ``data`` yields ``(input, target)`` batches; ``loss_fn(output,
+    target)`` gives the scalar loss (only needed for ``taylor`` / ``grads``)."""
+    work = copy.deepcopy(gm).eval()
+    for p in work.parameters():
+        p.grad = None
+        p.requires_grad_(grads or taylor)
+    probes: dict[tuple[str, str], _Probe] = {}
+    nodes = {n.name: n for n in work.graph.nodes}
+    for g in graph.prunable_groups():
+        for sink in g.sinks:
+            src_name, dim, consumer_name = edge_of(sink)
+            if src_name not in nodes or consumer_name not in nodes:
+                continue
+            probe = probes.get((src_name, consumer_name))
+            if probe is None:
+                probe = _Probe(taylor, means)
+                name = f"_surgeon_probe_{len(probes)}"
+                work.add_submodule(name, probe)
+                src, consumer = nodes[src_name], nodes[consumer_name]
+                with work.graph.inserting_before(consumer):
+                    gated = work.graph.call_module(name, (src,))
+                consumer.replace_input_with(src, gated)
+                probes[(src_name, consumer_name)] = probe
+            if dim not in probe.dims:
+                probe.dims.append(dim)
+    work.recompile()
+    device = next((p.device for p in work.parameters()), torch.device("cpu"))
+    backward = taylor or grads
+    examples = 0
+    for i, batch in enumerate(_batches(data)):
+        inputs, target = batch
+        inputs = torch.utils._pytree.tree_map(
+            lambda v: v.to(device) if isinstance(v, torch.Tensor) else v, inputs
+        )
+        if isinstance(target, torch.Tensor):
+            target = target.to(device)
+        args, kwargs = as_args(inputs)
+        with torch.set_grad_enabled(backward):
+            out = work(*args, **kwargs)
+            if backward:
+                loss = loss_fn(out, target)  # type: ignore[misc]
+                if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+                    raise SurgeonInputError(
+                        f"loss_fn returned {type(loss).__name__}"
+                        f"{'' if not isinstance(loss, torch.Tensor) else tuple(loss.shape)} for "
+                        f"batch {i}: it must return a scalar tensor, e.g. "
+                        "torch.nn.functional.cross_entropy(output, target)"
+                    )
+                loss.backward()
+                for probe in probes.values():
+                    probe.after_backward()
+        first = args[0] if args else next(iter(kwargs.values()), None)
+        examples += int(first.shape[0]) if isinstance(first, torch.Tensor) and first.dim() else 1
+    if examples == 0:
+        raise SurgeonInputError(
+            "data= yielded no batches: pass an iterable of (input, target) batches with at "
+            "least one batch"
+        )
+    stats = DataStats(examples=examples)
+    for (src_name, consumer_name), probe in probes.items():
+        for dim, t in probe.taylor.items():
+            stats.taylor[(src_name, dim, consumer_name)] = (t / examples).cpu().numpy()
+        for dim, s in probe.sum.items():
+            if probe.count.get(dim):
+                stats.means[(src_name, dim, consumer_name)] = (s / probe.count[dim]).cpu().numpy()
+    if grads:
+        for name, p in work.named_parameters():
+            if p.grad is not None:
+                stats.grads[name] = p.grad.detach().clone()
+    return stats
+
+
+def _batches(data: Iterable[Any]) -> Iterable[tuple[Any, Any]]:
+    if isinstance(data, (torch.Tensor, str, bytes)) or not isinstance(data, Iterable):
+        raise SurgeonInputError(
+            f"data= must be an iterable of (input, target) batches (a DataLoader or a list of "
+            f"tuples), got {type(data).__name__}"
+        )
+    for i, batch in enumerate(data):
+        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+            what = type(batch).__name__
+            if isinstance(batch, (tuple, list)):
+                what += f" of length {len(batch)}"
+            raise SurgeonInputError(
+                f"data= batch {i} is a {what}: each batch must be an (input, target) pair, e.g. "
+                "a DataLoader over a TensorDataset(x, y)"
+            )
+        yield batch[0], batch[1]

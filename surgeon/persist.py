@@ -374,7 +374,13 @@ def _inputs_desc(plan: dict[str, Any]) -> str:
 def _rebuild(
     model: nn.Module, plan: dict[str, Any], leaves: list[Leaf], source: str
 ) -> fx.GraphModule:
-    """Trace a copy of ``model`` on zero inputs of the recorded shapes and cut its classes."""
+    """Trace a copy of ``model`` on zero inputs of the recorded shapes and cut its classes
+    (after cutting, first, the plans of earlier steps an iterative schedule recorded)."""
+    previous = plan.get("previous")
+    if previous is not None:
+        if not isinstance(previous, dict):
+            raise _corrupt(source, "its record of earlier prune steps is malformed")
+        model = _rebuild(model, previous, leaves, source)
     try:
         inputs = inputs_from_spec(plan["inputs"])
     except (KeyError, TypeError, AttributeError, ValueError, RuntimeError) as exc:

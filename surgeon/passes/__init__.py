@@ -1,8 +1,9 @@
-"""The three passes of surgery: prune (decide) -> propagate (close, exactly) -> resize (slice)."""
+"""The three passes of surgery: prune (decide) -> [compensate] -> propagate (close, exactly) -> resize (slice)."""
 
 from __future__ import annotations
 
 from surgeon.passes.base import Pass, PassManager, PassResult, PrunePlan
+from surgeon.passes.compensate import CompensatePass
 from surgeon.passes.propagate import PropagatePass
 from surgeon.passes.prune import ChannelPrunePass
 from surgeon.passes.resize import ResizePass
@@ -13,6 +14,7 @@ __all__ = [
     "PassResult",
     "PrunePlan",
     "ChannelPrunePass",
+    "CompensatePass",
     "PropagatePass",
     "ResizePass",
 ]

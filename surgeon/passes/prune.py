@@ -9,7 +9,7 @@ import numpy as np
 import torch.fx as fx
 
 from surgeon.graph import Group
-from surgeon.importance import class_scores
+from surgeon.importance import DataStats, class_scores
 from surgeon.passes.base import Pass, PassResult, PrunePlan
 
 __all__ = ["ChannelPrunePass", "protected_classes"]
@@ -45,6 +45,9 @@ class ChannelPrunePass(Pass):
     2. ``scope="global"``: scores are divided by their group's mean and one threshold removes
        ``ratio`` of all classes, no group losing more than ``max_group_ratio`` of its own.
     3. At least one class is kept per group and per space; classes of ignored modules stay.
+    4. ``original`` (group index -> class count of the model before earlier prune steps) makes
+       ``ratio`` cumulative: the group ends with what ``ratio`` of its original count leaves
+       (an iterative schedule's later steps remove only the difference).
     """
 
     name = "ChannelPrunePass"
@@ -59,8 +62,12 @@ class ChannelPrunePass(Pass):
         round_to: int | None = None,
         ignore: Iterable[str] = (),
         max_group_ratio: float = 0.9,
+        stats: DataStats | None = None,
+        original: dict[int, int] | None = None,
     ) -> None:
         self.plan = plan
+        self.stats = stats
+        self.original = original
         self.ratio = ratio
         self.importance = importance
         self.scope = scope
@@ -78,16 +85,17 @@ class ChannelPrunePass(Pass):
         if self.plan.applied or self.ratio <= 0:
             return PassResult(gm, False, {"removed_classes": 0})
         groups = self.plan.graph.prunable_groups()
-        scores = {g.index: class_scores(gm, g, self.importance) for g in groups}
+        scores = {g.index: class_scores(gm, g, self.importance, self.stats) for g in groups}
         protect = {g.index: protected_classes(g, self.ignore) for g in groups}
+        orig = {g.index: (self.original or {}).get(g.index, g.n_classes) for g in groups}
         target: dict[int, int] = {}
         if self.scope == "local":
             for g in groups:
-                target[g.index] = g.n_classes - self._n_keep(
-                    g.n_classes, int(self.ratio * g.n_classes + 1e-9)
-                )
+                n = orig[g.index]
+                keep = self._n_keep(n, int(self.ratio * n + 1e-9))
+                target[g.index] = max(0, g.n_classes - keep)
         else:
-            target = self._global_targets(groups, scores, protect)
+            target = self._global_targets(groups, scores, protect, orig)
         removed = 0
         for g in groups:
             mask = self.plan.removed[g.index]
@@ -106,9 +114,11 @@ class ChannelPrunePass(Pass):
             removed += int(mask.sum()) - before
         return PassResult(gm, removed > 0, {"removed_classes": removed, "groups": len(groups)})
 
-    def _global_targets(self, groups: list[Group], scores: dict, protect: dict) -> dict[int, int]:
-        total = sum(g.n_classes for g in groups)
-        budget = int(self.ratio * total + 1e-9)
+    def _global_targets(
+        self, groups: list[Group], scores: dict, protect: dict, orig: dict[int, int]
+    ) -> dict[int, int]:
+        total = sum(orig.values())
+        budget = int(self.ratio * total + 1e-9) - (total - sum(g.n_classes for g in groups))
         entries = []
         for g in groups:
             s = scores[g.index]
@@ -118,7 +128,12 @@ class ChannelPrunePass(Pass):
             ]
         entries.sort(key=lambda e: (e[0], e[1], e[2]))
         cap = {
-            g.index: min(g.n_classes - 1, int(self.max_group_ratio * g.n_classes)) for g in groups
+            g.index: max(
+                0,
+                min(g.n_classes - 1, int(self.max_group_ratio * orig[g.index]))
+                - (orig[g.index] - g.n_classes),
+            )
+            for g in groups
         }
         count = dict.fromkeys(cap, 0)
         for _, gi, _ in entries:
@@ -128,7 +143,8 @@ class ChannelPrunePass(Pass):
                 count[gi] += 1
                 budget -= 1
         by_index = {g.index: g for g in groups}
-        return {
-            gi: by_index[gi].n_classes - self._n_keep(by_index[gi].n_classes, n)
-            for gi, n in count.items()
-        }
+        out = {}
+        for gi, n in count.items():
+            g, o = by_index[gi], orig[gi]
+            out[gi] = max(0, g.n_classes - self._n_keep(o, o - g.n_classes + n))
+        return out

@@ -38,6 +38,8 @@ class ResizePass(Pass):
         self.plan = plan
         self.example_inputs = example_inputs
         self.output: Any = None
+        # parameter / buffer name -> {dim: the original indices it kept}, for rewinding
+        self.kept: dict[str, dict[int, np.ndarray]] = {}
 
     def new_size(self, space: Space) -> int:
         mask = self.plan.space_mask(space)
@@ -74,6 +76,7 @@ class ResizePass(Pass):
                 cuts[key][sl.dim] = kept
         for (owner, name), dims in cuts.items():
             _slice_tensor(gm.get_submodule(owner), name, dims)
+            self.kept[f"{owner}.{name}" if owner else name] = dims
         for rec in graph.records.values():
             for fn in rec.resize_fns:
                 fn(self.new_size)

@@ -1,0 +1,251 @@
+"""CompensatePass: fold the expected contribution of removed channels into their consumers."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from surgeon.importance import Edge, edge_of
+from surgeon.passes.base import Pass, PassResult, PrunePlan
+from surgeon.rules import _add_bias
+from surgeon.spaces import Sink
+
+__all__ = ["CompensatePass", "expected_mean"]
+
+_ACTIVATION_MODULES = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Softplus,
+)
+_ACTIVATION_FUNCTIONS = {
+    F.relu,
+    F.relu6,
+    F.leaky_relu,
+    F.elu,
+    F.selu,
+    F.celu,
+    F.gelu,
+    F.silu,
+    F.mish,
+    F.hardswish,
+    F.hardsigmoid,
+    F.softplus,
+    torch.relu,
+    torch.sigmoid,
+    torch.tanh,
+    torch.nn.functional.sigmoid,
+    torch.nn.functional.tanh,
+}
+_ACTIVATION_METHODS = {"relu", "sigmoid", "tanh"}
+_MEAN_KEEPING_MODULES = (nn.Dropout, nn.Identity, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
+_MEAN_KEEPING_MODULES += (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
+_MEAN_KEEPING_FUNCTIONS = {
+    F.dropout,
+    F.avg_pool1d,
+    F.avg_pool2d,
+    F.avg_pool3d,
+    F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d,
+    F.adaptive_avg_pool3d,
+}
+_FLATTEN_FUNCTIONS = {torch.flatten}
+
+# E[f(y)] for y ~ N(mu, sigma^2) as sum_i w_i f(mu + sigma z_i) on a fine grid over +-8 sigma:
+# unlike Gauss-Hermite, a grid stays accurate for activations with a kink (ReLU: ~1e-7).
+_Z = torch.linspace(-8.0, 8.0, 4001, dtype=torch.float64)
+_W = torch.exp(-0.5 * _Z * _Z)
+_W /= _W.sum()
+
+
+def _module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
+    if node.op != "call_module":
+        return None
+    return gm.get_submodule(str(node.target))
+
+
+def _only_first_arg_is_node(node: fx.Node) -> bool:
+    if not node.args or not isinstance(node.args[0], fx.Node):
+        return False
+    others: list[fx.Node] = []
+    fx.node.map_arg((node.args[1:], node.kwargs), others.append)
+    return not others
+
+
+def _activation(gm: fx.GraphModule, node: fx.Node) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The elementwise function ``node`` applies to its first argument, if it is one."""
+    m = _module(gm, node)
+    if isinstance(m, _ACTIVATION_MODULES):
+        return lambda t: m(t.clone())
+    if not _only_first_arg_is_node(node):
+        return None
+    if node.op == "call_function" and node.target in _ACTIVATION_FUNCTIONS:
+        kwargs = {k: v for k, v in node.kwargs.items() if k != "inplace"}
+        return lambda t: node.target(t, *node.args[1:], **kwargs)  # type: ignore[operator]
+    if node.op == "call_method" and node.target in _ACTIVATION_METHODS and len(node.args) == 1:
+        return lambda t: getattr(t, str(node.target))()
+    return None
+
+
+def _keeps_mean(gm: fx.GraphModule, node: fx.Node) -> bool:
+    if isinstance(_module(gm, node), _MEAN_KEEPING_MODULES):
+        return True
+    return (
+        node.op == "call_function"
+        and node.target in _MEAN_KEEPING_FUNCTIONS
+        and _only_first_arg_is_node(node)
+    )
+
+
+def _flatten_block(gm: fx.GraphModule, node: fx.Node) -> int | None:
+    """For ``flatten(x, 1)`` of an [N, C, *S] tensor: prod(S), the run of each channel."""
+    m = _module(gm, node)
+    if isinstance(m, nn.Flatten):
+        start, end = m.start_dim, m.end_dim
+    elif node.op == "call_function" and node.target in _FLATTEN_FUNCTIONS:
+        start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+        end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
+    elif node.op == "call_method" and node.target == "flatten":
+        start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+        end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
+    else:
+        return None
+    src = node.args[0] if node.args else None
+    meta = src.meta.get("tensor_meta") if isinstance(src, fx.Node) else None
+    shape = getattr(meta, "shape", None)
+    if shape is None or start != 1 or end not in (-1, len(shape) - 1) or len(shape) < 3:
+        return None
+    return math.prod(shape[2:])
+
+
+def expected_mean(gm: fx.GraphModule, node: fx.Node, dim: int) -> np.ndarray | None:
+    """Expected value of each index of ``node``'s output along ``dim``, when it is computable
+    from a batch norm's affine parameters (its output is ~ N(beta, gamma^2) per channel when
+    its input matches its running statistics)
+    through at most one elementwise activation, mean-keeping ops (average pooling, dropout)
+    and a final ``flatten(x, 1)``. ``None`` otherwise."""
+    repeat = 1
+    if dim == 1 and (block := _flatten_block(gm, node)) is not None:
+        repeat, node = block, node.args[0]
+    act = None
+    for _ in range(16):
+        if not isinstance(node, fx.Node):
+            return None
+        m = _module(gm, node)
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            if dim != 1:
+                return None
+            n = m.num_features
+            gamma = m.weight.detach().double() if m.weight is not None else torch.ones(n)
+            beta = m.bias.detach().double() if m.bias is not None else torch.zeros(n)
+            mean = beta.cpu()
+            if act is not None:
+                y = beta.cpu()[:, None] + gamma.abs().cpu()[:, None] * _Z
+                mean = (act(y).double() * _W).sum(1)
+            return np.repeat(mean.numpy(), repeat)
+        if _keeps_mean(gm, node):
+            node = node.args[0]
+            continue
+        f = _activation(gm, node) if act is None else None
+        if f is None:
+            return None
+        act, node = f, node.args[0]
+    return None
+
+
+def _contract_weight(gm: fx.GraphModule, sink: Sink) -> tuple[nn.Module, torch.Tensor] | None:
+    """The consumer of ``sink`` and its weight as [out, in] (a conv's kernel summed), when the
+    consumer is a Linear or an ungrouped Conv reading the sink's space as its input channels."""
+    if sink.kind != "contract" or sink.owner is None:
+        return None
+    m = gm.get_submodule(sink.owner)
+    if isinstance(m, nn.Linear):
+        return m, m.weight.detach()
+    if isinstance(m, nn.modules.conv._ConvNd) and not m.transposed and m.groups == 1:
+        return m, m.weight.detach().flatten(2).sum(-1)
+    return None
+
+
+class CompensatePass(Pass):
+    """Folds each removed channel's expected value into its consumers, so the zero-shot slim
+    model keeps the mean of every consumer's output.
+
+    For every consumer (a Linear or an ungrouped Conv, called once) of a class the criterion
+    removed, ``delta = W[:, removed] @ mean[removed]`` is added:
+    1. to a batch norm that is the consumer's only user, as ``running_mean -= delta`` (the
+       same eval output as a bias, no new parameter; in train mode batch statistics absorb it);
+    2. else to the consumer's bias (created when it has none).
+    The mean of a removed channel comes from ``means`` (measured on data) when given, else from
+    the batch norm that produced it through its activation (``expected_mean``); a channel with
+    neither is not compensated. A padded conv sees the mean at its borders only partly, so
+    there the fold is an approximation (as the whole pass is: it keeps expected values).
+    """
+
+    name = "CompensatePass"
+
+    def __init__(self, plan: PrunePlan, means: Mapping[Edge, np.ndarray] | None = None) -> None:
+        self.plan = plan
+        self.means = means or {}
+
+    def call(self, gm: fx.GraphModule) -> PassResult:
+        if self.plan.applied or self.plan.n_removed() == 0:
+            return PassResult(gm, False, {"compensated": 0})
+        graph = self.plan.graph
+        nodes = {n.name: n for n in gm.graph.nodes}
+        done = 0
+        for g in graph.prunable_groups():
+            mask = self.plan.removed[g.index]
+            if not mask.any():
+                continue
+            for sink in g.sinks:
+                idx = np.nonzero(mask[g.class_of[sink.space]])[0]
+                found = _contract_weight(gm, sink) if len(idx) else None
+                if found is None or graph.calls[sink.owner] > 1:
+                    continue
+                m, w = found
+                mean = self.means.get(edge_of(sink))
+                if mean is None:
+                    mean = expected_mean(gm, nodes[sink.space[0]], sink.space[1])
+                if mean is None or len(mean) != w.shape[1] or not np.isfinite(mean[idx]).all():
+                    continue
+                with torch.no_grad():
+                    delta = w[:, torch.as_tensor(idx)].double() @ torch.as_tensor(mean[idx])
+                    self._apply(gm, nodes[sink.node], m, delta.to(w.dtype))
+                done += len(idx)
+        return PassResult(gm, done > 0, {"compensated": done})
+
+    def _apply(
+        self, gm: fx.GraphModule, consumer: fx.Node, m: nn.Module, delta: torch.Tensor
+    ) -> None:
+        users = list(consumer.users)
+        bn = _module(gm, users[0]) if len(users) == 1 else None
+        out = consumer.meta.get("tensor_meta")
+        channel_dim_1 = (
+            isinstance(m, nn.modules.conv._ConvNd) or len(getattr(out, "shape", ())) == 2
+        )
+        if (
+            isinstance(bn, nn.modules.batchnorm._BatchNorm)
+            and bn.running_mean is not None
+            and channel_dim_1
+            and self.plan.graph.calls[str(users[0].target)] == 1
+            and users[0].args[0] is consumer
+        ):
+            bn.running_mean.sub_(delta.to(bn.running_mean))
+            return
+        _add_bias(m, delta)

@@ -1,0 +1,206 @@
+"""Pruning schedules (one-shot, linear, AGP), lottery-ticket rewind, and distillation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from surgeon.errors import SurgeonInputError
+
+__all__ = [
+    "HISTORY_KEY",
+    "SCHEDULES",
+    "agp_ratio",
+    "distill_loss",
+    "prune_iteratively",
+    "step_ratios",
+]
+
+
+def distill_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    T: float = 4.0,
+    alpha: float = 0.5,
+) -> torch.Tensor:
+    """Knowledge distillation (Hinton et al.): ``alpha`` of the temperature-``T`` KL divergence
+    from the teacher's soft targets (scaled by T² so its gradients keep their size), plus
+    ``1 - alpha`` of the cross-entropy against ``labels``.
+    """
+    if not T > 0:
+        raise SurgeonInputError(f"T={T!r}: the temperature must be > 0 (e.g. 4.0)")
+    if not 0 <= alpha <= 1:
+        raise SurgeonInputError(f"alpha={alpha!r}: the distillation weight is in [0, 1]")
+    if student_logits.shape != teacher_logits.shape:
+        raise SurgeonInputError(
+            f"student logits {tuple(student_logits.shape)} and teacher logits "
+            f"{tuple(teacher_logits.shape)} differ in shape: both models must end in the same classes"
+        )
+    soft = F.kl_div(
+        F.log_softmax(student_logits / T, dim=-1),
+        F.log_softmax(teacher_logits.detach() / T, dim=-1),
+        reduction="batchmean",
+        log_target=True,
+    )
+    hard = F.cross_entropy(student_logits, labels)
+    return alpha * soft * (T * T) + (1 - alpha) * hard
+
+
+SCHEDULES = ("agp", "linear", "oneshot")
+
+
+def agp_ratio(step: int, steps: int, final_ratio: float, initial_ratio: float = 0.0) -> float:
+    """Zhu & Gupta's automated gradual pruning: the ratio after ``step`` of ``steps``,
+    ``r_f + (r_i - r_f) * (1 - step / steps) ** 3`` — it prunes fast early, slowly late."""
+    if not 0 <= step <= steps:
+        raise SurgeonInputError(f"step={step!r} is outside 0..steps={steps!r}")
+    return final_ratio + (initial_ratio - final_ratio) * (1 - step / steps) ** 3
+
+
+def step_ratios(ratio: float, steps: int, schedule: str) -> list[float]:
+    """The cumulative ratio reached after each of ``steps`` steps."""
+    if schedule == "agp":
+        return [agp_ratio(t, steps, ratio) for t in range(1, steps + 1)]
+    if schedule == "linear":
+        return [ratio * t / steps for t in range(1, steps + 1)]
+    return [ratio] * steps
+
+
+def prune_iteratively(
+    model: nn.Module,
+    ratio: float,
+    example_inputs: Any,
+    *,
+    steps: int = 3,
+    schedule: str = "agp",
+    finetune: Callable[[nn.Module, int], Any] | None = None,
+    importance: str = "l2",
+    rewind: bool | Mapping[str, torch.Tensor] = False,
+    data: Iterable[Any] | None = None,
+    loss_fn: Callable[..., torch.Tensor] | None = None,
+    compensate: bool = True,
+    scope: str = "local",
+    round_to: int | None = None,
+    ignore: Iterable[nn.Module | str] = (),
+    leaf_modules: Iterable[type[nn.Module] | nn.Module] = (),
+    max_group_ratio: float = 0.9,
+) -> fx.GraphModule:
+    """Prune to ``ratio`` in ``steps`` steps, calling ``finetune(model, step)`` after each.
+
+    Each step slims the current model (physically) until every prunable group has lost the
+    step's cumulative ratio of its ORIGINAL channels: ``schedule="agp"`` follows Zhu & Gupta's
+    cubic ``r_t = ratio * (1 - (1 - t / steps) ** 3)``, ``"linear"`` ``ratio * t / steps``,
+    ``"oneshot"`` prunes everything at step 1 (later steps only fine-tune). ``finetune`` is
+    called exactly ``steps`` times with the new slim model — a new module each step, so build
+    the optimizer inside it — and may train it in place (e.g. with
+    ``surgeon.distill_loss`` against the original model).
+
+    ``rewind=True`` resets, after every prune step and before ``finetune``, the surviving
+    weights (and buffers) to their values when this function was called — the lottery-ticket
+    rewind; a state dict of the original architecture (e.g. saved at initialisation) rewinds to
+    those values instead. Tensors the original did not have (biases created by folds) keep
+    theirs.
+
+    The other arguments are ``surgeon.slim``'s; ``data`` must be re-iterable (a list or a
+    DataLoader) when a data criterion is used over several steps. Returns the final slim
+    ``GraphModule``; ``meta["surgeon.history"]`` lists, per step, the ratio, parameters and MACs.
+    """
+    from surgeon.api import _slim, analyze
+    from surgeon.metrics import count_macs, count_params
+
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise SurgeonInputError(f"steps={steps!r}: use a whole number >= 1 (e.g. 3)")
+    if schedule not in SCHEDULES:
+        raise SurgeonInputError(f"schedule={schedule!r}: use one of {SCHEDULES}")
+    if finetune is not None and not callable(finetune):
+        raise SurgeonInputError(
+            f"finetune={finetune!r} is not callable: pass a function finetune(model, step) that "
+            "trains the model in place, or None"
+        )
+    if not isinstance(rewind, (bool, Mapping)):
+        raise SurgeonInputError(
+            f"rewind={rewind!r}: use True (the weights at the start), False, or a state dict of "
+            "the original architecture"
+        )
+    if data is not None and steps > 1 and iter(data) is data:  # type: ignore[call-overload]
+        raise SurgeonInputError(
+            "data= is a one-shot iterator but it is read at every step: pass a list of batches "
+            "or a DataLoader"
+        )
+    if isinstance(rewind, Mapping):
+        start = {k: v.detach().clone() for k, v in rewind.items()}
+    elif rewind:
+        start = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    else:
+        start = {}
+    graph = analyze(model, example_inputs, leaf_modules=leaf_modules)
+    original = {g.index: g.n_classes for g in graph.groups}
+    kept: dict[str, dict[int, np.ndarray]] = {}
+    history = []
+    current: nn.Module = model
+    for step, r in enumerate(step_ratios(ratio, steps, schedule)):
+        step_kept: dict[str, dict[int, np.ndarray]] = {}
+        current = _slim(
+            current,
+            r,
+            example_inputs,
+            importance=importance,
+            scope=scope,
+            round_to=round_to,
+            ignore=ignore,
+            leaf_modules=leaf_modules,
+            max_group_ratio=max_group_ratio,
+            data=data,
+            loss_fn=loss_fn,
+            compensate=compensate,
+            original=original,
+            kept=step_kept,
+        )
+        for name, dims in step_kept.items():
+            total = kept.setdefault(name, {})
+            for dim, idx in dims.items():
+                total[dim] = idx if dim not in total else total[dim][idx]
+        if start:
+            _rewind(current, start, kept)
+        if finetune is not None:
+            finetune(current, step)
+        history.append(
+            {
+                "step": step,
+                "ratio": r,
+                "params": count_params(current),
+                "macs": count_macs(current, example_inputs),
+            }
+        )
+    current.meta[HISTORY_KEY] = history  # type: ignore[union-attr]
+    return current  # type: ignore[return-value]
+
+
+HISTORY_KEY = "surgeon.history"
+
+
+def _rewind(
+    model: nn.Module, start: Mapping[str, torch.Tensor], kept: Mapping[str, dict[int, np.ndarray]]
+) -> None:
+    """Copy into every tensor of ``model`` the start value of the indices it kept."""
+    with torch.no_grad():
+        for name, tensor in model.state_dict(keep_vars=True).items():
+            src = start.get(name)
+            if src is None:
+                continue
+            for dim, idx in sorted(kept.get(name, {}).items()):
+                src = src.index_select(dim, torch.as_tensor(idx, dtype=torch.long))
+            if src.shape != tensor.shape:
+                raise SurgeonInputError(
+                    f"rewind: {name} has shape {tuple(tensor.shape)} in the slim model but "
+                    f"{tuple(src.shape)} once the start value is cut: the rewind state dict is "
+                    "not of this model's original architecture"
+                )
+            tensor.copy_(src.to(tensor.device, tensor.dtype))
