@@ -21,7 +21,7 @@ import onnxruntime as ort
 import torch
 
 import surgeon
-from surgeon.metrics import count_macs, count_params
+from surgeon.cost import count_macs, count_params
 from surgeon.models import ZOO, create
 
 

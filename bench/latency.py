@@ -37,8 +37,8 @@ from torch import nn
 
 import surgeon
 from surgeon.benchmark import bench
+from surgeon.cost import count_macs, count_params
 from surgeon.exporter import export, write_bytes_atomic
-from surgeon.metrics import count_macs, count_params
 from surgeon.models import ZOO, create
 
 # piped into a file or CI log, Rich would wrap the table at 80 columns

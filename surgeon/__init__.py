@@ -19,10 +19,10 @@ __version__ = "0.1.0"
 _LAZY = {
     "slim": "surgeon.api",
     "analyze": "surgeon.api",
-    "count_macs": "surgeon.metrics",
-    "count_params": "surgeon.metrics",
-    "metrics": "surgeon.metrics",
-    "level_prune": "surgeon.metrics",
+    "count_macs": "surgeon.cost",
+    "count_params": "surgeon.cost",
+    "metrics": "surgeon.cost",
+    "level_prune": "surgeon.cost",
     "prune_iteratively": "surgeon.schedule",
     "agp_ratio": "surgeon.schedule",
     "distill_loss": "surgeon.schedule",
@@ -44,8 +44,8 @@ if TYPE_CHECKING:  # pragma: no cover
     # ruff: noqa: F401 - names re-exported lazily through __getattr__
     from surgeon.api import analyze, slim
     from surgeon.benchmark import bench
+    from surgeon.cost import count_macs, count_params, level_prune, metrics
     from surgeon.exporter import export
-    from surgeon.metrics import count_macs, count_params, level_prune, metrics
     from surgeon.persist import load, save
     from surgeon.schedule import agp_ratio, distill_loss, prune_iteratively
 

@@ -53,8 +53,8 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
+from surgeon.cost import as_args
 from surgeon.errors import SurgeonError, SurgeonInputError
-from surgeon.metrics import as_args
 
 __all__ = [
     "SurgeonExportError",

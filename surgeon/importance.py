@@ -18,9 +18,9 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from surgeon.cost import as_args
 from surgeon.errors import SurgeonInputError
 from surgeon.graph import ChannelGraph, Group
-from surgeon.metrics import as_args
 from surgeon.rules import attr_tensor
 from surgeon.spaces import Sink
 

@@ -4,7 +4,7 @@ Definitions follow Blalock et al., "What is the State of Neural Network Pruning?
 
 * compression ratio = params(original) / params(slim)
 * theoretical speedup = MACs(original) / MACs(slim), MACs counted by
-  ``torch.utils.flop_counter.FlopCounterMode`` (:func:`surgeon.metrics.count_macs`)
+  ``torch.utils.flop_counter.FlopCounterMode`` (:func:`surgeon.cost.count_macs`)
 * measured speedup = median latency(original) / median latency(slim), onnxruntime
 * measured / theoretical: how much of the MAC reduction the runtime turns into time
   (1.0 = all of it).
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from surgeon.metrics import count_macs, count_params
+from surgeon.cost import count_macs, count_params
 
 if TYPE_CHECKING:  # pragma: no cover
     from rich.table import Table

@@ -113,7 +113,7 @@ def prune_iteratively(
     ``GraphModule``; ``meta["surgeon.history"]`` lists, per step, the ratio, parameters and MACs.
     """
     from surgeon.api import _slim, analyze
-    from surgeon.metrics import count_macs, count_params
+    from surgeon.cost import count_macs, count_params
 
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise SurgeonInputError(f"steps={steps!r}: use a whole number >= 1 (e.g. 3)")

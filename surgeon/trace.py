@@ -22,8 +22,8 @@ import torch.fx as fx
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.utils import _pytree as pytree
 
+from surgeon.cost import as_args
 from surgeon.errors import SurgeonInputError, SurgeonTraceError
-from surgeon.metrics import as_args
 
 __all__ = ["trace", "propagate_shapes", "placeholder_args", "SurgeonTracer"]
 

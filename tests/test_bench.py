@@ -13,9 +13,9 @@ from torch import nn
 
 import surgeon
 from surgeon.benchmark import BenchResult, ProviderTiming, SurgeonBenchError, bench
+from surgeon.cost import count_macs, count_params
 from surgeon.errors import SurgeonInputError
 from surgeon.exporter import export
-from surgeon.metrics import count_macs, count_params
 from surgeon.models import create
 from surgeon.report import ModelSummary, Report, build_report
 

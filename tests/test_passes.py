@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn as nn
 
+from surgeon.cost import count_params
 from surgeon.errors import SurgeonPassError
 from surgeon.graph import build_channel_graph
-from surgeon.metrics import count_params
 from surgeon.models import create
 from surgeon.passes import (
     ChannelPrunePass,

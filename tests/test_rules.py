@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import surgeon
-from surgeon.metrics import count_params
+from surgeon.cost import count_params
 from tests.helpers import assert_same, randomize_norms, zero_thirds
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import surgeon
-from surgeon.metrics import count_macs, count_params
+from surgeon.cost import count_macs, count_params
 from surgeon.models import create
 from tests.helpers import (
     assert_same,
