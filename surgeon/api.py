@@ -14,9 +14,10 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from surgeon.cost import as_args
 from surgeon.errors import SurgeonInputError, SurgeonPassError
 from surgeon.graph import ChannelGraph, build_channel_graph
-from surgeon.importance import DATA_CRITERIA, check_criterion, collect_stats
+from surgeon.importance import DATA_CRITERIA, check_criterion, collect_stats, iter_batches
 from surgeon.passes import (
     ChannelPrunePass,
     CompensatePass,
@@ -25,6 +26,7 @@ from surgeon.passes import (
     PrunePlan,
     ResizePass,
 )
+from surgeon.passes.compensate import recalibrate_norms
 from surgeon.trace import trace
 
 __all__ = ["slim", "analyze", "PLAN_KEY", "input_spec", "inputs_from_spec"]
@@ -136,7 +138,9 @@ def slim(
             following batch norm's running mean, else the consumer's bias), so the slim model
             loses less before fine-tuning. The expected value is measured on ``data`` when
             given, else derived from the batch norm that produced the channel; channels with
-            neither are not compensated. Off: ``compensate=False``.
+            neither are not compensated. With ``data``, the batch norms' running statistics
+            are then re-estimated on it (one pass, no gradients), which also restores the
+            variance the removed channels carried. Off: ``compensate=False``.
 
     Returns:
         a ``torch.fx.GraphModule`` with the same inputs and output shapes that trains like any
@@ -216,6 +220,8 @@ def _slim(
                 "split them), so the schedule cannot track the original counts; prune in one "
                 "step (schedule='oneshot') or report the model"
             )
+        if data is not None and iter(data) is data:  # type: ignore[call-overload]
+            data = list(data)  # a one-shot iterator: it is read twice (scores, norms)
         stats = None
         if ratio > 0 and (importance in DATA_CRITERIA or (compensate and data is not None)):
             stats = collect_stats(
@@ -246,6 +252,9 @@ def _slim(
         passes += [PropagatePass(plan, ignore=ignored), resize]
         result = PassManager(passes).run(gm)
         gm = result.module
+        if compensate and data is not None and plan.n_removed():
+            recalibrate_norms(gm, iter_batches(data))
+            resize.output = _run(gm, example_inputs)
         _self_check(gm, expected, resize.output)
         previous = (
             getattr(model, "meta", {}).get(PLAN_KEY) if isinstance(model, fx.GraphModule) else None
@@ -295,6 +304,12 @@ def inputs_from_spec(spec: Any) -> Any:
     if "tuple" in spec:
         return tuple(inputs_from_spec(v) for v in spec["tuple"])
     return spec["value"]
+
+
+def _run(gm: fx.GraphModule, example_inputs: Any) -> Any:
+    args, kwargs = as_args(example_inputs)
+    with torch.no_grad():
+        return gm(*args, **kwargs)
 
 
 def _output_shapes(gm: fx.GraphModule) -> list[tuple[int, ...]]:

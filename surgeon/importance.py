@@ -33,6 +33,7 @@ __all__ = [
     "class_scores",
     "collect_stats",
     "edge_of",
+    "iter_batches",
 ]
 
 CRITERIA = ("l1", "l2", "taylor", "grad", "bn_scale", "random")
@@ -257,7 +258,7 @@ def collect_stats(
     device = next((p.device for p in work.parameters()), torch.device("cpu"))
     backward = taylor or grads
     examples = 0
-    for i, batch in enumerate(_batches(data)):
+    for i, batch in enumerate(iter_batches(data)):
         inputs, target = batch
         inputs = torch.utils._pytree.tree_map(
             lambda v: v.to(device) if isinstance(v, torch.Tensor) else v, inputs
@@ -300,7 +301,7 @@ def collect_stats(
     return stats
 
 
-def _batches(data: Iterable[Any]) -> Iterable[tuple[Any, Any]]:
+def iter_batches(data: Iterable[Any]) -> Iterable[tuple[Any, Any]]:
     if isinstance(data, (torch.Tensor, str, bytes)) or not isinstance(data, Iterable):
         raise SurgeonInputError(
             f"data= must be an iterable of (input, target) batches (a DataLoader or a list of "

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,7 +17,7 @@ from surgeon.passes.base import Pass, PassResult, PrunePlan
 from surgeon.rules import _add_bias
 from surgeon.spaces import Sink
 
-__all__ = ["CompensatePass", "expected_mean"]
+__all__ = ["CompensatePass", "expected_mean", "recalibrate_norms"]
 
 _ACTIVATION_MODULES = (
     nn.ReLU,
@@ -169,17 +170,37 @@ def expected_mean(gm: fx.GraphModule, node: fx.Node, dim: int) -> np.ndarray | N
     return None
 
 
-def _contract_weight(gm: fx.GraphModule, sink: Sink) -> tuple[nn.Module, torch.Tensor] | None:
-    """The consumer of ``sink`` and its weight as [out, in] (a conv's kernel summed), when the
-    consumer is a Linear or an ungrouped Conv reading the sink's space as its input channels."""
+def _contract_weight(
+    gm: fx.GraphModule, sink: Sink, source: fx.Node
+) -> tuple[nn.Module, torch.Tensor] | None:
+    """The consumer of ``sink`` and its weight as [out, in] — for a conv, each kernel tap
+    weighted by the fraction of output positions where it reads inside the input (padding
+    reads zeros), so that ``W @ mean`` is the consumer's expected input over all positions —
+    when the consumer is a Linear or an ungrouped Conv reading the sink's space."""
     if sink.kind != "contract" or sink.owner is None:
         return None
     m = gm.get_submodule(sink.owner)
     if isinstance(m, nn.Linear):
         return m, m.weight.detach()
-    if isinstance(m, nn.modules.conv._ConvNd) and not m.transposed and m.groups == 1:
-        return m, m.weight.detach().flatten(2).sum(-1)
-    return None
+    if not isinstance(m, nn.modules.conv._ConvNd) or m.transposed or m.groups != 1:
+        return None
+    meta = source.meta.get("tensor_meta")
+    shape = getattr(meta, "shape", None)
+    k = m.weight.dim() - 2
+    if shape is None or len(shape) != k + 2 or m.padding_mode != "zeros":
+        return None
+    taps = math.prod(m.kernel_size)
+    one_hot = torch.eye(taps, dtype=torch.float64).reshape(taps, 1, *m.kernel_size)
+    conv = (F.conv1d, F.conv2d, F.conv3d)[k - 1]
+    inside = conv(
+        torch.ones(1, 1, *shape[2:], dtype=torch.float64),
+        one_hot,
+        stride=m.stride,
+        padding=m.padding,
+        dilation=m.dilation,
+    )
+    frac = inside.flatten(2).mean(-1).reshape(taps).to(m.weight.device)
+    return m, (m.weight.detach().double().flatten(2) * frac).sum(-1).to(m.weight.dtype)
 
 
 class CompensatePass(Pass):
@@ -191,10 +212,12 @@ class CompensatePass(Pass):
     1. to a batch norm that is the consumer's only user, as ``running_mean -= delta`` (the
        same eval output as a bias, no new parameter; in train mode batch statistics absorb it);
     2. else to the consumer's bias (created when it has none).
+    A conv's kernel taps count by the fraction of output positions where they read inside the
+    input (zero padding contributes nothing), so the fold keeps the mean over all positions.
     The mean of a removed channel comes from ``means`` (measured on data) when given, else from
     the batch norm that produced it through its activation (``expected_mean``); a channel with
-    neither is not compensated. A padded conv sees the mean at its borders only partly, so
-    there the fold is an approximation (as the whole pass is: it keeps expected values).
+    neither is not compensated. It keeps expected values, not the function: the consumer
+    still loses the variance the removed channels carried.
     """
 
     name = "CompensatePass"
@@ -215,7 +238,7 @@ class CompensatePass(Pass):
                 continue
             for sink in g.sinks:
                 idx = np.nonzero(mask[g.class_of[sink.space]])[0]
-                found = _contract_weight(gm, sink) if len(idx) else None
+                found = _contract_weight(gm, sink, nodes[sink.space[0]]) if len(idx) else None
                 if found is None or graph.calls[sink.owner] > 1:
                     continue
                 m, w = found
@@ -249,3 +272,38 @@ class CompensatePass(Pass):
             bn.running_mean.sub_(delta.to(bn.running_mean))
             return
         _add_bias(m, delta)
+
+
+def recalibrate_norms(model: nn.Module, batches: Iterable[Any]) -> int:
+    """Re-estimate the running statistics of every batch norm of ``model`` on ``batches`` of
+    ``(input, target)``: a cumulative average over one pass (momentum ``None``), without
+    gradients. Every other module stays in its mode; the norms get theirs back. Returns the
+    number of norms re-estimated."""
+    from surgeon.cost import as_args
+
+    norms = [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
+    if not norms:
+        return 0
+    saved = [(m, m.training, m.momentum) for m in norms]
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    try:
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None
+            m.train()
+        with torch.no_grad():
+            for inputs, _ in batches:
+                inputs = torch.utils._pytree.tree_map(
+                    lambda v: v.to(device) if isinstance(v, torch.Tensor) else v, inputs
+                )
+                args, kwargs = as_args(inputs)
+                model(*args, **kwargs)
+    finally:
+        for m, training, momentum in saved:
+            m.train(training)
+            m.momentum = momentum
+    return len(norms)
