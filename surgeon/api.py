@@ -248,7 +248,13 @@ def _slim(
             )
         ]
         if compensate:
-            passes.append(CompensatePass(plan, stats.means if stats is not None else None))
+            passes.append(
+                CompensatePass(
+                    plan,
+                    stats.means if stats is not None else None,
+                    stats.moments if stats is not None else None,
+                )
+            )
         passes += [PropagatePass(plan, ignore=ignored), resize]
         result = PassManager(passes).run(gm)
         gm = result.module

@@ -40,6 +40,7 @@ CRITERIA = ("l1", "l2", "taylor", "grad", "bn_scale", "random")
 DATA_CRITERIA = ("taylor", "grad")
 
 Edge = tuple[str, int, str]  # (source node, dim, consumer node): one sink's input
+MAX_MOMENT_WIDTH = 4096  # second moments are width x width: wider inputs get means only
 
 
 def edge_of(sink: Sink) -> Edge:
@@ -73,12 +74,15 @@ class DataStats:
 
     ``taylor[edge]``: per index of the edge's space, the mean over examples of
     ``|sum over positions of activation * gradient|`` (first-order Taylor, Molchanov et al.);
-    ``means[edge]``: the mean value per index (over examples and positions); ``grads[name]``:
+    ``means[edge]``: the mean value per index (over examples and positions); ``moments[edge]``:
+    the second moments ``E[x x^T]`` between indices (edges up to ``MAX_MOMENT_WIDTH`` wide);
+    ``grads[name]``:
     dL/dw of each parameter, summed over batches; ``examples``: how many examples were seen.
     """
 
     taylor: dict[Edge, np.ndarray] = field(default_factory=dict)
     means: dict[Edge, np.ndarray] = field(default_factory=dict)
+    moments: dict[Edge, np.ndarray] = field(default_factory=dict)
     grads: dict[str, torch.Tensor] = field(default_factory=dict)
     examples: int = 0
 
@@ -184,6 +188,7 @@ class _Probe(nn.Module):
         self.gates: dict[int, torch.Tensor] = {}
         self.taylor: dict[int, torch.Tensor] = {}
         self.sum: dict[int, torch.Tensor] = {}
+        self.outer: dict[int, torch.Tensor] = {}
         self.count: dict[int, int] = {}
 
     def forward(self, x: Any) -> Any:
@@ -193,10 +198,13 @@ class _Probe(nn.Module):
             if x.dim() <= dim:
                 continue
             if self.want_means:
-                others = [d for d in range(x.dim()) if d != dim]
-                s = x.detach().double().sum(dim=others)
+                rows = x.detach().movedim(dim, -1).reshape(-1, x.shape[dim]).double()
+                s = rows.sum(0)
                 self.sum[dim] = s + self.sum[dim] if dim in self.sum else s
-                self.count[dim] = self.count.get(dim, 0) + x.numel() // max(1, x.shape[dim])
+                self.count[dim] = self.count.get(dim, 0) + rows.shape[0]
+                if x.shape[dim] <= MAX_MOMENT_WIDTH:
+                    o = rows.T @ rows
+                    self.outer[dim] = o + self.outer[dim] if dim in self.outer else o
             if self.want_taylor and x.requires_grad:
                 shape = [1] * x.dim()
                 shape[dim] = x.shape[dim]
@@ -294,6 +302,8 @@ def collect_stats(
         for dim, s in probe.sum.items():
             if probe.count.get(dim):
                 stats.means[(src_name, dim, consumer_name)] = (s / probe.count[dim]).cpu().numpy()
+        for dim, o in probe.outer.items():
+            stats.moments[(src_name, dim, consumer_name)] = (o / probe.count[dim]).cpu().numpy()
     if grads:
         for name, p in work.named_parameters():
             if p.grad is not None:

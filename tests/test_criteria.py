@@ -446,3 +446,21 @@ def test_distill_loss_bad_arguments(kwargs, message):
     t = torch.randn(3, 5) if kwargs.pop("shape", False) else torch.randn(3, 4)
     with pytest.raises(SurgeonInputError, match=message):
         surgeon.distill_loss(s, t, torch.tensor([0, 1, 2]), **kwargs)
+
+
+def test_compensation_from_data_reconstructs_a_removed_unit_that_its_kept_units_span():
+    """Hidden unit 5 is half of unit 2 (ReLU is positively homogeneous): regressing it on the
+    kept units recovers it exactly, so removing it with data changes nothing."""
+    torch.manual_seed(4)
+    model = MLP(hidden=8).eval()
+    with torch.no_grad():
+        model.fc1.weight[5] = 0.5 * model.fc1.weight[2]
+        model.fc1.bias[5] = 0.5 * model.fc1.bias[2]
+        model.fc2.weight[:, 5] *= 0.3  # the lowest l2 score: it is the unit removed
+    data = _mlp_data(4, batches=4, n=64)
+    xs = torch.cat([x for x, _ in data])
+    slim = surgeon.slim(model, 0.125, data[0][0], data=data)
+    plain = surgeon.slim(model, 0.125, data[0][0], compensate=False)
+    assert slim.fc1.out_features == 7
+    assert_same(slim(xs), model(xs), tol=1e-4)
+    assert (plain(xs) - model(xs)).abs().max() > 1e-2

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from surgeon.importance import Edge, edge_of
 from surgeon.passes.base import Pass, PassResult, PrunePlan
-from surgeon.rules import _add_bias
+from surgeon.rules import _add_bias, clear_caches
 from surgeon.spaces import Sink
 
 __all__ = ["CompensatePass", "expected_mean", "recalibrate_norms"]
@@ -214,6 +214,10 @@ class CompensatePass(Pass):
     2. else to the consumer's bias (created when it has none).
     A conv's kernel taps count by the fraction of output positions where they read inside the
     input (zero padding contributes nothing), so the fold keeps the mean over all positions.
+    With measured second moments (``data``), the removed inputs are first regressed on the
+    kept ones of the same consumer, ``x_R ~ A x_K + c``, and ``W_R A`` is added to the kept
+    weights (each position's removed values are predicted from its kept ones, which also
+    keeps the variance they share); only ``W_R c`` is left for step 1 / 2.
     The mean of a removed channel comes from ``means`` (measured on data) when given, else from
     the batch norm that produced it through its activation (``expected_mean``); a channel with
     neither is not compensated. It keeps expected values, not the function: the consumer
@@ -222,9 +226,15 @@ class CompensatePass(Pass):
 
     name = "CompensatePass"
 
-    def __init__(self, plan: PrunePlan, means: Mapping[Edge, np.ndarray] | None = None) -> None:
+    def __init__(
+        self,
+        plan: PrunePlan,
+        means: Mapping[Edge, np.ndarray] | None = None,
+        moments: Mapping[Edge, np.ndarray] | None = None,
+    ) -> None:
         self.plan = plan
         self.means = means or {}
+        self.moments = moments or {}
 
     def call(self, gm: fx.GraphModule) -> PassResult:
         if self.plan.applied or self.plan.n_removed() == 0:
@@ -247,11 +257,39 @@ class CompensatePass(Pass):
                     mean = expected_mean(gm, nodes[sink.space[0]], sink.space[1])
                 if mean is None or len(mean) != w.shape[1] or not np.isfinite(mean[idx]).all():
                     continue
+                offset = mean[idx]
+                moment = self.moments.get(edge_of(sink))
+                if moment is not None and moment.shape == (len(mean), len(mean)):
+                    offset = self._reconstruct(m, mask[g.class_of[sink.space]], mean, moment)
                 with torch.no_grad():
-                    delta = w[:, torch.as_tensor(idx)].double() @ torch.as_tensor(mean[idx])
+                    delta = w[:, torch.as_tensor(idx)].double() @ torch.as_tensor(offset)
                     self._apply(gm, nodes[sink.node], m, delta.to(w.dtype))
                 done += len(idx)
+        if done:
+            clear_caches()  # consumer weights may have changed
         return PassResult(gm, done > 0, {"compensated": done})
+
+    @staticmethod
+    def _reconstruct(
+        m: nn.Module, removed: np.ndarray, mean: np.ndarray, moment: np.ndarray
+    ) -> np.ndarray:
+        """Regress the removed inputs on the kept ones, ``x_R ~ A x_K + c`` (ridge, from the
+        measured first and second moments), and fold ``W_R A`` into the kept weights; returns
+        ``c``, the offset left for the bias. With ``A = 0`` this is plain mean compensation."""
+        keep, gone = np.nonzero(~removed)[0], np.nonzero(removed)[0]
+        cov = moment - np.outer(mean, mean)
+        kk, rk = cov[np.ix_(keep, keep)], cov[np.ix_(gone, keep)]
+        ridge = 1e-3 * max(float(np.trace(kk)) / max(len(keep), 1), 1e-12)
+        a = np.linalg.solve(kk + ridge * np.eye(len(keep)), rk.T).T  # [R, K]
+        if not np.isfinite(a).all():
+            return mean[gone]
+        with torch.no_grad():
+            w = m.weight
+            ta = torch.as_tensor(a, dtype=torch.float64, device=w.device)
+            w_r = w[:, torch.as_tensor(gone)].double()
+            add = torch.einsum("or...,rk->ok...", w_r, ta)
+            w[:, torch.as_tensor(keep)] += add.to(w.dtype)
+        return mean[gone] - a @ mean[keep]
 
     def _apply(
         self, gm: fx.GraphModule, consumer: fx.Node, m: nn.Module, delta: torch.Tensor
