@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import torch
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
@@ -28,3 +29,22 @@ else:
         suppress_health_check=[HealthCheck.too_slow],
     )
     settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+
+# The digits baseline: seeded digits_cnn trained this many epochs (~99% test accuracy, ~3 s).
+DIGITS_EPOCHS = 4
+
+
+@pytest.fixture(scope="session")
+def digits_trained():
+    """``(model, data)``: the trained digits baseline (seed 0) and its train / test split.
+
+    Trained once per session and shared: ``copy.deepcopy`` the model before changing it.
+    """
+    pytest.importorskip("sklearn", reason="the digits data ships with scikit-learn")
+    from surgeon.models.digits import digits_cnn, fit, load_digits_split
+
+    data = load_digits_split()
+    torch.manual_seed(0)
+    model = fit(digits_cnn(), data, epochs=DIGITS_EPOCHS, seed=0)
+    return model, data

@@ -11,6 +11,7 @@ from torch import nn
 from surgeon.errors import SurgeonInputError
 from surgeon.models.convnext import ConvNeXt, convnext_tiny
 from surgeon.models.densenet import DenseNet, densenet121
+from surgeon.models.digits import DigitsNet, digits_cnn
 from surgeon.models.efficientnet import EfficientNet, efficientnet_b0
 from surgeon.models.googlenet import GoogLeNet, googlenet
 from surgeon.models.lenet import LeNet5, lenet5
@@ -29,6 +30,7 @@ __all__ = [
     "ZOO",
     "ConvNeXt",
     "DenseNet",
+    "DigitsNet",
     "EfficientNet",
     "GoogLeNet",
     "LeNet5",
@@ -43,6 +45,7 @@ __all__ = [
     "convnext_tiny",
     "create",
     "densenet121",
+    "digits_cnn",
     "efficientnet_b0",
     "googlenet",
     "lenet5",
@@ -127,6 +130,11 @@ ZOO: dict[str, ZooEntry] = {
         unet_small,
         (1, 3, 64, 64),
         "Small U-Net, width 16, transposed-conv and bilinear ups, 2 classes (477K params)",
+    ),
+    "digits_cnn": ZooEntry(
+        digits_cnn,
+        (1, 1, 16, 16),
+        "Plain 4-conv BN CNN for the 16x16 scikit-learn digits, 10 classes (242K params)",
     ),
 }
 
