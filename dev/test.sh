@@ -3,5 +3,5 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 ruff check .
-ruff format --check surgeon tests bench
+ruff format --check surgeon tests bench examples
 python -m pytest -q "$@"

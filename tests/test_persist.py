@@ -30,7 +30,12 @@ from surgeon.persist import FORMAT, SurgeonLoadError
 from tests.helpers import assert_same, randomize_norms
 
 SMALL = (1, 3, 64, 64)
-FIXED_INPUT = {"lenet5", "vit_tiny", "unet_small", "digits_cnn"}  # their default input is already small / fixed
+FIXED_INPUT = {
+    "lenet5",
+    "vit_tiny",
+    "unet_small",
+    "digits_cnn",
+}  # their default input is already small / fixed
 
 
 def zoo_case(name: str) -> dict[str, Any]:
