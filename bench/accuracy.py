@@ -150,6 +150,7 @@ def main() -> None:
 
     if args.plot:
         import matplotlib
+        import matplotlib.ticker
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
@@ -164,6 +165,9 @@ def main() -> None:
         ):
             ax.axhline(base_acc, color="gray", linestyle="--", linewidth=1, label="baseline")
             ax.set_xscale("log")
+            ax.set_xticks([2, 4, 10, 25])
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%gx"))
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             ax.set_xlabel("MAC reduction (x, log scale)")
             ax.set_title(title)
             ax.grid(True, alpha=0.3)
