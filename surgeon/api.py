@@ -146,21 +146,7 @@ def slim(
         a ``torch.fx.GraphModule`` with the same inputs and output shapes that trains like any
         module.
     """
-    return _slim(
-        model,
-        ratio,
-        example_inputs,
-        importance=importance,
-        scope=scope,
-        round_to=round_to,
-        ignore=ignore,
-        inplace=inplace,
-        leaf_modules=leaf_modules,
-        max_group_ratio=max_group_ratio,
-        data=data,
-        loss_fn=loss_fn,
-        compensate=compensate,
-    )
+    return _slim(**locals())
 
 
 def _slim(

@@ -739,6 +739,10 @@ _UNARY_METHODS = (
     "erf",
     "hardtanh",
 )
+# Elementwise ops, public for other passes (compensation pushes a distribution through them).
+ELEMENTWISE_MODULES = _ACTIVATION_MODULES
+ELEMENTWISE_FUNCTIONS = _UNARY_FUNCTIONS
+ELEMENTWISE_METHODS = _UNARY_METHODS
 _PASS_METHODS = (
     "contiguous",
     "clone",

@@ -14,47 +14,18 @@ import torch.nn.functional as F
 
 from surgeon.importance import Edge, edge_of
 from surgeon.passes.base import Pass, PassResult, PrunePlan
-from surgeon.rules import _add_bias, clear_caches
+from surgeon.rules import (
+    ELEMENTWISE_FUNCTIONS,
+    ELEMENTWISE_METHODS,
+    ELEMENTWISE_MODULES,
+    _add_bias,
+    _copy_module,
+    clear_caches,
+)
 from surgeon.spaces import Sink
 
 __all__ = ["CompensatePass", "expected_mean", "recalibrate_norms"]
 
-_ACTIVATION_MODULES = (
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.ELU,
-    nn.SELU,
-    nn.CELU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Mish,
-    nn.Hardswish,
-    nn.Hardsigmoid,
-    nn.Sigmoid,
-    nn.Tanh,
-    nn.Softplus,
-)
-_ACTIVATION_FUNCTIONS = {
-    F.relu,
-    F.relu6,
-    F.leaky_relu,
-    F.elu,
-    F.selu,
-    F.celu,
-    F.gelu,
-    F.silu,
-    F.mish,
-    F.hardswish,
-    F.hardsigmoid,
-    F.softplus,
-    torch.relu,
-    torch.sigmoid,
-    torch.tanh,
-    torch.nn.functional.sigmoid,
-    torch.nn.functional.tanh,
-}
-_ACTIVATION_METHODS = {"relu", "sigmoid", "tanh"}
 _MEAN_KEEPING_MODULES = (nn.Dropout, nn.Identity, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
 _MEAN_KEEPING_MODULES += (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
 _MEAN_KEEPING_FUNCTIONS = {
@@ -92,15 +63,16 @@ def _only_first_arg_is_node(node: fx.Node) -> bool:
 def _activation(gm: fx.GraphModule, node: fx.Node) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """The elementwise function ``node`` applies to its first argument, if it is one."""
     m = _module(gm, node)
-    if isinstance(m, _ACTIVATION_MODULES):
-        return lambda t: m(t.clone())
+    if isinstance(m, ELEMENTWISE_MODULES):
+        return lambda t: _copy_module(m)(t.clone())
     if not _only_first_arg_is_node(node):
         return None
-    if node.op == "call_function" and node.target in _ACTIVATION_FUNCTIONS:
-        kwargs = {k: v for k, v in node.kwargs.items() if k != "inplace"}
-        return lambda t: node.target(t, *node.args[1:], **kwargs)  # type: ignore[operator]
-    if node.op == "call_method" and node.target in _ACTIVATION_METHODS and len(node.args) == 1:
-        return lambda t: getattr(t, str(node.target))()
+    args = node.args[1:]
+    kwargs = {k: v for k, v in node.kwargs.items() if k != "inplace"}
+    if node.op == "call_function" and node.target in ELEMENTWISE_FUNCTIONS:
+        return lambda t: node.target(t.clone(), *args, **kwargs)  # type: ignore[operator]
+    if node.op == "call_method" and node.target in ELEMENTWISE_METHODS:
+        return lambda t: getattr(t.clone(), str(node.target))(*args, **kwargs)
     return None
 
 
