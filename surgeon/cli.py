@@ -336,7 +336,16 @@ def export_command(
         Path | None,
         typer.Option("--output", "-o", help="ONNX file to write (default: ./<model>_slim.onnx)."),
     ] = None,
-    importance: Annotated[str, typer.Option(help="Channel importance: l2 or l1.")] = "l2",
+    importance: Annotated[
+        str, typer.Option(help="Channel importance: l2, l1, bn_scale or random.")
+    ] = "l2",
+    compensate: Annotated[
+        bool,
+        typer.Option(
+            "--compensate/--no-compensate",
+            help="Fold removed channels' expected values (from their batch norms) into consumers.",
+        ),
+    ] = True,
     scope: Annotated[
         Scope, typer.Option(help="local: ratio per group; global: one threshold.")
     ] = Scope.local,
@@ -380,6 +389,13 @@ def export_command(
         )
     if round_to is not None and round_to < 1:
         raise SurgeonInputError(f"--round-to {round_to} must be >= 1 (e.g. --round-to 8)")
+    if importance in ("taylor", "grad"):
+        raise SurgeonInputError(
+            f"--importance {importance} ranks channels by gradients on data, which the command "
+            "line does not take; use --importance l2, l1, bn_scale or random, or call "
+            f"surgeon.slim(model, ratio, x, importance={importance!r}, data=..., loss_fn=...) "
+            "from Python"
+        )
     if runs < 1 or warmup < 0 or (threads is not None and threads < 1):
         raise SurgeonInputError("--runs must be >= 1, --warmup >= 0 and --threads >= 1")
     _check_device(device.value)
@@ -407,6 +423,7 @@ def export_command(
             importance=importance,
             scope=scope.value,
             round_to=round_to,
+            compensate=compensate,
         )
     with tempfile.TemporaryDirectory(prefix="surgeon-") as tmp:
         slim_tmp = Path(tmp) / f"{name}_slim.onnx"
@@ -437,6 +454,7 @@ def export_command(
                     "model": spec,
                     "ratio": ratio,
                     "importance": importance,
+                    "compensate": compensate,
                     "scope": scope.value,
                     "round_to": round_to,
                     "input_shape": list(example.shape),

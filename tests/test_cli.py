@@ -175,6 +175,8 @@ def test_export_module_factory(workdir: Path) -> None:
         (["export", "lenet5", "--report", "missing/r.json"], ["report file", "does not exist"]),
         (["export", "--scope", "everywhere"], ["--scope"]),
         (["export", "--round-to", "0"], ["--round-to"]),
+        (["export", "--importance", "taylor"], ["--importance taylor", "data", "bn_scale"]),
+        (["export", "--importance", "l3"], ["importance='l3'", "bn_scale"]),
         (["export", "models.py:lies", "--input-shape", "1,3,8,8"], ["disagrees", "tolerance"]),
         (["inspect"], ["Missing argument"]),
         (["bench", "nothere.onnx"], ["'nothere.onnx' does not exist"]),
@@ -280,3 +282,13 @@ def test_unwritable_output_folder(tmp_path: Path) -> None:
     )
     assert_user_error(result, "is not writable", str(tmp_path))
     assert files(tmp_path) == []
+
+
+def test_export_with_bn_scale_and_no_compensation(workdir: Path) -> None:
+    result = run(
+        "export", "models.py:make", "--input-shape", "1,3,16,16", "--importance", "bn_scale",
+        "--no-compensate", "--no-bench", "-o", "n.onnx", "--report", "r.json", cwd=workdir,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    settings = json.loads((workdir / "r.json").read_text())["settings"]
+    assert (settings["importance"], settings["compensate"]) == ("bn_scale", False)
