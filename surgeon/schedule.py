@@ -112,7 +112,7 @@ def prune_iteratively(
     DataLoader) when a data criterion is used over several steps. Returns the final slim
     ``GraphModule``; ``meta["surgeon.history"]`` lists, per step, the ratio, parameters and MACs.
     """
-    from surgeon.api import _slim, analyze
+    from surgeon.api import _ignore_names, _slim, analyze
     from surgeon.cost import count_macs, count_params
 
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
@@ -134,6 +134,13 @@ def prune_iteratively(
             "data= is a one-shot iterator but it is read at every step: pass a list of batches "
             "or a DataLoader"
         )
+    leaf_modules = tuple(leaf_modules)
+    if steps > 1 and any(not isinstance(m, type) for m in leaf_modules):
+        raise SurgeonInputError(
+            "prune_iteratively takes leaf_modules as module types: an instance belongs to the "
+            "original model, and each step traces a new one (pass type(module) instead)"
+        )
+    ignore = _ignore_names(model, ignore)  # names, which every step's model keeps
     if isinstance(rewind, Mapping):
         start = {k: v.detach().clone() for k, v in rewind.items()}
     elif rewind:

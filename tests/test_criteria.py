@@ -464,3 +464,42 @@ def test_compensation_from_data_reconstructs_a_removed_unit_that_its_kept_units_
     assert slim.fc1.out_features == 7
     assert_same(slim(xs), model(xs), tol=1e-4)
     assert (plain(xs) - model(xs)).abs().max() > 1e-2
+
+
+def test_prune_iteratively_keeps_ignored_modules_across_steps():
+    model, x = _convnet()
+    slim = surgeon.prune_iteratively(model, 0.5, x, steps=3, ignore=[model.conv1])
+    assert slim.conv1.out_channels == 8 and slim.conv2.out_channels == 6
+
+
+def test_prune_iteratively_refuses_leaf_instances_over_several_steps():
+    model, x = _convnet()
+    with pytest.raises(SurgeonInputError, match="module types"):
+        surgeon.prune_iteratively(model, 0.5, x, steps=2, leaf_modules=[model.bn1])
+
+
+class TiedHeads(nn.Module):
+    """Two branches whose heads share one weight: their hidden spaces form one prunable group
+    through the tie, and compensation must not change the shared tensor for one of them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc_a, self.fc_b = nn.Linear(6, 8), nn.Linear(6, 8)
+        self.head_a, self.head_b = nn.Linear(8, 3), nn.Linear(8, 3, bias=False)
+        self.head_b.weight = self.head_a.weight  # tied
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head_a(torch.relu(self.fc_a(x))) + self.head_b(torch.relu(self.fc_b(x)))
+
+
+def test_compensation_never_changes_a_tied_weight():
+    torch.manual_seed(5)
+    model = TiedHeads().eval()
+    data = [(torch.randn(32, 6), torch.randint(0, 3, (32,)))]
+    assert surgeon.analyze(model, data[0][0]).prunable_groups()  # the check is not vacuous
+    slim = surgeon.slim(model, 0.25, data[0][0], data=data)
+    plain = surgeon.slim(model, 0.25, data[0][0], compensate=False)
+    assert slim.head_a.in_features == 6
+    torch.testing.assert_close(slim.head_a.weight, plain.head_a.weight, rtol=0, atol=0)
+    torch.testing.assert_close(slim.head_b.weight, slim.head_a.weight, rtol=0, atol=0)
+    assert slim.head_b.bias is None

@@ -224,6 +224,8 @@ class CompensatePass(Pass):
                 if found is None or graph.calls[sink.owner] > 1:
                     continue
                 m, w = found
+                if any(_shared(gm, m, t) for t in (m.weight, m.bias)):
+                    continue  # a tied weight or bias: changing it would change its other owner
                 mean = self.means.get(edge_of(sink))
                 if mean is None:
                     mean = expected_mean(gm, nodes[sink.space[0]], sink.space[1])
@@ -282,6 +284,16 @@ class CompensatePass(Pass):
             bn.running_mean.sub_(delta.to(bn.running_mean))
             return
         _add_bias(m, delta)
+
+
+def _shared(gm: fx.GraphModule, owner: nn.Module, tensor: torch.Tensor | None) -> bool:
+    """``tensor`` (a parameter of ``owner``) is also held by another module of ``gm``."""
+    if tensor is None:
+        return False
+    return any(
+        mod is not owner and any(p is tensor for p in mod.parameters(recurse=False))
+        for mod in gm.modules()
+    )
 
 
 def recalibrate_norms(model: nn.Module, batches: Iterable[Any]) -> int:
