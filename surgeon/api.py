@@ -138,9 +138,11 @@ def slim(
             following batch norm's running mean, else the consumer's bias), so the slim model
             loses less before fine-tuning. The expected value is measured on ``data`` when
             given, else derived from the batch norm that produced the channel; channels with
-            neither are not compensated. With ``data``, the batch norms' running statistics
-            are then re-estimated on it (one pass, no gradients), which also restores the
-            variance the removed channels carried. Off: ``compensate=False``.
+            neither are not compensated. With ``data``, the removed inputs of each consumer
+            are first regressed on its kept ones (``x_R ~ A x_K + c``, from measured moments)
+            and ``W_R A`` is added to the kept weights, and afterwards the batch norms'
+            running statistics are re-estimated on it (one pass, no gradients). Off:
+            ``compensate=False``.
 
     Returns:
         a ``torch.fx.GraphModule`` with the same inputs and output shapes that trains like any
