@@ -74,8 +74,9 @@ class ResizePass(Pass):
                         f"{sl.owner}.{sl.name} dim {sl.dim} is sliced two different ways by two spaces"
                     )
                 cuts[key][sl.dim] = kept
+        made: dict[int, tuple[Any, dict[int, np.ndarray]]] = {}  # a tied tensor is cut once
         for (owner, name), dims in cuts.items():
-            _slice_tensor(gm.get_submodule(owner), name, dims)
+            _slice_tensor(gm.get_submodule(owner), name, dims, made)
             self.kept[f"{owner}.{name}" if owner else name] = dims
         for rec in graph.records.values():
             for fn in rec.resize_fns:
@@ -112,9 +113,28 @@ class ResizePass(Pass):
                     )
 
 
-def _slice_tensor(module: nn.Module, name: str, dims: dict[int, np.ndarray]) -> None:
+def _slice_tensor(
+    module: nn.Module,
+    name: str,
+    dims: dict[int, np.ndarray],
+    made: dict[int, tuple[Any, dict[int, np.ndarray]]],
+) -> None:
+    """Replace ``module.name`` by its slice; a tensor several modules share (tied weights) is
+    sliced once and the same new tensor given to each, so the tie survives."""
     old = getattr(module, name)
     if old is None:  # an optional bias that does not exist
+        return
+    if id(old) in made:
+        new, first = made[id(old)]
+        if first.keys() != dims.keys() or any(not np.array_equal(first[d], dims[d]) for d in dims):
+            raise SurgeonPassError(
+                f"{name} of a tied tensor is cut two different ways by its owners (a rule "
+                "couples them wrongly)"
+            )
+        if name in module._buffers:
+            module._buffers[name] = new
+        else:
+            setattr(module, name, new)
         return
     with torch.no_grad():
         new = old.detach()
@@ -122,8 +142,10 @@ def _slice_tensor(module: nn.Module, name: str, dims: dict[int, np.ndarray]) -> 
             new = new.index_select(dim, torch.as_tensor(kept, dtype=torch.long, device=new.device))
         new = new.clone()
     if isinstance(old, nn.Parameter):
-        setattr(module, name, nn.Parameter(new, requires_grad=old.requires_grad))
+        new = nn.Parameter(new, requires_grad=old.requires_grad)
+        setattr(module, name, new)
     elif name in module._buffers:
         module._buffers[name] = new
     else:
         setattr(module, name, new)
+    made[id(old)] = (new, dims)
