@@ -170,7 +170,7 @@ def _slim(
     kept: dict[str, dict[int, Any]] | None = None,
 ) -> fx.GraphModule:
     """``slim``, plus what iterative schedules need: ``original`` class counts per group (the
-    ratio is then cumulative over earlier steps) and ``kept``, filled with the original indices
+    ratio is then cumulative over earlier steps; an empty dict is filled with this model's) and ``kept``, filled with the original indices
     each sliced tensor kept."""
     ratio = _check_ratio(ratio)
     check_criterion(importance, data, loss_fn)
@@ -199,7 +199,9 @@ def _slim(
         expected = _output_shapes(gm)
         graph = build_channel_graph(gm)
         plan = PrunePlan(graph)
-        if original is not None and (
+        if original is not None and not original:  # the first step: these are the originals
+            original.update({g.index: g.n_classes for g in graph.groups})
+        elif original is not None and (
             len(original) != len(graph.groups)
             or any(g.n_classes > original.get(g.index, -1) for g in graph.groups)
         ):

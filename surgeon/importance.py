@@ -47,12 +47,16 @@ def edge_of(sink: Sink) -> Edge:
     return (sink.space[0], sink.space[1], sink.node)
 
 
-def check_criterion(importance: Any, data: Any, loss_fn: Any) -> None:
-    """A known criterion, and ``data`` / ``loss_fn`` when it needs them."""
+def _check_known(importance: Any) -> None:
     if importance not in CRITERIA:
         raise SurgeonInputError(
             f"importance={importance!r} is not a known criterion; use one of {CRITERIA}"
         )
+
+
+def check_criterion(importance: Any, data: Any, loss_fn: Any) -> None:
+    """A known criterion, and ``data`` / ``loss_fn`` when it needs them."""
+    _check_known(importance)
     if importance in DATA_CRITERIA and (data is None or loss_fn is None):
         missing = " and ".join(n for n, v in (("data=", data), ("loss_fn=", loss_fn)) if v is None)
         raise SurgeonInputError(
@@ -101,10 +105,7 @@ def class_scores(
     A tensor index that several space indices map to (a grouped conv's in-group offset) counts
     once.
     """
-    if criterion not in CRITERIA:
-        raise SurgeonInputError(
-            f"importance={criterion!r} is not a known criterion; use one of {CRITERIA}"
-        )
+    _check_known(criterion)
     if criterion in DATA_CRITERIA and stats is None:
         raise SurgeonInputError(f"importance={criterion!r} needs data= and loss_fn=")
     if criterion == "random":

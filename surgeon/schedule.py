@@ -112,7 +112,7 @@ def prune_iteratively(
     DataLoader) when a data criterion is used over several steps. Returns the final slim
     ``GraphModule``; ``meta["surgeon.history"]`` lists, per step, the ratio, parameters and MACs.
     """
-    from surgeon.api import _ignore_names, _slim, analyze
+    from surgeon.api import _ignore_names, _slim
     from surgeon.cost import count_macs, count_params
 
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
@@ -147,8 +147,7 @@ def prune_iteratively(
         start = {k: v.detach().clone() for k, v in model.state_dict().items()}
     else:
         start = {}
-    graph = analyze(model, example_inputs, leaf_modules=leaf_modules)
-    original = {g.index: g.n_classes for g in graph.groups}
+    original: dict[int, int] = {}  # class counts per group, filled by the first step
     kept: dict[str, dict[int, np.ndarray]] = {}
     history = []
     current: nn.Module = model

@@ -91,10 +91,9 @@ def _flatten_block(gm: fx.GraphModule, node: fx.Node) -> int | None:
     m = _module(gm, node)
     if isinstance(m, nn.Flatten):
         start, end = m.start_dim, m.end_dim
-    elif node.op == "call_function" and node.target in _FLATTEN_FUNCTIONS:
-        start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
-        end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
-    elif node.op == "call_method" and node.target == "flatten":
+    elif (node.op == "call_function" and node.target in _FLATTEN_FUNCTIONS) or (
+        node.op == "call_method" and node.target == "flatten"
+    ):
         start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
         end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
     else:
