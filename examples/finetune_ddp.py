@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 import tempfile
@@ -139,6 +140,10 @@ def main() -> int:
             f"fine-tuned on {world_size} ranks {result['accuracy']:.2f}%"
         )
         print("RESULT " + json.dumps(result), flush=True)
+    # Tear down together, after the DDP wrapper (and its reducer's gloo work) is gone: a rank
+    # that destroys the group while its peer still uses it can abort at exit.
+    gc.collect()
+    dist.barrier()
     dist.destroy_process_group()
     if not identical:
         print(f"rank {rank}: parameters differ across ranks", file=sys.stderr)
