@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from surgeon import rules
 from surgeon.errors import SurgeonInputError
 
 __all__ = [
@@ -63,16 +64,9 @@ def count_macs(model: torch.nn.Module, example_inputs: Any) -> int:
     return counter.get_total_flops() // 2
 
 
-# Modules whose ``weight`` level_prune zeroes and whose FLOPs ``metrics`` discounts.
-PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (
-    nn.Conv1d,
-    nn.Conv2d,
-    nn.Conv3d,
-    nn.ConvTranspose1d,
-    nn.ConvTranspose2d,
-    nn.ConvTranspose3d,
-    nn.Linear,
-)
+# Modules whose ``weight`` level_prune zeroes and whose FLOPs ``metrics`` discounts: the
+# rules that say so (trait "weighted").
+PRUNABLE_TYPES: tuple[type[nn.Module], ...] = rules.modules_with("weighted")
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _SCOPES = ("global", "local")
 

@@ -1,8 +1,17 @@
-"""The surgeon error hierarchy: every user-facing failure is a SurgeonError."""
+"""The surgeon error hierarchy: every failure surgeon raises on purpose is a SurgeonError."""
 
 from __future__ import annotations
 
-__all__ = ["SurgeonError", "SurgeonTraceError", "SurgeonInputError", "SurgeonPassError"]
+__all__ = [
+    "SurgeonError",
+    "SurgeonTraceError",
+    "SurgeonInputError",
+    "SurgeonPassError",
+    "SurgeonRuleError",
+    "SurgeonExportError",
+    "SurgeonLoadError",
+    "SurgeonBenchError",
+]
 
 
 class SurgeonError(Exception):
@@ -19,3 +28,20 @@ class SurgeonTraceError(SurgeonError):
 
 class SurgeonPassError(SurgeonError):
     """A pass failed; the message names the pass and the passes that already ran."""
+
+
+class SurgeonRuleError(SurgeonError):
+    """An op rule raised while the channel graph was built (strict mode only; otherwise the
+    op's dims are blocked and the reason names the exception)."""
+
+
+class SurgeonExportError(SurgeonError):
+    """Export, ONNX validation or onnxruntime parity failed, or the output path is unusable."""
+
+
+class SurgeonLoadError(SurgeonError):
+    """A surgeon file is missing or unreadable, or its plan does not fit the given model."""
+
+
+class SurgeonBenchError(SurgeonError):
+    """The ONNX file cannot be loaded or run for timing."""

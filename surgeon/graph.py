@@ -20,6 +20,7 @@ import torch
 import torch.fx as fx
 
 from surgeon import rules
+from surgeon.errors import SurgeonPassError, SurgeonRuleError
 from surgeon.spaces import NodeRecord, ParamSlice, RuleContext, Sink, Space, meta_shapes
 
 __all__ = ["Group", "ChannelGraph", "build_channel_graph"]
@@ -52,15 +53,6 @@ class Group:
     def channels(self) -> int:
         """Channel count of the group: the number of its channel classes."""
         return self.n_classes
-
-    def modules(
-        self, roles: tuple[str, ...] = ("producer", "consumer", "norm", "param")
-    ) -> list[str]:
-        seen: dict[str, None] = {}
-        for p in self.params:
-            if p.role in roles:
-                seen.setdefault(p.owner or "<root>", None)
-        return list(seen)
 
 
 class ChannelGraph:
@@ -163,7 +155,9 @@ class ChannelGraph:
                 ia = np.arange(self.sizes[a]) if ia is None else np.asarray(ia)
                 ib = np.arange(self.sizes[b]) if ib is None else np.asarray(ib)
                 if len(ia) != len(ib):
-                    raise RuntimeError(f"coupling {a} ~ {b} has index maps of different lengths")
+                    raise SurgeonRuleError(
+                        f"coupling {a} ~ {b} has index maps of different lengths (a rule is wrong)"
+                    )
                 src.append(offset[a] + ia)
                 dst.append(offset[b] + ib)
             labels = _components(
@@ -320,7 +314,7 @@ def build_channel_graph(
             for name, shape in meta_shapes(node):
                 shapes[name] = shape
     if not shapes:
-        raise RuntimeError(
+        raise SurgeonPassError(
             "no tensor metadata on the graph: run surgeon.trace.propagate_shapes first"
         )
     records: dict[str, NodeRecord] = {}
@@ -344,11 +338,12 @@ def build_channel_graph(
             try:
                 rule(ctx)
             except Exception as exc:
-                log.warning(
-                    "rule for %s failed (%s); its dims are blocked", ctx.describe_name(), exc
-                )
+                why = f"the rule for {ctx.describe_name()} failed: {type(exc).__name__}: {exc}"
+                if rules.is_strict():
+                    raise SurgeonRuleError(f"{why} (strict mode: a rule must never raise)") from exc
+                log.warning("%s; its dims are blocked", why)
                 ctx.record = NodeRecord()
-                rules.block_all(ctx, f"the rule for {ctx.describe_name()} failed: {exc}")
+                rules.block_all(ctx, why)
             # inputs and outputs a rule did not describe are blocked: never a silent guess
             touched = ctx.record.described
             inputs = [(n.name, shapes[n.name]) for n in ctx.tensor_inputs()]

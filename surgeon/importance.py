@@ -80,15 +80,13 @@ class DataStats:
     ``|sum over positions of activation * gradient|`` (first-order Taylor, Molchanov et al.);
     ``means[edge]``: the mean value per index (over examples and positions); ``moments[edge]``:
     the second moments ``E[x x^T]`` between indices (edges up to ``MAX_MOMENT_WIDTH`` wide);
-    ``grads[name]``:
-    dL/dw of each parameter, summed over batches; ``examples``: how many examples were seen.
+    ``grads[name]``: dL/dw of each parameter, summed over batches.
     """
 
     taylor: dict[Edge, np.ndarray] = field(default_factory=dict)
     means: dict[Edge, np.ndarray] = field(default_factory=dict)
     moments: dict[Edge, np.ndarray] = field(default_factory=dict)
     grads: dict[str, torch.Tensor] = field(default_factory=dict)
-    examples: int = 0
 
 
 def class_scores(
@@ -296,7 +294,7 @@ def collect_stats(
             "data= yielded no batches: pass an iterable of (input, target) batches with at "
             "least one batch"
         )
-    stats = DataStats(examples=examples)
+    stats = DataStats()
     for (src_name, consumer_name), probe in probes.items():
         for dim, t in probe.taylor.items():
             stats.taylor[(src_name, dim, consumer_name)] = (t / examples).cpu().numpy()

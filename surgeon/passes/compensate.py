@@ -14,30 +14,10 @@ import torch.nn.functional as F
 
 from surgeon.importance import Edge, edge_of
 from surgeon.passes.base import Pass, PassResult, PrunePlan
-from surgeon.rules import (
-    ELEMENTWISE_FUNCTIONS,
-    ELEMENTWISE_METHODS,
-    ELEMENTWISE_MODULES,
-    _add_bias,
-    _copy_module,
-    clear_caches,
-)
+from surgeon.rules import add_bias, clear_caches, copy_module, traits
 from surgeon.spaces import Sink
 
 __all__ = ["CompensatePass", "expected_mean", "recalibrate_norms"]
-
-_MEAN_KEEPING_MODULES = (nn.Dropout, nn.Identity, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
-_MEAN_KEEPING_MODULES += (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
-_MEAN_KEEPING_FUNCTIONS = {
-    F.dropout,
-    F.avg_pool1d,
-    F.avg_pool2d,
-    F.avg_pool3d,
-    F.adaptive_avg_pool1d,
-    F.adaptive_avg_pool2d,
-    F.adaptive_avg_pool3d,
-}
-_FLATTEN_FUNCTIONS = {torch.flatten}
 
 # E[f(y)] for y ~ N(mu, sigma^2) as sum_i w_i f(mu + sigma z_i) on a fine grid over +-8 sigma:
 # unlike Gauss-Hermite, a grid stays accurate for activations with a kink (ReLU: ~1e-7).
@@ -63,41 +43,36 @@ def _only_first_arg_is_node(node: fx.Node) -> bool:
 def _activation(gm: fx.GraphModule, node: fx.Node) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """The elementwise function ``node`` applies to its first argument, if it is one."""
     m = _module(gm, node)
-    if isinstance(m, ELEMENTWISE_MODULES):
-        return lambda t: _copy_module(m)(t.clone())
+    if "elementwise" not in traits(node, m):
+        return None
+    if m is not None:
+        return lambda t: copy_module(m)(t.clone())
     if not _only_first_arg_is_node(node):
         return None
     args = node.args[1:]
     kwargs = {k: v for k, v in node.kwargs.items() if k != "inplace"}
-    if node.op == "call_function" and node.target in ELEMENTWISE_FUNCTIONS:
+    if node.op == "call_function":
         return lambda t: node.target(t.clone(), *args, **kwargs)  # type: ignore[operator]
-    if node.op == "call_method" and node.target in ELEMENTWISE_METHODS:
-        return lambda t: getattr(t.clone(), str(node.target))(*args, **kwargs)
-    return None
+    return lambda t: getattr(t.clone(), str(node.target))(*args, **kwargs)
 
 
 def _keeps_mean(gm: fx.GraphModule, node: fx.Node) -> bool:
-    if isinstance(_module(gm, node), _MEAN_KEEPING_MODULES):
-        return True
-    return (
-        node.op == "call_function"
-        and node.target in _MEAN_KEEPING_FUNCTIONS
-        and _only_first_arg_is_node(node)
-    )
+    m = _module(gm, node)
+    if "mean_keeping" not in traits(node, m):
+        return False
+    return m is not None or (node.op == "call_function" and _only_first_arg_is_node(node))
 
 
 def _flatten_block(gm: fx.GraphModule, node: fx.Node) -> int | None:
     """For ``flatten(x, 1)`` of an [N, C, *S] tensor: prod(S), the run of each channel."""
     m = _module(gm, node)
+    if "flatten" not in traits(node, m):
+        return None
     if isinstance(m, nn.Flatten):
         start, end = m.start_dim, m.end_dim
-    elif (node.op == "call_function" and node.target in _FLATTEN_FUNCTIONS) or (
-        node.op == "call_method" and node.target == "flatten"
-    ):
+    else:
         start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
         end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
-    else:
-        return None
     src = node.args[0] if node.args else None
     meta = src.meta.get("tensor_meta") if isinstance(src, fx.Node) else None
     shape = getattr(meta, "shape", None)
@@ -282,7 +257,7 @@ class CompensatePass(Pass):
         ):
             bn.running_mean.sub_(delta.to(bn.running_mean))
             return
-        _add_bias(m, delta)
+        add_bias(m, delta)
 
 
 def _shared(gm: fx.GraphModule, owner: nn.Module, tensor: torch.Tensor | None) -> bool:

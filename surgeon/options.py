@@ -1,0 +1,125 @@
+"""``SlimOptions``: every setting of one slimming, validated once, in one frozen value.
+
+``slim``, ``prune_iteratively``, the CLI and ``ChannelPrunePass`` all take it; the report's
+settings are its :meth:`SlimOptions.to_record`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from surgeon.errors import SurgeonInputError
+from surgeon.importance import check_criterion
+
+__all__ = ["SlimOptions", "Leaf", "SCOPES"]
+
+Leaf = type[nn.Module] | nn.Module
+SCOPES = ("local", "global")
+
+
+@dataclass(frozen=True)
+class SlimOptions:
+    """What to remove and how.
+
+    Attributes:
+        ratio: fraction of each prunable group's channels removed, ``0 <= ratio < 1``.
+        importance: the criterion (``l2``, ``l1``, ``bn_scale``, ``random``, ``taylor``,
+            ``grad``); the last two need ``data`` and ``loss_fn``.
+        scope: ``"local"`` (the same ratio in every group) or ``"global"``.
+        round_to: keep a multiple of this many channels per group (``None``: no rounding).
+        ignore: modules (or qualified names) whose parameter shapes must not change.
+        inplace: resize the model's own submodules instead of a copy.
+        leaf_modules: module types or instances torch.fx must not trace into.
+        max_group_ratio: with ``scope="global"``, the most any group may lose.
+        data: ``(input, target)`` batches for the data criteria and measured compensation.
+        loss_fn: ``loss_fn(output, target) -> scalar`` for ``taylor`` and ``grad``.
+        compensate: fold removed channels' expected values into their consumers.
+    """
+
+    ratio: float
+    importance: str = "l2"
+    scope: str = "local"
+    round_to: int | None = None
+    ignore: tuple[nn.Module | str, ...] = ()
+    inplace: bool = False
+    leaf_modules: tuple[Leaf, ...] = ()
+    max_group_ratio: float = 0.9
+    data: Iterable[Any] | None = field(default=None, compare=False, repr=False)
+    loss_fn: Callable[..., torch.Tensor] | None = field(default=None, compare=False, repr=False)
+    compensate: bool = True
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__  # frozen: normalise through the back door, once
+        set_(self, "ratio", _check_ratio(self.ratio))
+        check_criterion(self.importance, self.data, self.loss_fn)
+        if self.scope not in SCOPES:
+            raise SurgeonInputError(f"scope={self.scope!r}: use 'local' or 'global'")
+        r = self.round_to
+        if r is not None and (isinstance(r, bool) or not isinstance(r, int) or r < 1):
+            raise SurgeonInputError(f"round_to={r!r}: use None or a whole number >= 1 (e.g. 8)")
+        for name in ("compensate", "inplace"):
+            if not isinstance(getattr(self, name), bool):
+                raise SurgeonInputError(f"{name}={getattr(self, name)!r}: use True or False")
+        g = self.max_group_ratio
+        if isinstance(g, bool) or not isinstance(g, numbers.Real) or not 0 < g <= 1:
+            raise SurgeonInputError(
+                f"max_group_ratio={g!r}: use a number with 0 < max_group_ratio <= 1"
+            )
+        set_(self, "ignore", _as_tuple(self.ignore, "ignore"))
+        set_(self, "leaf_modules", _as_tuple(self.leaf_modules, "leaf_modules"))
+
+    def replace(self, **changes: Any) -> SlimOptions:
+        """A copy with ``changes`` applied (and validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_record(self) -> dict[str, Any]:
+        """The settings as JSON-able values (what the report and the plan record)."""
+        return {
+            "ratio": self.ratio,
+            "importance": self.importance,
+            "scope": self.scope,
+            "round_to": self.round_to,
+            "max_group_ratio": self.max_group_ratio,
+            "compensate": self.compensate,
+            "ignore": [i if isinstance(i, str) else type(i).__name__ for i in self.ignore],
+            "leaf_modules": sorted(leaf_name(m) for m in self.leaf_modules),
+            "data": self.data is not None,
+        }
+
+
+def leaf_name(m: Leaf) -> str:
+    """``package.module.Class`` of a leaf module type or instance."""
+    t = m if isinstance(m, type) else type(m)
+    return f"{t.__module__}.{t.__qualname__}"
+
+
+def _check_ratio(ratio: Any) -> float:
+    if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real):
+        raise SurgeonInputError(
+            f"ratio={ratio!r} is not a number: it is the fraction of each group's channels to "
+            "remove, 0 <= ratio < 1 (e.g. 0.5)"
+        )
+    if not 0 <= float(ratio) < 1:
+        raise SurgeonInputError(
+            f"ratio={ratio!r} is out of range: it is the fraction of each group's channels to "
+            "remove, a number with 0 <= ratio < 1 (e.g. 0.5)"
+        )
+    return float(ratio)
+
+
+def _as_tuple(items: Any, name: str) -> tuple:
+    if isinstance(items, (str, nn.Module, type)):
+        return (items,)
+    try:
+        return tuple(items)
+    except TypeError:
+        raise SurgeonInputError(
+            f"{name}={items!r} is not a list: pass a list or tuple (e.g. {name}=[model.fc])"
+        ) from None

@@ -1,0 +1,163 @@
+"""Helpers every rule family shares: blocking, output spaces, constants, weight magnitudes."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from surgeon.spaces import RuleContext, Space
+
+NAN = float("nan")
+
+
+# -- helpers ---------------------------------------------------------------------------
+def _dim(d: int, ndim: int) -> int:
+    return d + ndim if d < 0 else d
+
+
+def _spaces(name: str, shape: Sequence[int]) -> list[Space]:
+    return [(name, d) for d in range(len(shape))]
+
+
+def _nan(n: int) -> np.ndarray:
+    return np.full(n, NAN)
+
+
+def _np(t: torch.Tensor | None, n: int, fill: float = 0.0) -> np.ndarray:
+    if t is None:
+        return np.full(n, fill)
+    return t.detach().float().cpu().numpy().astype(np.float64)
+
+
+def block_all(ctx: RuleContext, reason: str | None = None) -> None:
+    """Block every dim of every tensor input and output of the node."""
+    why = reason or f"no rule for {ctx.describe_name()}"
+    for n in ctx.tensor_inputs():
+        for s in _spaces(n.name, ctx.shape(n)):
+            ctx.block(s, why)
+    for name, shape in output_spaces(ctx):
+        for s in _spaces(name, shape):
+            ctx.block(s, why)
+
+
+def output_spaces(ctx: RuleContext) -> list[tuple[str, tuple[int, ...]]]:
+    out = []
+    if ctx.out_shape is not None:
+        out.append((ctx.out, ctx.out_shape))
+    i = 0
+    while f"{ctx.out}#{i}" in ctx.shapes:
+        out.append((f"{ctx.out}#{i}", ctx.shapes[f"{ctx.out}#{i}"]))
+        i += 1
+    return out
+
+
+def _same_shape_unary(
+    ctx: RuleContext, x: fx.Node, const: Callable[[np.ndarray], np.ndarray] | None
+) -> None:
+    """Out has x's shape, every dim identity; ``const`` maps a channel constant elementwise."""
+    xs, ys = ctx.shape(x), ctx.out_shape
+    if xs is None or ys is None or tuple(xs) != tuple(ys):
+        block_all(ctx, f"{ctx.describe_name()} changes the shape")
+        return
+    for d in range(len(xs)):
+        ctx.identity((x.name, d), (ctx.out, d))
+    out = ctx.out
+
+    def transfer(c):
+        res = {}
+        for d in range(len(xs)):
+            v = c((x.name, d))
+            if const is None:
+                res[(out, d)] = np.where(v == 0, 0.0, NAN)
+            else:
+                res[(out, d)] = const(v)
+        return res
+
+    ctx.transfer(transfer)
+
+
+def _torch_const(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[np.ndarray], np.ndarray]:
+    """Apply an elementwise torch function to a vector of channel constants."""
+
+    def apply(v: np.ndarray) -> np.ndarray:
+        try:
+            with torch.no_grad():
+                r = fn(torch.from_numpy(v.copy())).double().numpy()
+        except Exception:  # an op that rejects the dtype: not constant-foldable
+            return _nan(len(v))
+        return np.where(np.isnan(v), NAN, r)
+
+    return apply
+
+
+_ABS_CACHE: dict[tuple[int, int, int], np.ndarray] = {}
+
+
+def _kernel_abs(w: torch.Tensor) -> np.ndarray:
+    """|w| summed over the kernel: [dim0, dim1] (a zero entry means that pair never interacts).
+
+    Cached per tensor and version: PropagatePass asks for it once per sink and per round, and
+    weights do not change while it runs (folds only touch biases). The cache is cleared for
+    each new channel graph (:func:`clear_caches`).
+    """
+    key = (id(w), w._version, w.data_ptr())
+    hit = _ABS_CACHE.get(key)
+    if hit is not None:
+        return hit
+    with torch.no_grad():
+        a = w.detach().abs()
+        if a.dim() > 2:
+            a = a.flatten(2).sum(-1)
+        out = a.float().cpu().numpy()
+    _ABS_CACHE[key] = out
+    return out
+
+
+def _zero_lines(w: torch.Tensor, axis: int) -> np.ndarray:
+    """Of ``|w|`` summed over the kernel ([dim0, dim1]): which entries along dim ``1 - axis``
+    have all-zero weights (``axis=1``: per dim-0 index; ``axis=0``: per dim-1 index). Cached."""
+    key = (id(w), w._version, w.data_ptr(), axis)
+    hit = _LINE_CACHE.get(key)
+    if hit is None:
+        hit = _LINE_CACHE[key] = (_kernel_abs(w) == 0).all(axis)
+    return hit
+
+
+_LINE_CACHE: dict[tuple[int, int, int, int], np.ndarray] = {}
+
+
+def clear_caches() -> None:
+    _LINE_CACHE.clear()
+    _ABS_CACHE.clear()
+
+
+def _tuple(v: Any) -> tuple:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v,)
+
+
+def add_bias(m: nn.Module, delta: torch.Tensor) -> None:
+    if m.bias is None:
+        m.bias = nn.Parameter(delta.clone().to(m.weight.device))
+    else:
+        m.bias.add_(delta.to(m.bias.device))
+
+
+def copy_module(m: nn.Module) -> nn.Module:
+    """The module with in-place disabled, so a constant vector can be pushed through it."""
+    if getattr(m, "inplace", False):
+        m = copy.copy(m)
+        m.inplace = False
+    return m
+
+
+def _shape_args(node: fx.Node, start: int) -> tuple[list[Any], bool]:
+    args = list(node.args[start:])
+    if len(args) == 1 and isinstance(args[0], (tuple, list)):
+        return list(args[0]), True
+    return args, False

@@ -1,0 +1,139 @@
+"""Binary arithmetic with broadcasting: add, sub, mul, div (residuals, gates, scales)."""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import numpy as np
+import torch
+import torch.fx as fx
+
+from surgeon.rules.base import (
+    NAN,
+    _nan,
+    block_all,
+)
+from surgeon.rules.registry import register
+from surgeon.spaces import RuleContext
+
+_ADD = (operator.add, operator.iadd, torch.add)
+_SUB = (operator.sub, operator.isub, torch.sub, torch.subtract)
+_MUL = (operator.mul, operator.imul, torch.mul, torch.multiply)
+_DIV = (operator.truediv, operator.itruediv, torch.div, torch.true_divide)
+_OPS = {}
+for _f in _ADD:
+    _OPS[_f] = "add"
+for _f in _SUB:
+    _OPS[_f] = "sub"
+for _f in _MUL:
+    _OPS[_f] = "mul"
+for _f in _DIV:
+    _OPS[_f] = "div"
+_METHOD_OPS = {
+    "add": "add",
+    "add_": "add",
+    "sub": "sub",
+    "sub_": "sub",
+    "mul": "mul",
+    "mul_": "mul",
+    "div": "div",
+    "div_": "div",
+    "__add__": "add",
+    "__mul__": "mul",
+    "__radd__": "add",
+    "__rmul__": "mul",
+}
+
+
+@register(*_OPS)
+def binary_function_rule(ctx: RuleContext) -> None:
+    _broadcast_binary(ctx, _OPS[ctx.node.target])
+
+
+@register(*_METHOD_OPS)
+def binary_method_rule(ctx: RuleContext) -> None:
+    _broadcast_binary(ctx, _METHOD_OPS[str(ctx.node.target)])
+
+
+def _broadcast_binary(ctx: RuleContext, op: str) -> None:
+    """Elementwise a (op) b with numpy broadcasting.
+
+    Dims of equal size are one space (a residual add couples its branches); a size-1 dim
+    broadcast against a larger one couples nothing (an SE gate's spatial dims).
+    """
+    a, b = (
+        ctx.node.args[0],
+        ctx.node.args[1] if len(ctx.node.args) > 1 else ctx.node.kwargs.get("other"),
+    )
+    extra = {k: v for k, v in ctx.node.kwargs.items() if k != "other"}
+    if (
+        any(k not in ("alpha", "rounding_mode") for k in extra)
+        or extra.get("rounding_mode") is not None
+    ):
+        return block_all(ctx, f"{ctx.describe_name()} with {sorted(extra)}")
+    alpha = extra.get("alpha", 1)
+    ys = ctx.out_shape
+    if ys is None or isinstance(alpha, fx.Node):
+        return block_all(ctx)
+    operands = []
+    for v in (a, b):
+        if isinstance(v, fx.Node):
+            vs = ctx.shape(v)
+            if vs is None:  # a traced Python number (e.g. from .size())
+                operands.append(("scalar_node", None))
+                continue
+            operands.append((v, vs))
+        elif isinstance(v, (int, float, bool)):
+            operands.append(("scalar", float(v)))
+        else:
+            return block_all(
+                ctx, f"{ctx.describe_name()} with an operand of type {type(v).__name__}"
+            )
+    out = ctx.out
+    aligned: dict[int, list[Any]] = {d: [] for d in range(len(ys))}
+    for v, vs in operands:
+        if not isinstance(v, fx.Node):
+            for d in aligned:
+                aligned[d].append(("scalar", vs))
+            continue
+        lead = len(ys) - len(vs)
+        for d in range(len(ys)):
+            di = d - lead
+            if di < 0:
+                aligned[d].append(("none", None))
+            elif vs[di] == ys[d]:
+                ctx.identity((v.name, di), (out, d))
+                aligned[d].append(("space", (v.name, di)))
+            else:
+                ctx.block((v.name, di), "size-1 dim broadcast by an elementwise op")
+                aligned[d].append(("none", None))
+    if sum(isinstance(v, fx.Node) for v, _ in operands) == 2:
+        for d in range(len(ys)):
+            ctx.tag((out, d), "residual" if op in ("add", "sub") else "gate")
+
+    def transfer(c):
+        res = {}
+        for d, items in aligned.items():
+            vals = []
+            for kind, val in items:
+                if kind == "space":
+                    vals.append(c(val))
+                elif kind == "scalar" and val is not None:
+                    vals.append(np.full(ys[d], val))
+                else:
+                    vals.append(_nan(ys[d]))
+            x, y = vals
+            with np.errstate(all="ignore"):
+                if op == "add":
+                    r = x + alpha * y
+                elif op == "sub":
+                    r = x - alpha * y
+                elif op == "mul":
+                    r = np.where((x == 0) | (y == 0), 0.0, x * y)
+                else:
+                    r = np.where((x == 0) & ~np.isnan(y) & (y != 0), 0.0, x / y)
+            res[(out, d)] = np.where(np.isfinite(r), r, NAN)
+        return res
+
+    ctx.transfer(transfer)

@@ -1,0 +1,226 @@
+"""Offsets along a dim: ``cat``, ``split`` / ``chunk``, tuple and tensor indexing, ``unbind``."""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import numpy as np
+import torch
+import torch.fx as fx
+
+from surgeon.rules.base import (
+    NAN,
+    _dim,
+    block_all,
+    output_spaces,
+)
+from surgeon.rules.registry import register
+from surgeon.spaces import RuleContext
+
+
+@register(torch.cat, torch.concat, torch.concatenate)
+def cat_rule(ctx: RuleContext) -> None:
+    """cat: input k's channel i is output channel offset_k + i; other dims identity."""
+    tensors, dim = ctx.arg(0, "tensors"), ctx.arg(1, "dim", 0)
+    ys = ctx.out_shape
+    if not isinstance(tensors, (list, tuple)) or not all(isinstance(t, fx.Node) for t in tensors):
+        return block_all(ctx, f"{ctx.describe_name()} of a non-list")
+    if not isinstance(dim, int):
+        return block_all(ctx, f"{ctx.describe_name()} with a traced dim")
+    dim = _dim(dim, len(ys))
+    out, off = ctx.out, 0
+    for t in tensors:
+        ts = ctx.shape(t)
+        for d in range(len(ys)):
+            if d == dim:
+                ctx.couple((t.name, d), (out, d), np.arange(ts[d]), off + np.arange(ts[d]))
+            else:
+                ctx.identity((t.name, d), (out, d))
+        off += ts[dim]
+    ctx.tag((out, dim), "concat")
+    names = [t.name for t in tensors]
+
+    def transfer(c):
+        res = {(out, dim): np.concatenate([c((n, dim)) for n in names])}
+        for d in range(len(ys)):
+            if d != dim:
+                vals = np.stack([c((n, d)) for n in names])
+                res[(out, d)] = np.where((vals == vals[0]).all(0), vals[0], NAN)
+        return res
+
+    ctx.transfer(transfer)
+
+
+@register(torch.split, torch.chunk, torch.tensor_split)
+def split_function_rule(ctx: RuleContext) -> None:
+    name = getattr(ctx.node.target, "__name__", "")
+    if name == "chunk":
+        _split(ctx, ctx.arg(0, "input"), ctx.arg(1, "chunks"), ctx.arg(2, "dim", 0), chunk=True)
+    elif name == "split":
+        _split(
+            ctx, ctx.arg(0, "tensor"), ctx.arg(1, "split_size_or_sections"), ctx.arg(2, "dim", 0)
+        )
+    else:
+        block_all(ctx)
+
+
+@register("split", "chunk")
+def split_method_rule(ctx: RuleContext) -> None:
+    if ctx.node.target == "chunk":
+        _split(ctx, ctx.arg(0, "self"), ctx.arg(1, "chunks"), ctx.arg(2, "dim", 0), chunk=True)
+    else:
+        _split(ctx, ctx.arg(0, "self"), ctx.arg(1, "split_size"), ctx.arg(2, "dim", 0))
+
+
+def _split(ctx: RuleContext, x: fx.Node, size: Any, dim: Any, chunk: bool = False) -> None:
+    """split / chunk: piece k's channel i is input channel offset_k + i.
+
+    split with a list: the list is rewritten to the new piece sizes. split with an int, and
+    chunk: pieces must stay equal, so a class spans the same offset in every piece.
+    """
+    xs = ctx.shape(x)
+    pieces = output_spaces(ctx)
+    if xs is None or not isinstance(dim, int) or not pieces or ctx.out_shape is not None:
+        return block_all(ctx, f"{ctx.describe_name()} with traced arguments")
+    dim = _dim(dim, len(xs))
+    sizes = [p[1][dim] for p in pieces]
+    equal = not isinstance(size, (list, tuple))
+    if equal and len(set(sizes)) != 1:
+        return block_all(ctx, f"{ctx.describe_name()} gives pieces of unequal size {sizes}")
+    off = 0
+    for (pname, _), n in zip(pieces, sizes, strict=True):
+        for d in range(len(xs)):
+            if d == dim:
+                ctx.couple((x.name, d), (pname, d), off + np.arange(n), np.arange(n))
+                if equal and off:
+                    ctx.couple((pname, d), (pieces[0][0], d))
+            else:
+                ctx.identity((x.name, d), (pname, d))
+        off += n
+    if isinstance(size, fx.Node):
+        return block_all(ctx, f"{ctx.describe_name()} with a traced size")
+    node = ctx.node
+
+    def transfer(c):
+        res, off = {}, 0
+        for (pname, _), n in zip(pieces, sizes, strict=True):
+            for d in range(len(xs)):
+                v = c((x.name, d))
+                res[(pname, d)] = v[off : off + n] if d == dim else v
+            off += n
+        return res
+
+    ctx.transfer(transfer)
+
+    def resize(new_size):
+        if chunk:
+            return
+        if isinstance(size, (list, tuple)):
+            new = [new_size((p[0], dim)) for p in pieces]
+        else:
+            new = new_size((pieces[0][0], dim))
+        args = list(node.args)
+        if len(args) > 1:
+            args[1] = new
+            node.args = tuple(args)
+        else:
+            key = "split_size" if node.op == "call_method" else "split_size_or_sections"
+            node.kwargs = {**node.kwargs, key: new}
+
+    ctx.on_resize(resize)
+
+
+@register(operator.getitem)
+def getitem_rule(ctx: RuleContext) -> None:
+    """getitem: an element of a tuple (identity), or tensor indexing with slices / ints / None."""
+    src, idx = ctx.node.args
+    if not isinstance(src, fx.Node):
+        return block_all(ctx)
+    if ctx.shape(src) is None:
+        pieces = _pieces(ctx, src)
+        if (
+            pieces
+            and isinstance(idx, int)
+            and not isinstance(idx, bool)
+            and -len(pieces) <= idx < len(pieces)
+        ):
+            piece = pieces[idx]
+            shape = ctx.shapes[piece]
+            for d in range(len(shape)):
+                ctx.identity((piece, d), (ctx.out, d))
+            out = ctx.out
+            ctx.transfer(lambda c: {(out, d): c((piece, d)) for d in range(len(shape))})
+            return
+        why = f"{ctx.describe_name()} with index {idx!r} into a tuple"
+        for piece in pieces:  # a slice of the tuple, or an index we cannot follow
+            for d in range(len(ctx.shapes[piece])):
+                ctx.block((piece, d), why)
+        if ctx.out_shape is not None:
+            block_all(ctx, why)
+        return
+    _tensor_index(ctx, src, idx)
+
+
+def _pieces(ctx: RuleContext, node: fx.Node) -> list[str]:
+    """Space names of the tensors in a tuple-valued node (``split#0``, ``split#1``, ...)."""
+    out, i = [], 0
+    while f"{node.name}#{i}" in ctx.shapes:
+        out.append(f"{node.name}#{i}")
+        i += 1
+    return out
+
+
+def _tensor_index(ctx: RuleContext, x: fx.Node, idx: Any) -> None:
+    xs, ys = ctx.shape(x), ctx.out_shape
+    items = list(idx) if isinstance(idx, tuple) else [idx]
+    if any(isinstance(i, (fx.Node, list, torch.Tensor, bool)) for i in items) or ys is None:
+        return block_all(ctx, f"{ctx.describe_name()}: advanced or traced indexing")
+    if items.count(Ellipsis) > 1:
+        return block_all(ctx)
+    if Ellipsis in items:
+        k = items.index(Ellipsis)
+        fill = len(xs) - sum(1 for i in items if i is not None and i is not Ellipsis)
+        items = items[:k] + [slice(None)] * fill + items[k + 1 :]
+    items += [slice(None)] * (len(xs) - sum(1 for i in items if i is not None))
+    i = j = 0
+    out = ctx.out
+    pairs = []
+    for it in items:
+        if it is None:
+            ctx.block((out, j), "new axis from indexing")
+            j += 1
+        elif isinstance(it, int):
+            ctx.block((x.name, i), "dim selected by an integer index")
+            i += 1
+        elif isinstance(it, slice):
+            if it == slice(None):
+                ctx.identity((x.name, i), (out, j))
+                pairs.append((i, j))
+            else:
+                ctx.block((x.name, i), "dim sliced by indexing")
+                ctx.block((out, j), "dim sliced by indexing")
+            i += 1
+            j += 1
+        else:
+            return block_all(ctx)
+    ctx.transfer(lambda c: {(out, jj): c((x.name, ii)) for ii, jj in pairs})
+
+
+@register(torch.unbind)
+@register("unbind")
+def unbind_rule(ctx: RuleContext) -> None:
+    """unbind(dim): that dim is fixed (indexed away); the others are identity in every piece."""
+    x = ctx.arg(0, "input")
+    dim = ctx.arg(1, "dim", 0)
+    xs = ctx.shape(x)
+    pieces = output_spaces(ctx)
+    if xs is None or not isinstance(dim, int) or not pieces:
+        return block_all(ctx)
+    dim = _dim(dim, len(xs))
+    ctx.block((x.name, dim), f"dim indexed away by {ctx.describe_name()}")
+    maps = [d for d in range(len(xs)) if d != dim]
+    for pname, _ in pieces:
+        for j, d in enumerate(maps):
+            ctx.identity((x.name, d), (pname, j))
+    ctx.transfer(lambda c: {(p, j): c((x.name, d)) for p, _ in pieces for j, d in enumerate(maps)})

@@ -1,0 +1,139 @@
+"""Dense contractions: ``nn.Linear``, ``nn.Embedding``, ``matmul``."""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from surgeon.rules.base import (
+    NAN,
+    _kernel_abs,
+    _np,
+    _zero_lines,
+    add_bias,
+    block_all,
+)
+from surgeon.rules.registry import register
+from surgeon.spaces import RuleContext, Space
+
+
+def _contraction(
+    ctx: RuleContext,
+    m: nn.Module,
+    xin: Space,
+    yc: Space,
+    *,
+    in_dim: int,
+    out_dim: int,
+    fold: Callable[[np.ndarray, np.ndarray], None] | None,
+) -> None:
+    """A dense weighted sum from ``xin`` to ``yc`` (Linear, ungrouped ConvTranspose).
+
+    ``weight[out_dim]`` and the bias produce ``yc``; ``weight[in_dim]`` reads ``xin``, which is
+    a contraction sink; an output channel is the bias (a constant) when every input it reads
+    is zero or has zero weight.
+    """
+    owner = str(ctx.node.target)
+    ctx.produce(yc)
+    ctx.param(owner, "weight", out_dim, yc)
+    ctx.param(owner, "bias", 0, yc)  # even when None: a constant fold may create it
+    ctx.param(owner, "weight", in_dim, xin, role="consumer")
+
+    def weights() -> np.ndarray:  # |w| as [out, in]
+        w = _kernel_abs(m.weight)
+        return w.T if out_dim == 1 else w
+
+    def ignores(alive_rows):
+        if alive_rows is None or alive_rows.all():
+            return _zero_lines(m.weight, 0 if out_dim == 0 else 1)
+        w = weights()
+        return (w * alive_rows[:, None]).sum(0) == 0
+
+    ctx.sink(xin, "contract", ignores=ignores, fold=fold, out_space=yc)
+
+    def transfer(c):
+        xz = c(xin) == 0
+        if not xz.any():
+            ok = _zero_lines(m.weight, 1 if out_dim == 0 else 0)
+        else:
+            ok = ((weights() == 0) | xz[None, :]).all(1)
+        return {yc: np.where(ok, _np(m.bias, len(ok)), NAN)}
+
+    ctx.transfer(transfer)
+
+
+@register(nn.Linear, traits=("weighted",))
+def linear_rule(ctx: RuleContext) -> None:
+    """Linear: weight[0] and bias produce the last dim; weight[1] reads the input's last dim."""
+    m: nn.Linear = ctx.module  # type: ignore[assignment]
+    x = ctx.arg(0, "input")
+    xs = ctx.shape(x)
+    if xs is None:
+        return block_all(ctx)
+    out, last = ctx.out, len(xs) - 1
+    for d in range(last):
+        ctx.identity((x.name, d), (out, d))
+    xin, yc = (x.name, last), (out, last)
+
+    def fold(idx, const):
+        with torch.no_grad():
+            delta = m.weight.detach()[:, torch.as_tensor(idx)].double() @ torch.as_tensor(const)
+            add_bias(m, delta.to(m.weight.dtype))
+
+    _contraction(ctx, m, xin, yc, in_dim=1, out_dim=0, fold=fold)
+
+    def resize(size):
+        m.in_features, m.out_features = size(xin), size(yc)
+
+    ctx.on_resize(resize)
+
+
+@register(nn.Embedding)
+def embedding_rule(ctx: RuleContext) -> None:
+    m: nn.Embedding = ctx.module  # type: ignore[assignment]
+    x = ctx.arg(0, "input")
+    xs = ctx.shape(x)
+    out, owner = ctx.out, str(ctx.node.target)
+    for d in range(len(xs)):
+        ctx.identity((x.name, d), (out, d))
+    yc = (out, len(xs))
+    ctx.produce(yc)
+    ctx.param(owner, "weight", 1, yc)
+
+    def transfer(c):
+        w = m.weight.detach()
+        lo, hi = w.min(0).values, w.max(0).values
+        return {yc: np.where((lo == hi).numpy(), lo.double().numpy(), NAN)}
+
+    ctx.transfer(transfer)
+
+    def resize(size):
+        m.embedding_dim = size(yc)
+
+    ctx.on_resize(resize)
+
+
+@register(torch.matmul, operator.matmul, torch.bmm)
+def matmul_rule(ctx: RuleContext) -> None:
+    """a @ b: batch dims broadcast; the contracted dims are one space (a statistic sink)."""
+    a, b = ctx.arg(0, "input"), ctx.arg(1, "other")
+    as_, bs, ys = ctx.shape(a), ctx.shape(b), ctx.out_shape
+    if as_ is None or bs is None or len(as_) < 2 or len(bs) < 2:
+        return block_all(ctx, f"{ctx.describe_name()} on a 1-D operand")
+    out = ctx.out
+    ctx.couple((a.name, len(as_) - 1), (b.name, len(bs) - 2))
+    ctx.sink((a.name, len(as_) - 1), "stat")
+    ctx.sink((b.name, len(bs) - 2), "stat")
+    ctx.identity((a.name, len(as_) - 2), (out, len(ys) - 2))
+    ctx.identity((b.name, len(bs) - 1), (out, len(ys) - 1))
+    for v, vs in ((a, as_), (b, bs)):
+        lead = len(ys) - len(vs)
+        for di in range(len(vs) - 2):
+            if vs[di] == ys[di + lead]:
+                ctx.identity((v.name, di), (out, di + lead))
+            else:
+                ctx.block((v.name, di), "size-1 dim broadcast by matmul")

@@ -1,0 +1,269 @@
+"""Reshapes and permutations: view / reshape / flatten / unflatten / squeeze, permute / transpose, expand, and metadata reads (size, shape)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from surgeon.rules.base import (
+    _dim,
+    _shape_args,
+    block_all,
+)
+from surgeon.rules.registry import register
+from surgeon.spaces import FactorSite, RuleContext, Space
+
+
+def _reshape(
+    ctx: RuleContext, x: fx.Node, literal: Callable[[Callable[[Space], int]], None] | None = None
+) -> None:
+    """A reshape couples dims segment by segment, where products of sizes agree.
+
+    1. one dim to one dim of the same size: identity.
+    2. one dim split into several factors (C into g x C/g; a qkv width into 3 x heads x d), or
+       several merged into one (C x H x W into features; heads x d back into a width): a
+       *factor site*. The channel graph picks one factor as the carrier — the outermost one not
+       already fixed by something else — couples it to the whole dim through its digit
+       (c // stride % size), and fixes the other factors. Flatten carries C (H and W are
+       spatial); a channel shuffle carries C/g (g is fixed by the later merge); attention
+       carries whole heads (the q/k/v factor is fixed by indexing).
+    3. anything else (several dims to several): blocked.
+    """
+    xs, ys = ctx.shape(x), ctx.out_shape
+    if xs is None or ys is None:
+        return block_all(ctx)
+    out = ctx.out
+    ids: list[tuple[int, int]] = []
+    sites: list[FactorSite] = []
+    i = j = 0
+    while i < len(xs) or j < len(ys):
+        i0, j0, pi, pj = i, j, 1, 1
+        if i < len(xs):
+            pi *= xs[i]
+            i += 1
+        if j < len(ys):
+            pj *= ys[j]
+            j += 1
+        while pi != pj:
+            if pi < pj and i < len(xs):
+                pi *= xs[i]
+                i += 1
+            elif pj < pi and j < len(ys):
+                pj *= ys[j]
+                j += 1
+            else:
+                return block_all(ctx, f"{ctx.describe_name()}: sizes do not factor")
+        ins = [d for d in range(i0, i) if xs[d] != 1]
+        outs = [d for d in range(j0, j) if ys[d] != 1]
+        for d in range(i0, i):
+            if xs[d] == 1:
+                ctx.block((x.name, d), "size-1 dim of a reshape")
+        for d in range(j0, j):
+            if ys[d] == 1:
+                ctx.block((out, d), "size-1 dim of a reshape")
+        if not ins and not outs:
+            continue
+        if len(ins) == 1 and len(outs) == 1:
+            ctx.identity((x.name, ins[0]), (out, outs[0]))
+            ids.append((ins[0], outs[0]))
+        elif len(outs) == 1 or len(ins) == 1:
+            split = len(ins) == 1
+            whole = (x.name, ins[0]) if split else (out, outs[0])
+            parts = [(out, d) for d in outs] if split else [(x.name, d) for d in ins]
+            sizes = [ys[d] for d in outs] if split else [xs[d] for d in ins]
+            site = FactorSite(
+                whole, parts, sizes, "split" if split else "merge", ctx.describe_name()
+            )
+            ctx.factor(site)
+            sites.append(site)
+        else:
+            for d in ins:
+                ctx.block((x.name, d), f"{ctx.describe_name()} mixes several dims")
+            for d in outs:
+                ctx.block((out, d), f"{ctx.describe_name()} mixes several dims")
+
+    def transfer(c):
+        res = {(out, do): c((x.name, di)) for di, do in ids}
+        for site in sites:
+            res.update(site.constants(c))
+        return res
+
+    ctx.transfer(transfer)
+    if literal is not None:
+        ctx.on_resize(literal)
+
+
+def _rewrite_sizes(ctx: RuleContext, start: int) -> Callable[[Callable[[Space], int]], None]:
+    """Resize hook: a size argument of a view / reshape / expand whose dim changed size becomes
+    the new size, literal or traced alike (``reshape(B, N, C)`` with C read from another
+    tensor's shape: a channel dim has the same size for every input, so a constant is exact;
+    batch and spatial dims never change and keep their traced sizes)."""
+    node, out, old = ctx.node, ctx.out, ctx.out_shape
+
+    def resize(size):
+        sizes, packed = _shape_args(node, start)
+        new = [
+            size((out, d))
+            if not (isinstance(s, int) and s == -1) and size((out, d)) != old[d]
+            else s
+            for d, s in enumerate(sizes)
+        ]
+        rest = list(node.args[:start])
+        node.args = tuple(rest + ([tuple(new)] if packed else new))
+
+    return resize
+
+
+@register("view", "reshape")
+def view_method_rule(ctx: RuleContext) -> None:
+    if "shape" in ctx.node.kwargs or "size" in ctx.node.kwargs:
+        return block_all(ctx, f"{ctx.describe_name()} with a keyword shape")
+    if len(ctx.node.args) == 2 and isinstance(ctx.node.args[1], torch.dtype):
+        return block_all(ctx, f"{ctx.describe_name()} reinterprets the dtype")
+    _reshape(ctx, ctx.arg(0, "self"), _rewrite_sizes(ctx, 1))
+
+
+@register(torch.reshape)
+def reshape_function_rule(ctx: RuleContext) -> None:
+    if "shape" in ctx.node.kwargs:
+        return block_all(ctx, f"{ctx.describe_name()} with a keyword shape")
+    _reshape(ctx, ctx.arg(0, "input"), _rewrite_sizes(ctx, 1))
+
+
+@register(torch.flatten, torch.unflatten, torch.squeeze, torch.unsqueeze)
+@register(torch.flatten, "flatten", traits=("flatten",))
+@register("flatten", "unflatten", "squeeze", "unsqueeze")
+def flatten_rule(ctx: RuleContext) -> None:
+    """flatten / unflatten / squeeze / unsqueeze are reshapes with no literal sizes to rewrite
+    (unflatten's sizes are rewritten like a view's)."""
+    name = ctx.node.target if ctx.node.op == "call_method" else ctx.node.target.__name__
+    x = ctx.arg(0, "input")
+    if name == "unflatten":
+        node, out = ctx.node, ctx.out
+        dim = ctx.arg(1, "dim")
+        sizes = ctx.arg(2, "sizes")
+        if not isinstance(dim, int) or not isinstance(sizes, (tuple, list)):
+            return block_all(ctx)
+        d0 = _dim(dim, len(ctx.shape(x)))
+
+        def resize(size):
+            new = [size((out, d0 + k)) if s != -1 else s for k, s in enumerate(sizes)]
+            args = list(node.args)
+            args[2] = tuple(new)
+            node.args = tuple(args)
+
+        return _reshape(ctx, x, resize)
+    _reshape(ctx, x)
+
+
+@register(nn.Flatten, nn.Unflatten)
+@register(nn.Flatten, traits=("flatten",))
+def flatten_module_rule(ctx: RuleContext) -> None:
+    m = ctx.module
+    x = ctx.arg(0, "input")
+    if isinstance(m, nn.Unflatten):
+        out, d0 = ctx.out, _dim(m.dim, len(ctx.shape(x)))
+
+        def resize(size):
+            m.unflattened_size = tuple(
+                size((out, d0 + k)) if s != -1 else s for k, s in enumerate(m.unflattened_size)
+            )
+
+        return _reshape(ctx, x, resize)
+    _reshape(ctx, x)
+
+
+@register(torch.permute, torch.transpose, torch.t, torch.swapaxes)
+@register("permute", "transpose", "t", "swapaxes", "mT")
+def permute_rule(ctx: RuleContext) -> None:
+    """permute / transpose: output dim d is input dim perm[d]."""
+    x = ctx.node.args[0]
+    xs, ys = ctx.shape(x), ctx.out_shape
+    if xs is None or ys is None:
+        return block_all(ctx)
+    name = ctx.node.target if ctx.node.op == "call_method" else ctx.node.target.__name__
+    n = len(xs)
+    if name == "permute":
+        perm, _ = _shape_args(ctx.node, 1)
+        if not perm and "dims" in ctx.node.kwargs:
+            perm = list(ctx.node.kwargs["dims"])
+    elif name == "t":
+        perm = list(range(n))[::-1]
+    else:
+        a = ctx.arg(1, "dim0")
+        b = ctx.arg(2, "dim1")
+        if not isinstance(a, int) or not isinstance(b, int):
+            return block_all(ctx)
+        perm = list(range(n))
+        a, b = _dim(a, n), _dim(b, n)
+        perm[a], perm[b] = perm[b], perm[a]
+    if len(perm) != n or not all(isinstance(p, int) for p in perm):
+        return block_all(ctx, f"{ctx.describe_name()} with traced dims")
+    perm = [_dim(p, n) for p in perm]
+    out = ctx.out
+    for d, p in enumerate(perm):
+        ctx.identity((x.name, p), (out, d))
+    ctx.transfer(lambda c: {(out, d): c((x.name, p)) for d, p in enumerate(perm)})
+
+
+@register("size", "dim", "numel", "nelement", "get_device")
+def size_rule(ctx: RuleContext) -> None:
+    """x.size(d) and friends read metadata only: the dims are untouched (a later reshape that
+    uses the size sees the new size at run time)."""
+    if ctx.out_shape is not None:
+        return block_all(ctx)
+    for n in ctx.tensor_inputs():
+        for d in range(len(ctx.shape(n))):
+            ctx.passes((n.name, d))
+
+
+@register(getattr)
+def getattr_rule(ctx: RuleContext) -> None:
+    if ctx.arg(1, "name") in ("shape", "dtype", "device", "ndim", "is_cuda", "requires_grad"):
+        return size_rule(ctx)
+    block_all(ctx, f"getattr {ctx.arg(1, 'name')!r} of a traced tensor")
+
+
+# -- expand / unbind -----------------------------------------------------------------------
+@register("expand")
+def expand_rule(ctx: RuleContext) -> None:
+    """x.expand(*sizes): dims that keep their size are identity (their literal sizes are
+    rewritten); size-1 dims that grow, and new leading dims, are fixed."""
+    x = ctx.arg(0, "self")
+    xs, ys = ctx.shape(x), ctx.out_shape
+    sizes, packed = _shape_args(ctx.node, 1)
+    if xs is None or ys is None or len(sizes) != len(ys):
+        return block_all(ctx)
+    out, lead = ctx.out, len(ys) - len(xs)
+    pairs = []
+    for d in range(len(ys)):
+        di = d - lead
+        if di >= 0 and xs[di] == ys[d]:
+            ctx.identity((x.name, di), (out, d))
+            pairs.append((di, d))
+        else:
+            ctx.block((out, d), f"dim broadcast by {ctx.describe_name()}")
+            if di >= 0:
+                ctx.block((x.name, di), f"dim broadcast by {ctx.describe_name()}")
+    ctx.transfer(lambda c: {(out, d): c((x.name, di)) for di, d in pairs})
+    ctx.on_resize(_rewrite_sizes(ctx, 1))
+
+
+@register("expand_as")
+def expand_as_rule(ctx: RuleContext) -> None:
+    x, other = ctx.arg(0, "self"), ctx.arg(1, "other")
+    xs, ys = ctx.shape(x), ctx.out_shape
+    if xs is None or ys is None or len(xs) != len(ys):
+        return block_all(ctx)
+    out = ctx.out
+    for d in range(len(ys)):
+        if xs[d] == ys[d]:
+            ctx.identity((x.name, d), (out, d))
+        else:
+            ctx.block((x.name, d), f"dim broadcast by {ctx.describe_name()}")
+            ctx.block((out, d), f"dim broadcast by {ctx.describe_name()}")
+    for d in range(len(ys)):
+        ctx.identity((other.name, d), (out, d))
