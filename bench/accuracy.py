@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 
 import surgeon
-from surgeon.models.digits import accuracy, digits_cnn, fit, load_digits_split
+from surgeon.digits import accuracy, fit, load_digits_split
+from surgeon.models.digits import digits_cnn
 
 CRITERIA = ("l2", "l1", "taylor", "grad", "bn_scale", "random")
 RATIOS = (0.3, 0.5, 0.7, 0.82)

@@ -29,7 +29,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 import surgeon
-from surgeon.models.digits import DigitsData, accuracy, digits_cnn, fit, load_digits_split
+from surgeon.digits import DigitsData, accuracy, fit, load_digits_split
+from surgeon.models.digits import digits_cnn
 
 
 def parse_args() -> argparse.Namespace:

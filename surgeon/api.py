@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import gc
 import logging
-import numbers
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -14,30 +14,40 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from surgeon.cost import as_args
 from surgeon.errors import SurgeonInputError, SurgeonPassError
 from surgeon.graph import ChannelGraph, build_channel_graph
-from surgeon.importance import DATA_CRITERIA, check_criterion, collect_stats, iter_batches
+from surgeon.importance import DATA_CRITERIA, DataStats, collect_stats, iter_batches
+from surgeon.options import Leaf, SlimOptions, leaf_name
 from surgeon.passes import (
+    STATE_KEY,
     ChannelPrunePass,
     CompensatePass,
+    Pass,
     PassManager,
     PropagatePass,
-    PrunePlan,
     ResizePass,
+    SurgeryState,
+    begin,
 )
 from surgeon.passes.compensate import recalibrate_norms
-from surgeon.trace import trace
+from surgeon.trace import as_args, input_spec, inputs_from_spec, trace
 
-__all__ = ["slim", "analyze", "PLAN_KEY", "input_spec", "inputs_from_spec"]
+__all__ = [
+    "slim",
+    "analyze",
+    "options_from",
+    "surgery_passes",
+    "PLAN_KEY",
+    "gc_paused",
+    "input_spec",
+    "inputs_from_spec",
+]
 
 log = logging.getLogger(__name__)
 
-Leaf = type[nn.Module] | nn.Module
-
 
 @contextlib.contextmanager
-def _gc_paused():
+def gc_paused():
     """Analysis allocates many small objects that live until it ends: pausing the cyclic
     collector keeps its cost linear in graph size (each full collection would walk them all)."""
     enabled = gc.isenabled()
@@ -57,23 +67,9 @@ def analyze(
     ``print(surgeon.analyze(model, x))`` lists every group that holds parameters, with its
     members, channel count and, when blocked, why. The model is not modified.
     """
-    with _gc_paused():
+    with gc_paused():
         gm = trace(copy.deepcopy(model), example_inputs, leaf_modules=leaf_modules)
         return build_channel_graph(gm)
-
-
-def _check_ratio(ratio: Any) -> float:
-    if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real):
-        raise SurgeonInputError(
-            f"ratio={ratio!r} is not a number: it is the fraction of each group's channels to remove, "
-            "0 <= ratio < 1 (e.g. 0.5)"
-        )
-    if not 0 <= float(ratio) < 1:
-        raise SurgeonInputError(
-            f"ratio={ratio!r} is out of range: it is the fraction of each group's channels to remove, "
-            "a number with 0 <= ratio < 1 (e.g. 0.5)"
-        )
-    return float(ratio)
 
 
 def _ignore_names(model: nn.Module, ignore: Iterable[nn.Module | str]) -> list[str]:
@@ -98,7 +94,7 @@ def _ignore_names(model: nn.Module, ignore: Iterable[nn.Module | str]) -> list[s
 
 def slim(
     model: nn.Module,
-    ratio: float,
+    ratio: float | SlimOptions,
     example_inputs: Any,
     *,
     importance: str = "l2",
@@ -119,7 +115,9 @@ def slim(
             resized and reused by the result, and the model itself must no longer be called).
         ratio: fraction of each prunable group's channels removed, ``0 <= ratio < 1``. With
             ``0`` nothing new is pruned, but channels that are already dead (all-zero filters,
-            zero norm scales) are removed: the function is unchanged.
+            zero norm scales) are removed: the function is unchanged. A
+            :class:`~surgeon.options.SlimOptions` holds every setting at once (then leave the
+            keyword arguments out).
         example_inputs: a tensor, a tuple of tensors or a dict of keyword tensors.
         importance: the criterion, aggregated over each channel class: ``"l2"`` / ``"l1"``
             weight magnitude, ``"bn_scale"`` (|gamma| of the norms), ``"random"`` (a baseline),
@@ -148,158 +146,133 @@ def slim(
         a ``torch.fx.GraphModule`` with the same inputs and output shapes that trains like any
         module.
     """
-    return _slim(**locals())
+    settings = dict(locals())
+    for name in ("model", "ratio", "example_inputs"):
+        del settings[name]
+    return _slim(model, example_inputs, options_from(ratio, settings))[0]
+
+
+def options_from(ratio: float | SlimOptions, settings: dict[str, Any]) -> SlimOptions:
+    """``ratio`` and keyword settings as one :class:`SlimOptions`; a ``SlimOptions`` passed as
+    the ratio is used as it is, and then no setting may be given beside it."""
+    if not isinstance(ratio, SlimOptions):
+        names = {f.name for f in dataclasses.fields(SlimOptions)}
+        unknown = sorted(set(settings) - names)
+        if unknown:
+            raise SurgeonInputError(
+                f"unknown setting(s) {unknown}: the settings are {sorted(names - {'ratio'})}"
+            )
+        return SlimOptions(ratio, **settings)
+    defaults = {f.name: f.default for f in dataclasses.fields(SlimOptions)}
+    given = [k for k, v in settings.items() if not _is_default(v, defaults[k])]
+    if given:
+        raise SurgeonInputError(
+            f"ratio is a SlimOptions, and {given} were given beside it: put every setting in "
+            "the SlimOptions (options.replace(...)) or pass a number as the ratio"
+        )
+    return ratio
+
+
+def _is_default(value: Any, default: Any) -> bool:
+    if isinstance(value, (tuple, list)) and isinstance(default, tuple):
+        return tuple(value) == default
+    return value is default or (isinstance(value, (bool, int, float, str)) and value == default)
 
 
 def _slim(
     model: nn.Module,
-    ratio: float,
     example_inputs: Any,
-    *,
-    importance: str = "l2",
-    scope: str = "local",
-    round_to: int | None = None,
-    ignore: Iterable[nn.Module | str] = (),
-    inplace: bool = False,
-    leaf_modules: Iterable[Leaf] = (),
-    max_group_ratio: float = 0.9,
-    data: Iterable[Any] | None = None,
-    loss_fn: Callable[..., torch.Tensor] | None = None,
-    compensate: bool = True,
+    options: SlimOptions,
     original: dict[int, int] | None = None,
-    kept: dict[str, dict[int, Any]] | None = None,
-) -> fx.GraphModule:
-    """``slim``, plus what iterative schedules need: ``original`` class counts per group (the
-    ratio is then cumulative over earlier steps; an empty dict is filled with this model's) and ``kept``, filled with the original indices
-    each sliced tensor kept."""
-    ratio = _check_ratio(ratio)
-    check_criterion(importance, data, loss_fn)
-    if not isinstance(compensate, bool):
-        raise SurgeonInputError(f"compensate={compensate!r}: use True or False")
-    if scope not in ("local", "global"):
-        raise SurgeonInputError(f"scope={scope!r}: use 'local' or 'global'")
-    if round_to is not None and (
-        isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1
-    ):
-        raise SurgeonInputError(f"round_to={round_to!r}: use None or a whole number >= 1 (e.g. 8)")
+) -> tuple[fx.GraphModule, SurgeryState]:
+    """``slim`` with its settings in ``options``; returns the slim model and the final
+    decision. ``original`` (class counts per group of the model before earlier prune steps;
+    an empty dict is filled with this model's) makes the ratio cumulative over those steps."""
     if not isinstance(model, nn.Module):
         raise SurgeonInputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if (
-        isinstance(max_group_ratio, bool)
-        or not isinstance(max_group_ratio, numbers.Real)
-        or not 0 < max_group_ratio <= 1
-    ):
-        raise SurgeonInputError(
-            f"max_group_ratio={max_group_ratio!r}: use a number with 0 < max_group_ratio <= 1"
-        )
-    ignored = _ignore_names(model, ignore)
-    with _gc_paused():
-        work = model if inplace else copy.deepcopy(model)
-        gm = trace(work, example_inputs, leaf_modules=leaf_modules)
+    options = options.replace(ignore=tuple(_ignore_names(model, options.ignore)))
+    data = options.data
+    if data is not None and iter(data) is data:  # type: ignore[call-overload]
+        options = options.replace(data=list(data))  # a one-shot iterator: it is read twice
+    with gc_paused():
+        work = model if options.inplace else copy.deepcopy(model)
+        gm = trace(work, example_inputs, leaf_modules=options.leaf_modules)
         expected = _output_shapes(gm)
         graph = build_channel_graph(gm)
-        plan = PrunePlan(graph)
-        if original is not None and not original:  # the first step: these are the originals
-            original.update({g.index: g.n_classes for g in graph.groups})
-        elif original is not None and (
-            len(original) != len(graph.groups)
-            or any(g.n_classes > original.get(g.index, -1) for g in graph.groups)
-        ):
-            raise SurgeonPassError(
-                "the model's channel groups changed between prune steps (a resize merged or "
-                "split them), so the schedule cannot track the original counts; prune in one "
-                "step (schedule='oneshot') or report the model"
-            )
-        if data is not None and iter(data) is data:  # type: ignore[call-overload]
-            data = list(data)  # a one-shot iterator: it is read twice (scores, norms)
-        stats = None
-        if ratio > 0 and (importance in DATA_CRITERIA or (compensate and data is not None)):
-            stats = collect_stats(
-                gm,
-                graph,
-                data,  # type: ignore[arg-type]
-                loss_fn,
-                taylor=importance == "taylor",
-                grads=importance == "grad",
-                means=compensate,
-            )
-        resize = ResizePass(plan, example_inputs)
-        passes = [
-            ChannelPrunePass(
-                plan,
-                ratio,
-                importance=importance,
-                scope=scope,
-                round_to=round_to,
-                ignore=ignored,
-                max_group_ratio=max_group_ratio,
-                stats=stats,
-                original=original,
-            )
-        ]
-        if compensate:
-            passes.append(
-                CompensatePass(
-                    plan,
-                    stats.means if stats is not None else None,
-                    stats.moments if stats is not None else None,
-                )
-            )
-        passes += [PropagatePass(plan, ignore=ignored), resize]
-        result = PassManager(passes).run(gm)
+        _check_original(graph, original)
+        begin(gm, graph, example_inputs, stats=_measure(gm, graph, options), original=original)
+        result = PassManager(surgery_passes(options)).run(gm)
         gm = result.module
-        if compensate and data is not None and plan.n_removed():
-            recalibrate_norms(gm, iter_batches(data))
-            resize.output = _run(gm, example_inputs)
-        _self_check(gm, expected, resize.output)
-        previous = (
-            getattr(model, "meta", {}).get(PLAN_KEY) if isinstance(model, fx.GraphModule) else None
-        )
-        gm.meta[PLAN_KEY] = {
-            **plan.to_record(),
-            "model": previous["model"] if previous else type(model).__name__,
-            "inputs": input_spec(example_inputs),
-            "leaf_modules": sorted(_leaf_name(m) for m in leaf_modules),
-        }
-        if previous:
-            gm.meta[PLAN_KEY]["previous"] = copy.deepcopy(previous)
-        if kept is not None:
-            kept.update(resize.kept)
+        state = gm.meta.pop(STATE_KEY)
+        output = state.output
+        if options.compensate and options.data is not None and state.n_removed():
+            recalibrate_norms(gm, iter_batches(options.data))
+            output = _run(gm, example_inputs)
+        _self_check(gm, expected, output)
+        gm.meta[PLAN_KEY] = _plan_record(model, state, example_inputs, options)
         log.info("slim: %s", result.stats)
-        return gm
+        return gm, state
+
+
+def surgery_passes(options: SlimOptions) -> list[Pass]:
+    """The passes ``slim`` runs for ``options``: prune, [compensate], propagate, resize."""
+    passes: list[Pass] = [ChannelPrunePass(options)]
+    if options.compensate:
+        passes.append(CompensatePass())
+    ignore = tuple(str(i) for i in options.ignore)
+    return passes + [PropagatePass(ignore=ignore), ResizePass()]
+
+
+def _measure(gm: fx.GraphModule, graph: ChannelGraph, options: SlimOptions) -> DataStats | None:
+    """What the criterion and compensation need from ``options.data`` (None: nothing)."""
+    crit = options.importance
+    wanted = crit in DATA_CRITERIA or (options.compensate and options.data is not None)
+    if options.ratio <= 0 or not wanted:
+        return None
+    return collect_stats(
+        gm,
+        graph,
+        options.data,  # type: ignore[arg-type]
+        options.loss_fn,
+        taylor=crit == "taylor",
+        grads=crit == "grad",
+        means=options.compensate,
+    )
+
+
+def _check_original(graph: ChannelGraph, original: dict[int, int] | None) -> None:
+    if original is not None and not original:  # the first step: these are the originals
+        original.update({g.index: g.n_classes for g in graph.groups})
+    elif original is not None and (
+        len(original) != len(graph.groups)
+        or any(g.n_classes > original.get(g.index, -1) for g in graph.groups)
+    ):
+        raise SurgeonPassError(
+            "the model's channel groups changed between prune steps (a resize merged or "
+            "split them), so the schedule cannot track the original counts; prune in one "
+            "step (schedule='oneshot') or report the model"
+        )
+
+
+def _plan_record(
+    model: nn.Module, state: SurgeryState, example_inputs: Any, options: SlimOptions
+) -> dict[str, Any]:
+    """What ``gm.meta[PLAN_KEY]`` keeps: the decision, the model, inputs and leaf modules
+    (and the plan of the model this one was slimmed from, if it was a slim model)."""
+    meta = getattr(model, "meta", {}) if isinstance(model, fx.GraphModule) else {}
+    previous = meta.get(PLAN_KEY)
+    record = {
+        **state.to_record(),
+        "model": previous["model"] if previous else type(model).__name__,
+        "inputs": input_spec(example_inputs),
+        "leaf_modules": sorted(leaf_name(m) for m in options.leaf_modules),
+    }
+    if previous:
+        record["previous"] = copy.deepcopy(previous)
+    return record
 
 
 PLAN_KEY = "surgeon.plan"
-
-
-def _leaf_name(m: Leaf) -> str:
-    t = m if isinstance(m, type) else type(m)
-    return f"{t.__module__}.{t.__qualname__}"
-
-
-def input_spec(example_inputs: Any) -> Any:
-    """The shapes and dtypes of ``example_inputs``, JSON-able, in the same structure."""
-    if isinstance(example_inputs, torch.Tensor):
-        return {
-            "shape": list(example_inputs.shape),
-            "dtype": str(example_inputs.dtype).removeprefix("torch."),
-        }
-    if isinstance(example_inputs, dict):
-        return {"dict": {k: input_spec(v) for k, v in example_inputs.items()}}
-    if isinstance(example_inputs, (tuple, list)):
-        return {"tuple": [input_spec(v) for v in example_inputs]}
-    return {"value": example_inputs}
-
-
-def inputs_from_spec(spec: Any) -> Any:
-    """Zero tensors of the recorded shapes and dtypes (for re-tracing a recorded plan)."""
-    if "shape" in spec:
-        return torch.zeros(spec["shape"], dtype=getattr(torch, spec["dtype"]))
-    if "dict" in spec:
-        return {k: inputs_from_spec(v) for k, v in spec["dict"].items()}
-    if "tuple" in spec:
-        return tuple(inputs_from_spec(v) for v in spec["tuple"])
-    return spec["value"]
 
 
 def _run(gm: fx.GraphModule, example_inputs: Any) -> Any:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from surgeon.errors import SurgeonError, SurgeonInputError
+from surgeon.errors import SurgeonBenchError, SurgeonInputError
 
 __all__ = ["SurgeonBenchError", "ProviderTiming", "BenchResult", "bench", "PROVIDERS"]
 
@@ -44,10 +44,6 @@ _NUMPY_TYPES: dict[str, Any] = {
     "tensor(uint8)": np.uint8,
     "tensor(bool)": np.bool_,
 }
-
-
-class SurgeonBenchError(SurgeonError):
-    """The ONNX file cannot be loaded or run for timing."""
 
 
 @dataclass(frozen=True)
@@ -250,6 +246,100 @@ def _unavailable(provider: str, reason: str, warmup: int, threads: int | None) -
     )
 
 
+class _Unavailable(Exception):
+    """A provider that cannot be measured here (not the CPU's); the message is the reason."""
+
+
+def _existing_onnx(onnx_path: str | os.PathLike[str]) -> Path:
+    path = Path(onnx_path).expanduser()
+    if not path.is_file():
+        raise SurgeonBenchError(
+            f"ONNX file {str(path)!r} does not exist; export one first (surgeon export)"
+        )
+    return path
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300]
+
+
+def _open_session(path: Path, provider: str, available: Sequence[str], threads: int | None) -> Any:
+    """A session on ``provider``; raises _Unavailable when it cannot run there (and
+    SurgeonBenchError when the CPU cannot load the file)."""
+    import onnxruntime as ort
+
+    full = PROVIDERS[provider]
+    if full not in available:
+        raise _Unavailable(
+            f"onnxruntime {ort.__version__} here offers {', '.join(available)}, not {full}"
+            + (" (install onnxruntime-gpu and a CUDA driver)" if provider == "cuda" else "")
+        )
+    try:
+        session = _session(path, provider, threads)
+    except Exception as exc:  # onnxruntime raises its own Fail / InvalidGraph / ...
+        if provider == "cpu":
+            raise SurgeonBenchError(
+                f"onnxruntime cannot load {str(path)!r}: {_one_line(exc)}; is it an ONNX file?"
+            ) from exc
+        raise _Unavailable(f"{full} failed to start: {_one_line(exc)}") from exc
+    if session.get_providers()[0] != full:
+        raise _Unavailable(
+            f"{full} failed to initialise; onnxruntime fell back to {session.get_providers()[0]}"
+        )
+    return session
+
+
+def _inputs(
+    session: Any, example_inputs: Any
+) -> tuple[dict[str, tuple[tuple[int, ...], str]], dict[str, np.ndarray]]:
+    """The input specs (shape, ONNX type) by name, and the arrays fed to every provider."""
+    specs = _input_specs(session)
+    if example_inputs is None:
+        return specs, _make_inputs(specs)
+    feed = _given_inputs(example_inputs, list(specs))
+    return {n: (tuple(a.shape), specs[n][1]) for n, a in feed.items()}, feed
+
+
+def _measure(
+    session: Any,
+    feed: Mapping[str, np.ndarray],
+    path: Path,
+    provider: str,
+    *,
+    warmup: int,
+    runs: int,
+    threads: int | None,
+) -> ProviderTiming:
+    """Time ``session`` on ``feed``; raises _Unavailable when a non-CPU run fails."""
+    try:
+        times = _time_session(session, feed, device=provider, warmup=warmup, runs=runs)
+    except Exception as exc:
+        if provider == "cpu":
+            raise SurgeonBenchError(
+                f"onnxruntime failed to run {str(path)!r}: {_one_line(exc)}; check the inputs' "
+                "shapes and types"
+            ) from exc
+        raise _Unavailable(f"run failed: {_one_line(exc)}") from exc
+    median = statistics.median(times)
+    p90 = float(np.percentile(times, 90))
+    if not (math.isfinite(median) and math.isfinite(p90)):  # pragma: no cover - clock bug
+        raise SurgeonBenchError(f"non-finite timing on {provider}: {times[:5]}")
+    logger.info(
+        "%s on %s: median %.3f ms, p90 %.3f ms over %d runs", path.name, provider, median, p90, runs
+    )
+    return ProviderTiming(
+        provider=provider,
+        available=True,
+        median_ms=median,
+        p90_ms=p90,
+        mean_ms=statistics.fmean(times),
+        min_ms=min(times),
+        runs=runs,
+        warmup=warmup,
+        threads=threads,
+    )
+
+
 def bench(
     onnx_path: str | os.PathLike[str],
     example_inputs: Any = None,
@@ -284,86 +374,19 @@ def bench(
 
     wanted = _normalise_providers(providers)
     _check_counts(warmup, runs, threads)
-    path = Path(onnx_path).expanduser()
-    if not path.is_file():
-        raise SurgeonBenchError(
-            f"ONNX file {str(path)!r} does not exist; export one first (surgeon export)"
-        )
+    path = _existing_onnx(onnx_path)
     available = ort.get_available_providers()
     timings: dict[str, ProviderTiming] = {}
     specs: dict[str, tuple[tuple[int, ...], str]] = {}
     feed: dict[str, np.ndarray] | None = None
     for provider in wanted:
-        full = PROVIDERS[provider]
-        if full not in available:
-            timings[provider] = _unavailable(
-                provider,
-                f"onnxruntime {ort.__version__} here offers {', '.join(available)}, not {full}"
-                + (" (install onnxruntime-gpu and a CUDA driver)" if provider == "cuda" else ""),
-                warmup,
-                threads,
-            )
-            continue
         try:
-            session = _session(path, provider, threads)
-        except Exception as exc:  # onnxruntime raises its own Fail / InvalidGraph / ...
-            message = " ".join(str(exc).split())[:300]
-            if provider == "cpu":
-                raise SurgeonBenchError(
-                    f"onnxruntime cannot load {str(path)!r}: {message}; is it an ONNX file?"
-                ) from exc
-            timings[provider] = _unavailable(
-                provider, f"{full} failed to start: {message}", warmup, threads
+            session = _open_session(path, provider, available, threads)
+            if feed is None:  # made once, from the first session that opens
+                specs, feed = _inputs(session, example_inputs)
+            timings[provider] = _measure(
+                session, feed, path, provider, warmup=warmup, runs=runs, threads=threads
             )
-            continue
-        if session.get_providers()[0] != full:
-            timings[provider] = _unavailable(
-                provider,
-                f"{full} failed to initialise; onnxruntime fell back to "
-                f"{session.get_providers()[0]}",
-                warmup,
-                threads,
-            )
-            continue
-        if feed is None:
-            specs = _input_specs(session)
-            if example_inputs is None:
-                feed = _make_inputs(specs)
-            else:
-                feed = _given_inputs(example_inputs, list(specs))
-                specs = {n: (tuple(a.shape), specs[n][1]) for n, a in feed.items()}
-        try:
-            times = _time_session(session, feed, device=provider, warmup=warmup, runs=runs)
-        except Exception as exc:
-            message = " ".join(str(exc).split())[:300]
-            if provider == "cpu":
-                raise SurgeonBenchError(
-                    f"onnxruntime failed to run {str(path)!r}: {message}; check the inputs' "
-                    "shapes and types"
-                ) from exc
-            timings[provider] = _unavailable(provider, f"run failed: {message}", warmup, threads)
-            continue
-        median = statistics.median(times)
-        p90 = float(np.percentile(times, 90))
-        if not (math.isfinite(median) and math.isfinite(p90)):  # pragma: no cover - clock bug
-            raise SurgeonBenchError(f"non-finite timing on {provider}: {times[:5]}")
-        timings[provider] = ProviderTiming(
-            provider=provider,
-            available=True,
-            median_ms=median,
-            p90_ms=p90,
-            mean_ms=statistics.fmean(times),
-            min_ms=min(times),
-            runs=runs,
-            warmup=warmup,
-            threads=threads,
-        )
-        logger.info(
-            "%s on %s: median %.3f ms, p90 %.3f ms over %d runs",
-            path.name,
-            provider,
-            median,
-            p90,
-            runs,
-        )
+        except _Unavailable as exc:
+            timings[provider] = _unavailable(provider, str(exc), warmup, threads)
     return BenchResult(path=str(path), inputs=specs, timings=timings)

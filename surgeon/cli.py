@@ -34,6 +34,10 @@ from surgeon.errors import SurgeonError, SurgeonInputError
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
+    from surgeon.benchmark import BenchResult
+    from surgeon.options import SlimOptions
+    from surgeon.report import Report
+
 __all__ = ["app", "main", "load_model", "parse_shape"]
 
 logger = logging.getLogger(__name__)
@@ -316,72 +320,86 @@ InputShapeOption = Annotated[
         "required for other models).",
     ),
 ]
+WarmupOption = Annotated[int, typer.Option(help="Untimed runs first.")]
+ThreadsOption = Annotated[
+    int | None, typer.Option(help="onnxruntime intra-op threads (default: its own).")
+]
+
+# surgeon export
+ExportModelArgument = Annotated[
+    str | None,
+    typer.Argument(
+        help="Zoo name (resnet18, resnet50, ...), path/to/file.py:factory or "
+        "package.module:factory. Default: the zoo's default model.",
+        show_default=False,
+    ),
+]
+RatioOption = Annotated[
+    float, typer.Option(help="Fraction of each group's channels to remove, 0 <= r < 1.")
+]
+OutputOption = Annotated[
+    Path | None,
+    typer.Option("--output", "-o", help="ONNX file to write (default: ./<model>_slim.onnx)."),
+]
+ImportanceOption = Annotated[
+    str, typer.Option(help="Channel importance: l2, l1, bn_scale or random.")
+]
+CompensateOption = Annotated[
+    bool,
+    typer.Option(
+        "--compensate/--no-compensate",
+        help="Fold removed channels' expected values (from their batch norms) into consumers.",
+    ),
+]
+ScopeOption = Annotated[Scope, typer.Option(help="local: ratio per group; global: one threshold.")]
+RoundToOption = Annotated[int | None, typer.Option(help="Keep a multiple of N channels per group.")]
+DeviceOption = Annotated[
+    Device, typer.Option(help="Where latency is measured (onnxruntime provider).")
+]
+NoBenchOption = Annotated[bool, typer.Option("--no-bench", help="Skip the latency comparison.")]
+ReportOption = Annotated[
+    Path | None, typer.Option("--report", help="Also write the report as JSON here.")
+]
+ExportRunsOption = Annotated[int, typer.Option(help="Timed onnxruntime runs per model.")]
+OpsetOption = Annotated[int | None, typer.Option(help="ONNX opset (default: the exporter's).")]
+DynamicBatchOption = Annotated[
+    bool,
+    typer.Option(
+        "--dynamic-batch/--static-batch",
+        help="Export with a dynamic batch dimension (checked at a second batch size).",
+    ),
+]
+
+# surgeon inspect
+InspectModelArgument = Annotated[
+    str,
+    typer.Argument(
+        help="Zoo name, path/to/file.py:factory or package.module:factory.",
+        show_default=False,
+    ),
+]
+
+# surgeon bench
+FirstOnnxArgument = Annotated[Path, typer.Argument(help="ONNX file to time.", show_default=False)]
+SecondOnnxArgument = Annotated[
+    Path | None,
+    typer.Argument(help="A second ONNX file, timed side by side.", show_default=False),
+]
+BenchDeviceOption = Annotated[
+    BenchDevice, typer.Option(help="onnxruntime provider(s): cpu, cuda or all.")
+]
+BenchRunsOption = Annotated[int, typer.Option(help="Timed runs per model.")]
 
 
-@app.command("export")
-def export_command(
-    model: Annotated[
-        str | None,
-        typer.Argument(
-            help="Zoo name (resnet18, resnet50, ...), path/to/file.py:factory or "
-            "package.module:factory. Default: the zoo's default model.",
-            show_default=False,
-        ),
-    ] = None,
-    ratio: Annotated[
-        float, typer.Option(help="Fraction of each group's channels to remove, 0 <= r < 1.")
-    ] = 0.5,
-    input_shape: InputShapeOption = None,
-    output: Annotated[
-        Path | None,
-        typer.Option("--output", "-o", help="ONNX file to write (default: ./<model>_slim.onnx)."),
-    ] = None,
-    importance: Annotated[
-        str, typer.Option(help="Channel importance: l2, l1, bn_scale or random.")
-    ] = "l2",
-    compensate: Annotated[
-        bool,
-        typer.Option(
-            "--compensate/--no-compensate",
-            help="Fold removed channels' expected values (from their batch norms) into consumers.",
-        ),
-    ] = True,
-    scope: Annotated[
-        Scope, typer.Option(help="local: ratio per group; global: one threshold.")
-    ] = Scope.local,
-    round_to: Annotated[
-        int | None, typer.Option(help="Keep a multiple of N channels per group.")
-    ] = None,
-    device: Annotated[
-        Device, typer.Option(help="Where latency is measured (onnxruntime provider).")
-    ] = Device.cpu,
-    no_bench: Annotated[
-        bool, typer.Option("--no-bench", help="Skip the latency comparison.")
-    ] = False,
-    report: Annotated[
-        Path | None, typer.Option("--report", help="Also write the report as JSON here.")
-    ] = None,
-    runs: Annotated[int, typer.Option(help="Timed onnxruntime runs per model.")] = 50,
-    warmup: Annotated[int, typer.Option(help="Untimed runs first.")] = 10,
-    threads: Annotated[
-        int | None, typer.Option(help="onnxruntime intra-op threads (default: its own).")
-    ] = None,
-    opset: Annotated[int | None, typer.Option(help="ONNX opset (default: the exporter's).")] = None,
-    dynamic_batch: Annotated[
-        bool,
-        typer.Option(
-            "--dynamic-batch/--static-batch",
-            help="Export with a dynamic batch dimension (checked at a second batch size).",
-        ),
-    ] = True,
-    debug: DebugOption = False,
+def _check_export_flags(
+    ratio: float,
+    round_to: int | None,
+    importance: str,
+    runs: int,
+    warmup: int,
+    threads: int | None,
 ) -> None:
-    """Slim MODEL, export it to ONNX (checked against PyTorch) and compare it with the original."""
-    _setup(debug)
-    from surgeon.models import DEFAULT_MODEL
-
-    spec = model or DEFAULT_MODEL
-    shape = parse_shape(input_shape) if input_shape is not None else None
+    """The checks that name the command-line flag (SlimOptions would name the argument)."""
     if not 0 <= ratio < 1:
         raise SurgeonInputError(
             f"--ratio {ratio:g} is out of range: it is the fraction of each group's channels to "
@@ -398,82 +416,183 @@ def export_command(
         )
     if runs < 1 or warmup < 0 or (threads is not None and threads < 1):
         raise SurgeonInputError("--runs must be >= 1, --warmup >= 0 and --threads >= 1")
-    _check_device(device.value)
 
-    from surgeon.exporter import check_output_path, copy_file_atomic, export
 
-    name = _spec_name(spec)
+def _output_paths(name: str, output: Path | None, report: Path | None) -> tuple[Path, Path | None]:
+    """The ONNX file and the report file (if asked for), checked to be writable and distinct."""
+    from surgeon.files import check_output_path
+
     out = check_output_path(output or Path.cwd() / f"{name}_slim.onnx", what="ONNX file")
     report_path = check_output_path(report, what="report file") if report is not None else None
     if report_path is not None and report_path == out:
         raise SurgeonInputError(
             f"--report and --output are the same file {str(out)!r}; give them different names"
         )
+    return out, report_path
 
+
+def _slim(original: nn.Module, example: Any, opts: SlimOptions) -> nn.Module:
     import surgeon
+
+    return surgeon.slim(
+        original,
+        opts.ratio,
+        example,
+        importance=opts.importance,
+        scope=opts.scope,
+        round_to=opts.round_to,
+        compensate=opts.compensate,
+    )
+
+
+def _export_both(
+    original: nn.Module,
+    slim_model: nn.Module,
+    example: Any,
+    paths: tuple[Path, Path],
+    *,
+    opset: int | None,
+    dynamic_batch: bool,
+) -> None:
+    """Export the slim model and the original (for comparison) to ``paths``, in that order."""
+    from surgeon.exporter import export
+
+    original_path, slim_path = paths
+    with _step("export the slim model to ONNX and check it with onnxruntime"):
+        export(slim_model, example, slim_path, opset=opset, dynamic_batch=dynamic_batch)
+    with _step("export the original model to ONNX (temporary, for comparison)"):
+        export(original, example, original_path, opset=opset, dynamic_batch=dynamic_batch)
+
+
+def _bench_both(
+    paths: tuple[Path, Path], *, device: str, runs: int, warmup: int, threads: int | None
+) -> tuple[BenchResult, BenchResult]:
+    """onnxruntime latency of the original and the slim ONNX file, on ``device``."""
+    from surgeon.benchmark import bench
+
+    original_path, slim_path = paths
+    options = {"providers": (device,), "warmup": warmup, "runs": runs}
+    with _step(f"time both with onnxruntime on {device} ({runs} runs each)"):
+        original_bench = bench(original_path, threads=threads, **options)
+        slim_bench = bench(slim_path, threads=threads, **options)
+    return original_bench, slim_bench
+
+
+def _export_and_compare(
+    name: str,
+    original: nn.Module,
+    slim_model: nn.Module,
+    example: Any,
+    settings: dict[str, Any],
+    out: Path,
+    *,
+    opset: int | None,
+    dynamic_batch: bool,
+) -> Report:
+    """Export both models to a temporary folder, time them (unless ``settings["bench"]`` is
+    off), measure the report, and copy the slim ONNX file to ``out``."""
+    from surgeon.files import copy_file_atomic
     from surgeon.report import build_report
 
-    with _step(f"load {spec}"):
-        name, original, example = load_model(spec, shape)
-    with _step(f"slim {name} at ratio {ratio:g} ({importance}, {scope.value})"):
-        slim_model = surgeon.slim(
-            original,
-            ratio,
-            example,
-            importance=importance,
-            scope=scope.value,
-            round_to=round_to,
-            compensate=compensate,
-        )
     with tempfile.TemporaryDirectory(prefix="surgeon-") as tmp:
-        slim_tmp = Path(tmp) / f"{name}_slim.onnx"
-        original_tmp = Path(tmp) / f"{name}.onnx"
-        with _step("export the slim model to ONNX and check it with onnxruntime"):
-            export(slim_model, example, slim_tmp, opset=opset, dynamic_batch=dynamic_batch)
-        with _step("export the original model to ONNX (temporary, for comparison)"):
-            export(original, example, original_tmp, opset=opset, dynamic_batch=dynamic_batch)
-        original_bench = slim_bench = None
-        if not no_bench:
-            from surgeon.benchmark import bench
-
-            options = {"providers": (device.value,), "warmup": warmup, "runs": runs}
-            with _step(f"time both with onnxruntime on {device.value} ({runs} runs each)"):
-                original_bench = bench(original_tmp, threads=threads, **options)
-                slim_bench = bench(slim_tmp, threads=threads, **options)
+        paths = (Path(tmp) / f"{name}.onnx", Path(tmp) / f"{name}_slim.onnx")
+        _export_both(original, slim_model, example, paths, opset=opset, dynamic_batch=dynamic_batch)
+        benches = (None, None)
+        if settings["bench"]:
+            benches = _bench_both(
+                paths,
+                device=settings["device"],
+                runs=settings["runs"],
+                warmup=settings["warmup"],
+                threads=settings["threads"],
+            )
         with _step("count parameters and MACs"):
             result = build_report(
                 name,
                 original,
                 slim_model,
                 example,
-                original_onnx=original_tmp,
-                slim_onnx=slim_tmp,
-                original_bench=original_bench,
-                slim_bench=slim_bench,
-                settings={
-                    "model": spec,
-                    "ratio": ratio,
-                    "importance": importance,
-                    "compensate": compensate,
-                    "scope": scope.value,
-                    "round_to": round_to,
-                    "input_shape": list(example.shape),
-                    "device": device.value,
-                    "bench": not no_bench,
-                    "runs": runs,
-                    "warmup": warmup,
-                    "threads": threads,
-                    "onnx": str(out),
-                },
+                original_onnx=paths[0],
+                slim_onnx=paths[1],
+                original_bench=benches[0],
+                slim_bench=benches[1],
+                settings=settings,
             )
-        copy_file_atomic(slim_tmp, out, what="ONNX file")
-    if report_path is not None:
-        try:
-            result.save_json(report_path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                out.unlink()  # all or nothing: no ONNX without the report that was asked for
-            raise
+        copy_file_atomic(paths[1], out, what="ONNX file")
+    return result
+
+
+def _save_report(result: Report, out: Path, report_path: Path | None) -> None:
+    """Write the report, if asked for; without it, the ONNX file at ``out`` goes too."""
+    if report_path is None:
+        return
+    try:
+        result.save_json(report_path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            out.unlink()  # all or nothing: no ONNX without the report that was asked for
+        raise
+
+
+@app.command("export")
+def export_command(
+    model: ExportModelArgument = None,
+    ratio: RatioOption = 0.5,
+    input_shape: InputShapeOption = None,
+    output: OutputOption = None,
+    importance: ImportanceOption = "l2",
+    compensate: CompensateOption = True,
+    scope: ScopeOption = Scope.local,
+    round_to: RoundToOption = None,
+    device: DeviceOption = Device.cpu,
+    no_bench: NoBenchOption = False,
+    report: ReportOption = None,
+    runs: ExportRunsOption = 50,
+    warmup: WarmupOption = 10,
+    threads: ThreadsOption = None,
+    opset: OpsetOption = None,
+    dynamic_batch: DynamicBatchOption = True,
+    debug: DebugOption = False,
+) -> None:
+    """Slim MODEL, export it to ONNX (checked against PyTorch) and compare it with the original."""
+    _setup(debug)
+    from surgeon.models import DEFAULT_MODEL
+
+    spec = model or DEFAULT_MODEL
+    shape = parse_shape(input_shape) if input_shape is not None else None
+    _check_export_flags(ratio, round_to, importance, runs, warmup, threads)
+    _check_device(device.value)
+    out, report_path = _output_paths(_spec_name(spec), output, report)
+
+    from surgeon.options import SlimOptions
+
+    with _step(f"load {spec}"):
+        name, original, example = load_model(spec, shape)
+    with _step(f"slim {name} at ratio {ratio:g} ({importance}, {scope.value})"):
+        # validated here, where slim used to, so an unknown --importance fails at the same step
+        opts = SlimOptions(
+            ratio,
+            importance=importance,
+            scope=scope.value,
+            round_to=round_to,
+            compensate=compensate,
+        )
+        slim_model = _slim(original, example, opts)
+    settings = {
+        **opts.to_record(),
+        "model": spec,
+        "input_shape": list(example.shape),
+        "device": device.value,
+        "bench": not no_bench,
+        "runs": runs,
+        "warmup": warmup,
+        "threads": threads,
+        "onnx": str(out),
+    }
+    result = _export_and_compare(
+        name, original, slim_model, example, settings, out, opset=opset, dynamic_batch=dynamic_batch
+    )
+    _save_report(result, out, report_path)
     console.print(result.render())
     console.print(f"wrote {out}")
     if report_path is not None:
@@ -482,13 +601,7 @@ def export_command(
 
 @app.command("inspect")
 def inspect_command(
-    model: Annotated[
-        str,
-        typer.Argument(
-            help="Zoo name, path/to/file.py:factory or package.module:factory.",
-            show_default=False,
-        ),
-    ],
+    model: InspectModelArgument,
     input_shape: InputShapeOption = None,
     debug: DebugOption = False,
 ) -> None:
@@ -505,19 +618,12 @@ def inspect_command(
 
 @app.command("bench")
 def bench_command(
-    first: Annotated[Path, typer.Argument(help="ONNX file to time.", show_default=False)],
-    second: Annotated[
-        Path | None,
-        typer.Argument(help="A second ONNX file, timed side by side.", show_default=False),
-    ] = None,
-    device: Annotated[
-        BenchDevice, typer.Option(help="onnxruntime provider(s): cpu, cuda or all.")
-    ] = BenchDevice.all,
-    runs: Annotated[int, typer.Option(help="Timed runs per model.")] = 50,
-    warmup: Annotated[int, typer.Option(help="Untimed runs first.")] = 10,
-    threads: Annotated[
-        int | None, typer.Option(help="onnxruntime intra-op threads (default: its own).")
-    ] = None,
+    first: FirstOnnxArgument,
+    second: SecondOnnxArgument = None,
+    device: BenchDeviceOption = BenchDevice.all,
+    runs: BenchRunsOption = 50,
+    warmup: WarmupOption = 10,
+    threads: ThreadsOption = None,
     debug: DebugOption = False,
 ) -> None:
     """onnxruntime latency (median, p90) of one ONNX file, or of two side by side."""

@@ -25,6 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from surgeon import rules
 from surgeon.errors import SurgeonInputError
+from surgeon.trace import as_args
 
 __all__ = [
     "count_params",
@@ -35,15 +36,6 @@ __all__ = [
     "Metrics",
     "PRUNABLE_TYPES",
 ]
-
-
-def as_args(example_inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """Split ``example_inputs`` (a tensor, a tuple of tensors, or a dict) into (args, kwargs)."""
-    if isinstance(example_inputs, dict):
-        return (), dict(example_inputs)
-    if isinstance(example_inputs, (tuple, list)):
-        return tuple(example_inputs), {}
-    return (example_inputs,), {}
 
 
 def count_params(model: torch.nn.Module) -> int:

@@ -54,17 +54,11 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 from surgeon.cost import as_args
-from surgeon.errors import SurgeonError, SurgeonInputError
+from surgeon.errors import SurgeonExportError, SurgeonInputError
+from surgeon.files import check_output_path, publish, temp_sibling
+from surgeon.trace import eval_mode
 
-__all__ = [
-    "SurgeonExportError",
-    "export",
-    "check_output_path",
-    "write_bytes_atomic",
-    "temp_sibling",
-    "publish",
-    "copy_file_atomic",
-]
+__all__ = ["SurgeonExportError", "export"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,128 +66,6 @@ Exporter = Literal["auto", "torchscript", "dynamo"]
 
 _CONSTANT_TYPES = (type(None), bool, int, float, str)
 _MIN_OPSET = 7
-
-
-class SurgeonExportError(SurgeonError):
-    """Export, ONNX validation or onnxruntime parity failed, or the output path is unusable."""
-
-
-# --------------------------------------------------------------------------------------------
-# Files: where we may write, and how to write without leaving a partial file.
-# --------------------------------------------------------------------------------------------
-
-
-def check_output_path(path: str | os.PathLike[str], *, what: str = "output file") -> Path:
-    """Return ``path`` made absolute after checking that a file can be written there.
-
-    Raises:
-        SurgeonExportError: the folder does not exist, is not a folder, is not writable, or
-            ``path`` itself is a folder.
-    """
-    target = Path(path).expanduser().absolute()
-    folder = target.parent
-    if target.is_dir():
-        raise SurgeonExportError(
-            f"{what} {str(target)!r} is a folder; give the path of a file inside it instead"
-        )
-    if not folder.exists():
-        raise SurgeonExportError(
-            f"the folder of the {what} {str(target)!r} does not exist; "
-            f"create it first (mkdir -p {str(folder)!r}) or choose another path"
-        )
-    if not folder.is_dir():
-        raise SurgeonExportError(
-            f"the folder of the {what} {str(target)!r} is not a folder ({str(folder)!r} is a "
-            "file); choose another path"
-        )
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise SurgeonExportError(
-            f"the folder {str(folder)!r} is not writable, so the {what} cannot be written "
-            "there; choose another path or fix the folder's permissions"
-        )
-    return target
-
-
-@contextlib.contextmanager
-def temp_sibling(target: Path, *, what: str) -> Iterator[Path]:
-    """Yield a fresh hidden temporary path next to ``target``; remove it on the way out."""
-    try:
-        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    except OSError as exc:
-        raise SurgeonExportError(
-            f"cannot create a file in {str(target.parent)!r} for the {what}: "
-            f"{exc.strerror or exc}; choose another path or fix the folder's permissions"
-        ) from exc
-    os.close(fd)
-    temp = Path(name)
-    try:
-        yield temp
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            temp.unlink()
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
-
-
-def _file_mode(target: Path) -> int:
-    """The mode a new file at ``target`` gets: the old file's, else 0o666 minus the umask."""
-    try:
-        return target.stat().st_mode & 0o777
-    except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
-
-
-def publish(temp: Path, target: Path, *, what: str) -> None:
-    try:
-        _fsync(temp)
-        os.chmod(temp, _file_mode(target))  # mkstemp makes 0o600 files
-        os.replace(temp, target)
-    except OSError as exc:
-        raise SurgeonExportError(
-            f"cannot move the {what} into place at {str(target)!r}: {exc.strerror or exc}"
-        ) from exc
-
-
-def write_bytes_atomic(
-    path: str | os.PathLike[str], data: bytes, *, what: str = "output file"
-) -> Path:
-    """Write ``data`` to ``path`` through a temporary sibling and ``os.replace``.
-
-    Either the whole file is at ``path`` afterwards, or (on any error) ``path`` is untouched.
-    """
-    target = check_output_path(path, what=what)
-    with temp_sibling(target, what=what) as temp:
-        try:
-            temp.write_bytes(data)
-        except OSError as exc:
-            raise SurgeonExportError(
-                f"cannot write the {what} {str(target)!r}: {exc.strerror or exc}"
-            ) from exc
-        publish(temp, target, what=what)
-    return target
-
-
-def copy_file_atomic(
-    source: str | os.PathLike[str], path: str | os.PathLike[str], *, what: str = "output file"
-) -> Path:
-    """Copy ``source`` to ``path`` atomically (temporary sibling, then ``os.replace``)."""
-    import shutil
-
-    target = check_output_path(path, what=what)
-    with temp_sibling(target, what=what) as temp:
-        try:
-            shutil.copyfile(source, temp)
-        except OSError as exc:
-            raise SurgeonExportError(
-                f"cannot write the {what} {str(target)!r}: {exc.strerror or exc}"
-            ) from exc
-        publish(temp, target, what=what)
-    return target
 
 
 # --------------------------------------------------------------------------------------------
@@ -268,18 +140,6 @@ class _FlatAdapter(nn.Module):
         return tuple(leaf for leaf in leaves if isinstance(leaf, torch.Tensor))
 
 
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Put every submodule in eval mode, and restore each one's own flag afterwards."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
-
-
 def _other_batch(tensors: Sequence[torch.Tensor]) -> tuple[int, tuple[torch.Tensor, ...]]:
     """Inputs of the same trailing shapes at a batch size that differs from the example's."""
     batch = tensors[0].shape[0]
@@ -349,75 +209,75 @@ def _captured_output(label: str) -> Iterator[None]:
                 logger.debug("%s printed: %s", label, text)
 
 
-def _export_onnx(
-    adapter: nn.Module,
-    signature: _Signature,
-    outputs: Sequence[torch.Tensor],
-    temp: Path,
-    *,
-    opset: int | None,
-    dynamic_batch: bool,
-    exporter: Literal["torchscript", "dynamo"],
-) -> None:
-    input_names = list(signature.names)
-    output_names = _output_names(len(outputs))
-    batch = signature.tensors[0].shape[0]
+@dataclass(frozen=True)
+class _Job:
+    """One export in progress: what is exported, on which inputs, to which file, and how."""
+
+    adapter: nn.Module
+    signature: _Signature
+    expected: tuple[torch.Tensor, ...]  # PyTorch's outputs on the example inputs
+    temp: Path
+    opset: int | None
+    dynamic_batch: bool
+
+
+def _export_torchscript(job: _Job, common: dict[str, Any]) -> None:
+    dynamic_axes = None
+    if job.dynamic_batch:
+        batch = job.signature.tensors[0].shape[0]
+        dynamic_axes = {name: {0: "batch"} for name in common["input_names"]}
+        for name, out in zip(common["output_names"], job.expected, strict=True):
+            if out.dim() >= 1 and out.shape[0] == batch:
+                dynamic_axes[name] = {0: "batch"}
+    torch.onnx.export(
+        job.adapter,
+        tuple(job.signature.tensors),
+        str(job.temp),
+        dynamo=False,
+        dynamic_axes=dynamic_axes,
+        do_constant_folding=True,
+        **common,
+    )
+
+
+def _export_dynamo(job: _Job, common: dict[str, Any]) -> None:
+    dynamic_shapes = None
+    if job.dynamic_batch:
+        dim = torch.export.Dim("batch")
+        # one entry per forward parameter; ``*tensors`` is a single (tuple) parameter
+        dynamic_shapes = (tuple({0: dim} for _ in common["input_names"]),)
+    program = torch.onnx.export(
+        job.adapter,
+        tuple(job.signature.tensors),
+        dynamo=True,
+        dynamic_shapes=dynamic_shapes,
+        verbose=False,
+        **common,
+    )
+    if program is None:  # pragma: no cover - the dynamo exporter always returns one
+        raise SurgeonExportError("the dynamo exporter returned no ONNX program")
+    program.save(str(job.temp), external_data=False)
+
+
+def _export_onnx(job: _Job, exporter: Literal["torchscript", "dynamo"]) -> None:
+    """Write ``job.temp`` with one exporter, its prints and warnings sent to DEBUG logs."""
+    common = {  # what both exporters are told alike
+        "input_names": list(job.signature.names),
+        "output_names": _output_names(len(job.expected)),
+        "opset_version": job.opset,
+    }
+    run = _export_torchscript if exporter == "torchscript" else _export_dynamo
     with (
         warnings.catch_warnings(record=True) as caught,
         _captured_output(f"torch.onnx ({exporter})"),
     ):
         warnings.simplefilter("always")
-        if exporter == "torchscript":
-            dynamic_axes = None
-            if dynamic_batch:
-                dynamic_axes = {name: {0: "batch"} for name in input_names}
-                for name, out in zip(output_names, outputs, strict=True):
-                    if out.dim() >= 1 and out.shape[0] == batch:
-                        dynamic_axes[name] = {0: "batch"}
-            torch.onnx.export(
-                adapter,
-                tuple(signature.tensors),
-                str(temp),
-                dynamo=False,
-                input_names=input_names,
-                output_names=output_names,
-                opset_version=opset,
-                dynamic_axes=dynamic_axes,
-                do_constant_folding=True,
-            )
-        else:
-            dynamic_shapes = None
-            if dynamic_batch:
-                dim = torch.export.Dim("batch")
-                # one entry per forward parameter; ``*tensors`` is a single (tuple) parameter
-                dynamic_shapes = (tuple({0: dim} for _ in input_names),)
-            program = torch.onnx.export(
-                adapter,
-                tuple(signature.tensors),
-                dynamo=True,
-                input_names=input_names,
-                output_names=output_names,
-                opset_version=opset,
-                dynamic_shapes=dynamic_shapes,
-                verbose=False,
-            )
-            if program is None:  # pragma: no cover - the dynamo exporter always returns one
-                raise RuntimeError("the dynamo exporter returned no ONNX program")
-            program.save(str(temp), external_data=False)
+        run(job, common)
     for item in caught:
         logger.debug("torch.onnx (%s): %s: %s", exporter, item.category.__name__, item.message)
 
 
-def _export_with_fallback(
-    adapter: nn.Module,
-    signature: _Signature,
-    outputs: Sequence[torch.Tensor],
-    temp: Path,
-    *,
-    opset: int | None,
-    dynamic_batch: bool,
-    exporter: Exporter,
-) -> str:
+def _export_with_fallback(job: _Job, exporter: Exporter) -> str:
     """Export with the chosen exporter (``auto``: TorchScript, then dynamo); return its name."""
     order: tuple[Literal["torchscript", "dynamo"], ...] = (
         ("torchscript", "dynamo") if exporter == "auto" else (exporter,)
@@ -425,15 +285,7 @@ def _export_with_fallback(
     failures: list[str] = []
     for name in order:
         try:
-            _export_onnx(
-                adapter,
-                signature,
-                outputs,
-                temp,
-                opset=opset,
-                dynamic_batch=dynamic_batch,
-                exporter=name,
-            )
+            _export_onnx(job, name)
         except Exception as exc:  # torch.onnx raises many unrelated types
             failures.append(f"{name} exporter: {_first_line(exc)}")
             if name != order[-1]:
@@ -484,6 +336,74 @@ def _first_line(exc: BaseException, *, limit: int = 400) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _other_batch_size(signature: _Signature, batch: int) -> bool:
+    """Whether ``batch`` is not the example's (the second-batch check)."""
+    return batch != signature.tensors[0].shape[0]
+
+
+def _feed(
+    session: Any, signature: _Signature, tensors: Sequence[torch.Tensor]
+) -> dict[str, np.ndarray]:
+    """The session's inputs by name, from the flat tensors."""
+    feed_all = dict(zip(signature.names, tensors, strict=True))
+    feed: dict[str, np.ndarray] = {}
+    for item in session.get_inputs():
+        if item.name not in feed_all:
+            raise SurgeonExportError(
+                f"the exported model has an input {item.name!r} that the example inputs do not "
+                f"provide (they provide {list(signature.names)})"
+            )
+        feed[item.name] = feed_all[item.name].detach().cpu().numpy()
+    return feed
+
+
+def _run_session(
+    session: Any, signature: _Signature, feed: dict[str, np.ndarray], *, batch: int, what: str
+) -> list[Any]:
+    try:
+        return session.run(None, feed)
+    except Exception as exc:
+        hint = ""
+        if _other_batch_size(signature, batch):
+            hint = (
+                "; the model probably hard-codes its batch size (e.g. a reshape to a constant)"
+                " - pass dynamic_batch=False to export a fixed batch size"
+            )
+        raise SurgeonExportError(
+            f"onnxruntime failed to run the exported model on {what} (batch {batch}): "
+            f"{_first_line(exc)}{hint}"
+        ) from exc
+
+
+def _output_diff(
+    got: np.ndarray, want: np.ndarray, label: str, *, rtol: float, atol: float
+) -> float:
+    """Max |got - want| of one output; raises when it exceeds the tolerance.
+
+    ``label`` reads ``output 'name' (#i) on <what> (batch b)``.
+    """
+    a = got.astype(np.float64)
+    b = want.astype(np.float64)
+    diff = np.abs(a - b)
+    both_nan = np.isnan(a) & np.isnan(b)
+    diff = np.where(both_nan, 0.0, np.nan_to_num(diff, nan=np.inf))
+    scale = float(np.max(np.abs(np.nan_to_num(b, nan=0.0, posinf=0.0, neginf=0.0))))
+    allowed = atol + rtol * scale
+    bad = diff > allowed
+    max_diff = float(diff.max())
+    if bad.any():
+        where = np.unravel_index(int(np.argmax(diff)), diff.shape)
+        raise SurgeonExportError(
+            f"onnxruntime disagrees with PyTorch on {label}: max |onnxruntime - torch| = "
+            f"{max_diff:.3g} > tolerance {allowed:.3g} (atol={atol:g} + rtol={rtol:g} * "
+            f"max|torch|={scale:.3g}); {int(bad.sum())} of {bad.size} elements outside, worst "
+            f"at index {tuple(map(int, where))}: onnxruntime {a[where]:.6g}, torch "
+            f"{b[where]:.6g}. Nothing was written; loosen rtol/atol if this is float rounding, "
+            "else the export is wrong"
+        )
+    return max_diff
+
+
 def _compare(
     session: Any,
     signature: _Signature,
@@ -496,28 +416,8 @@ def _compare(
     what: str,
 ) -> float:
     """Run onnxruntime on ``tensors`` and compare with ``expected``; return the worst abs diff."""
-    feed_all = dict(zip(signature.names, tensors, strict=True))
-    feed: dict[str, np.ndarray] = {}
-    for item in session.get_inputs():
-        if item.name not in feed_all:
-            raise SurgeonExportError(
-                f"the exported model has an input {item.name!r} that the example inputs do not "
-                f"provide (they provide {list(signature.names)})"
-            )
-        feed[item.name] = feed_all[item.name].detach().cpu().numpy()
-    try:
-        results = session.run(None, feed)
-    except Exception as exc:
-        hint = ""
-        if batch != signature.tensors[0].shape[0]:
-            hint = (
-                "; the model probably hard-codes its batch size (e.g. a reshape to a constant)"
-                " - pass dynamic_batch=False to export a fixed batch size"
-            )
-        raise SurgeonExportError(
-            f"onnxruntime failed to run the exported model on {what} (batch {batch}): "
-            f"{_first_line(exc)}{hint}"
-        ) from exc
+    feed = _feed(session, signature, tensors)
+    results = _run_session(session, signature, feed, batch=batch, what=what)
     names = [o.name for o in session.get_outputs()]
     if len(results) != len(expected):
         raise SurgeonExportError(
@@ -530,7 +430,7 @@ def _compare(
         got = np.asarray(got)
         if got.shape != want.shape:
             hint = ""
-            if batch != signature.tensors[0].shape[0]:
+            if _other_batch_size(signature, batch):
                 hint = "; the model probably hard-codes its batch size - pass dynamic_batch=False"
             raise SurgeonExportError(
                 f"output {name!r} (#{index}) on {what} (batch {batch}) has shape "
@@ -538,28 +438,88 @@ def _compare(
             )
         if got.size == 0:
             continue
-        a = got.astype(np.float64)
-        b = want.astype(np.float64)
-        diff = np.abs(a - b)
-        both_nan = np.isnan(a) & np.isnan(b)
-        diff = np.where(both_nan, 0.0, np.nan_to_num(diff, nan=np.inf))
-        scale = float(np.max(np.abs(np.nan_to_num(b, nan=0.0, posinf=0.0, neginf=0.0))))
-        allowed = atol + rtol * scale
-        bad = diff > allowed
-        max_diff = float(diff.max())
-        worst = max(worst, max_diff)
-        if bad.any():
-            where = np.unravel_index(int(np.argmax(diff)), diff.shape)
-            raise SurgeonExportError(
-                f"onnxruntime disagrees with PyTorch on output {name!r} (#{index}) on {what} "
-                f"(batch {batch}): max |onnxruntime - torch| = {max_diff:.3g} > tolerance "
-                f"{allowed:.3g} (atol={atol:g} + rtol={rtol:g} * max|torch|={scale:.3g}); "
-                f"{int(bad.sum())} of {bad.size} elements outside, worst at index "
-                f"{tuple(map(int, where))}: onnxruntime {a[where]:.6g}, torch {b[where]:.6g}. "
-                "Nothing was written; loosen rtol/atol if this is float rounding, "
-                "else the export is wrong"
-            )
+        label = f"output {name!r} (#{index}) on {what} (batch {batch})"
+        worst = max(worst, _output_diff(got, want, label, rtol=rtol, atol=atol))
     return worst
+
+
+def _check_parity(job: _Job, session: Any, *, rtol: float, atol: float) -> float:
+    """onnxruntime against PyTorch on the example inputs and, with ``dynamic_batch``, on a
+    second batch of another size; return the worst abs diff."""
+    signature = job.signature
+    batch = signature.tensors[0].shape[0]
+    tolerance = {"rtol": rtol, "atol": atol}
+    worst = _compare(
+        session,
+        signature,
+        signature.tensors,
+        job.expected,
+        batch=batch,
+        what="the example inputs",
+        **tolerance,
+    )
+    if not job.dynamic_batch:
+        return worst
+    new_batch, other = _other_batch(signature.tensors)
+    try:
+        other_expected = _run_torch(job.adapter, other)
+    except Exception as exc:
+        raise SurgeonExportError(
+            f"the model fails in PyTorch at batch {new_batch}: {_first_line(exc)}; "
+            "it probably hard-codes its batch size - pass dynamic_batch=False"
+        ) from exc
+    other_worst = _compare(
+        session,
+        signature,
+        other,
+        other_expected,
+        batch=new_batch,
+        what=f"a second batch of {new_batch}",
+        **tolerance,
+    )
+    return max(worst, other_worst)
+
+
+def _check_arguments(model: Any, opset: Any, rtol: Any, atol: Any, exporter: Any) -> None:
+    if not isinstance(model, nn.Module):
+        raise SurgeonInputError(
+            f"surgeon.export needs a torch.nn.Module, got {type(model).__name__}"
+        )
+    if opset is not None and (
+        isinstance(opset, bool) or not isinstance(opset, int) or opset < _MIN_OPSET
+    ):
+        raise SurgeonInputError(f"opset must be an int >= {_MIN_OPSET} or None, got {opset!r}")
+    for label, value in (("rtol", rtol), ("atol", atol)):
+        if not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+            raise SurgeonInputError(f"{label} must be a finite number >= 0, got {value!r}")
+    if exporter not in ("auto", "torchscript", "dynamo"):
+        raise SurgeonInputError(
+            f"exporter must be 'auto', 'torchscript' or 'dynamo', got {exporter!r}"
+        )
+
+
+def _check_one_batch(signature: _Signature) -> None:
+    """``dynamic_batch`` needs every input to share its dim-0 size."""
+    sizes = {t.shape[0] if t.dim() else None for t in signature.tensors}
+    if len(sizes) != 1 or None in sizes:
+        raise SurgeonInputError(
+            "dynamic_batch needs every input tensor to have the same size in dim 0, got "
+            f"shapes {[tuple(t.shape) for t in signature.tensors]}; pass dynamic_batch=False"
+        )
+
+
+def _expected_outputs(adapter: nn.Module, signature: _Signature) -> tuple[torch.Tensor, ...]:
+    """PyTorch's outputs on the example inputs (what onnxruntime must reproduce)."""
+    try:
+        expected = _run_torch(adapter, signature.tensors)
+    except Exception as exc:
+        raise SurgeonExportError(
+            f"the model fails in PyTorch on the example inputs: {_first_line(exc)}; "
+            "check the input shape"
+        ) from exc
+    if not expected:
+        raise SurgeonExportError("the model returns no tensor; nothing to export")
+    return expected
 
 
 def export(
@@ -603,89 +563,23 @@ def export(
             onnxruntime disagrees with PyTorch (the message names the output, the max abs
             difference and the tolerance). Nothing is left at ``path`` in that case.
     """
-    if not isinstance(model, nn.Module):
-        raise SurgeonInputError(
-            f"surgeon.export needs a torch.nn.Module, got {type(model).__name__}"
-        )
-    if opset is not None and (
-        isinstance(opset, bool) or not isinstance(opset, int) or opset < _MIN_OPSET
-    ):
-        raise SurgeonInputError(f"opset must be an int >= {_MIN_OPSET} or None, got {opset!r}")
-    for label, value in (("rtol", rtol), ("atol", atol)):
-        if not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
-            raise SurgeonInputError(f"{label} must be a finite number >= 0, got {value!r}")
-    if exporter not in ("auto", "torchscript", "dynamo"):
-        raise SurgeonInputError(
-            f"exporter must be 'auto', 'torchscript' or 'dynamo', got {exporter!r}"
-        )
+    _check_arguments(model, opset, rtol, atol, exporter)
     target = check_output_path(path, what="ONNX file")
     signature = _signature(example_inputs)
     if dynamic_batch:
-        sizes = {t.shape[0] if t.dim() else None for t in signature.tensors}
-        if len(sizes) != 1 or None in sizes:
-            raise SurgeonInputError(
-                "dynamic_batch needs every input tensor to have the same size in dim 0, got "
-                f"shapes {[tuple(t.shape) for t in signature.tensors]}; pass dynamic_batch=False"
-            )
+        _check_one_batch(signature)
 
     adapter = _FlatAdapter(model, signature)
-    batch = signature.tensors[0].shape[0]
     started = time.perf_counter()
     # The adapter (and through it the model) is put in eval mode as a whole: the TorchScript
     # exporter restores the *adapter's* flag recursively when it is done.
-    with _eval_mode(adapter), temp_sibling(target, what="ONNX file") as temp:
-        try:
-            expected = _run_torch(adapter, signature.tensors)
-        except Exception as exc:
-            raise SurgeonExportError(
-                f"the model fails in PyTorch on the example inputs: {_first_line(exc)}; "
-                "check the input shape"
-            ) from exc
-        if not expected:
-            raise SurgeonExportError("the model returns no tensor; nothing to export")
-        used = _export_with_fallback(
-            adapter,
-            signature,
-            expected,
-            temp,
-            opset=opset,
-            dynamic_batch=dynamic_batch,
-            exporter=exporter,
-        )
+    with eval_mode(adapter), temp_sibling(target, what="ONNX file") as temp:
+        expected = _expected_outputs(adapter, signature)
+        job = _Job(adapter, signature, expected, temp, opset, dynamic_batch)
+        used = _export_with_fallback(job, exporter)
         _check_model(temp)
         session = _session(temp)
-        worst = _compare(
-            session,
-            signature,
-            signature.tensors,
-            expected,
-            batch=batch,
-            rtol=rtol,
-            atol=atol,
-            what="the example inputs",
-        )
-        if dynamic_batch:
-            new_batch, other = _other_batch(signature.tensors)
-            try:
-                other_expected = _run_torch(adapter, other)
-            except Exception as exc:
-                raise SurgeonExportError(
-                    f"the model fails in PyTorch at batch {new_batch}: {_first_line(exc)}; "
-                    "it probably hard-codes its batch size - pass dynamic_batch=False"
-                ) from exc
-            worst = max(
-                worst,
-                _compare(
-                    session,
-                    signature,
-                    other,
-                    other_expected,
-                    batch=new_batch,
-                    rtol=rtol,
-                    atol=atol,
-                    what=f"a second batch of {new_batch}",
-                ),
-            )
+        worst = _check_parity(job, session, rtol=rtol, atol=atol)
         del session
         publish(temp, target, what="ONNX file")
     logger.info(

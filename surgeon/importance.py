@@ -18,11 +18,11 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from surgeon.cost import as_args
 from surgeon.errors import SurgeonInputError
 from surgeon.graph import ChannelGraph, Group
 from surgeon.rules import attr_tensor
 from surgeon.spaces import Sink
+from surgeon.trace import as_args
 
 __all__ = [
     "CRITERIA",
@@ -242,6 +242,28 @@ def collect_stats(
     for p in work.parameters():
         p.grad = None
         p.requires_grad_(grads or taylor)
+    probes = _insert_probes(work, graph, taylor, means)
+    examples = _run_batches(work, data, loss_fn, probes, backward=taylor or grads)
+    stats = DataStats()
+    for (src_name, consumer_name), probe in probes.items():
+        for dim, t in probe.taylor.items():
+            stats.taylor[(src_name, dim, consumer_name)] = (t / examples).cpu().numpy()
+        for dim, s in probe.sum.items():
+            if probe.count.get(dim):
+                stats.means[(src_name, dim, consumer_name)] = (s / probe.count[dim]).cpu().numpy()
+        for dim, o in probe.outer.items():
+            stats.moments[(src_name, dim, consumer_name)] = (o / probe.count[dim]).cpu().numpy()
+    if grads:
+        for name, p in work.named_parameters():
+            if p.grad is not None:
+                stats.grads[name] = p.grad.detach().clone()
+    return stats
+
+
+def _insert_probes(
+    work: fx.GraphModule, graph: ChannelGraph, taylor: bool, means: bool
+) -> dict[tuple[str, str], _Probe]:
+    """A probe module on every (source, consumer) edge of every prunable group's sinks."""
     probes: dict[tuple[str, str], _Probe] = {}
     nodes = {n.name: n for n in work.graph.nodes}
     for g in graph.prunable_groups():
@@ -262,11 +284,21 @@ def collect_stats(
             if dim not in probe.dims:
                 probe.dims.append(dim)
     work.recompile()
+    return probes
+
+
+def _run_batches(
+    work: fx.GraphModule,
+    data: Iterable[Any],
+    loss_fn: Callable[..., torch.Tensor] | None,
+    probes: dict[tuple[str, str], _Probe],
+    *,
+    backward: bool,
+) -> int:
+    """One pass over ``data`` (with backward when gradients are needed); the example count."""
     device = next((p.device for p in work.parameters()), torch.device("cpu"))
-    backward = taylor or grads
     examples = 0
-    for i, batch in enumerate(iter_batches(data)):
-        inputs, target = batch
+    for i, (inputs, target) in enumerate(iter_batches(data)):
         inputs = torch.utils._pytree.tree_map(
             lambda v: v.to(device) if isinstance(v, torch.Tensor) else v, inputs
         )
@@ -276,15 +308,7 @@ def collect_stats(
         with torch.set_grad_enabled(backward):
             out = work(*args, **kwargs)
             if backward:
-                loss = loss_fn(out, target)  # type: ignore[misc]
-                if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-                    raise SurgeonInputError(
-                        f"loss_fn returned {type(loss).__name__}"
-                        f"{'' if not isinstance(loss, torch.Tensor) else tuple(loss.shape)} for "
-                        f"batch {i}: it must return a scalar tensor, e.g. "
-                        "torch.nn.functional.cross_entropy(output, target)"
-                    )
-                loss.backward()
+                _scalar_loss(loss_fn(out, target), i).backward()  # type: ignore[misc]
                 for probe in probes.values():
                     probe.after_backward()
         first = args[0] if args else next(iter(kwargs.values()), None)
@@ -294,20 +318,18 @@ def collect_stats(
             "data= yielded no batches: pass an iterable of (input, target) batches with at "
             "least one batch"
         )
-    stats = DataStats()
-    for (src_name, consumer_name), probe in probes.items():
-        for dim, t in probe.taylor.items():
-            stats.taylor[(src_name, dim, consumer_name)] = (t / examples).cpu().numpy()
-        for dim, s in probe.sum.items():
-            if probe.count.get(dim):
-                stats.means[(src_name, dim, consumer_name)] = (s / probe.count[dim]).cpu().numpy()
-        for dim, o in probe.outer.items():
-            stats.moments[(src_name, dim, consumer_name)] = (o / probe.count[dim]).cpu().numpy()
-    if grads:
-        for name, p in work.named_parameters():
-            if p.grad is not None:
-                stats.grads[name] = p.grad.detach().clone()
-    return stats
+    return examples
+
+
+def _scalar_loss(loss: Any, batch: int) -> torch.Tensor:
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        raise SurgeonInputError(
+            f"loss_fn returned {type(loss).__name__}"
+            f"{'' if not isinstance(loss, torch.Tensor) else tuple(loss.shape)} for "
+            f"batch {batch}: it must return a scalar tensor, e.g. "
+            "torch.nn.functional.cross_entropy(output, target)"
+        )
+    return loss
 
 
 def iter_batches(data: Iterable[Any]) -> Iterable[tuple[Any, Any]]:

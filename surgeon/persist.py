@@ -46,12 +46,13 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 import surgeon
-from surgeon.api import PLAN_KEY, _gc_paused, _leaf_name, inputs_from_spec
-from surgeon.errors import SurgeonError, SurgeonInputError, SurgeonPassError
-from surgeon.exporter import SurgeonExportError, check_output_path, publish, temp_sibling
+from surgeon.api import PLAN_KEY, gc_paused
+from surgeon.errors import SurgeonError, SurgeonInputError, SurgeonLoadError, SurgeonPassError
+from surgeon.files import check_output_path, write_atomic
 from surgeon.graph import build_channel_graph
-from surgeon.passes import PrunePlan, ResizePass
-from surgeon.trace import trace
+from surgeon.options import Leaf, leaf_name
+from surgeon.passes import STATE_KEY, ResizePass, SurgeryState
+from surgeon.trace import inputs_from_spec, trace
 
 __all__ = ["SurgeonLoadError", "save", "load", "FORMAT", "FORMAT_VERSION"]
 
@@ -63,12 +64,6 @@ _WEIGHTS_MEMBER = "weights.pt"
 _PLAN_FIELDS = ("fingerprint", "removed", "model", "inputs", "leaf_modules")
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed member timestamps: the same model gives the same bytes
 _WHAT = "surgeon file"
-
-Leaf = type[nn.Module] | nn.Module
-
-
-class SurgeonLoadError(SurgeonError):
-    """A surgeon file is missing or unreadable, or its plan does not fit the given model."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -167,24 +162,21 @@ def _to_json(value: Any, depth: int = 0) -> str:
 
 def _write_atomic(target: Path, plan: bytes, state: dict[str, torch.Tensor]) -> None:
     """Stream the archive into a temporary sibling of ``target``, then move it into place."""
-    with temp_sibling(target, what=_WHAT) as temp:
-        try:
-            with open(temp, "wb") as handle, zipfile.ZipFile(handle, "w") as zf:
-                info = zipfile.ZipInfo(_PLAN_MEMBER, _ZIP_DATE)
-                info.compress_type = zipfile.ZIP_DEFLATED
-                info.external_attr = 0o644 << 16
-                zf.writestr(info, plan)
-                info = zipfile.ZipInfo(_WEIGHTS_MEMBER, _ZIP_DATE)
-                info.compress_type = zipfile.ZIP_STORED
-                info.external_attr = 0o644 << 16
-                with zf.open(info, "w", force_zip64=True) as member:
-                    torch.save(state, member)
-        except OSError as exc:
-            raise SurgeonExportError(
-                f"cannot write the {_WHAT} {str(target)!r}: {exc.strerror or exc}; nothing was "
-                "written there - free some space or choose another path"
-            ) from exc
-        publish(temp, target, what=_WHAT)
+
+    def write(temp: Path) -> None:
+        with open(temp, "wb") as handle, zipfile.ZipFile(handle, "w") as zf:
+            info = zipfile.ZipInfo(_PLAN_MEMBER, _ZIP_DATE)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, plan)
+            info = zipfile.ZipInfo(_WEIGHTS_MEMBER, _ZIP_DATE)
+            info.compress_type = zipfile.ZIP_STORED
+            info.external_attr = 0o644 << 16
+            with zf.open(info, "w", force_zip64=True) as member:
+                torch.save(state, member)
+
+    hint = "; nothing was written there - free some space or choose another path"
+    write_atomic(target, write, what=_WHAT, hint=hint)
 
 
 # --------------------------------------------------------------------------------------------
@@ -244,7 +236,7 @@ def load(
         leaves = list(leaf_modules)
         _check_leaves(plan, leaves, source)
         state = _read_weights(zf, source)
-    with _gc_paused():
+    with gc_paused():
         gm = _rebuild(model, plan, leaves, source)
     _load_state(gm, state, source, type(model).__name__)
     gm.meta[PLAN_KEY] = copy.deepcopy(plan)
@@ -344,7 +336,7 @@ def _check_leaves(plan: dict[str, Any], leaves: list[Leaf], source: str) -> None
             raise SurgeonInputError(
                 f"leaf_modules holds {leaf!r}, which is neither a torch.nn.Module type nor instance"
             )
-    given = sorted(_leaf_name(m) for m in leaves)
+    given = sorted(leaf_name(m) for m in leaves)
     recorded = sorted(plan["leaf_modules"])
     if given != recorded:
         raise SurgeonLoadError(
@@ -394,14 +386,14 @@ def _rebuild(
     made = f"it was made from a {made_from} on inputs {_inputs_desc(plan)}"
     try:
         gm = trace(copy.deepcopy(model), inputs, leaf_modules=leaves)
-        prune_plan = PrunePlan(build_channel_graph(gm))
+        state = SurgeryState.start(build_channel_graph(gm), inputs)
     except (SurgeonError, RuntimeError, TypeError, ValueError) as exc:
         raise SurgeonLoadError(
             f"the plan in {source!r} does not fit this {name}: {made}, and tracing this model on "
             f"such inputs failed: {exc}"
         ) from exc
     try:
-        prune_plan.apply_record(plan)
+        state = state.with_record(plan)
     except SurgeonPassError as exc:
         raise SurgeonLoadError(
             f"the plan in {source!r} does not fit this {name}: {made}, and this model's channel "
@@ -414,7 +406,9 @@ def _rebuild(
             source, f"its removed classes do not index the model's groups ({exc})"
         ) from exc
     try:
-        ResizePass(prune_plan, inputs)(gm)
+        gm.meta[STATE_KEY] = state
+        ResizePass()(gm)
+        del gm.meta[STATE_KEY]
     except (SurgeonError, RuntimeError, IndexError, TypeError, ValueError) as exc:
         raise SurgeonLoadError(
             f"cutting this {name} by the plan in {source!r} failed ({made}): {exc}; load it onto "

@@ -109,7 +109,7 @@ class Report:
 
     def save_json(self, path: str | os.PathLike[str]) -> Path:
         """Write :meth:`to_json` to ``path`` atomically; return the absolute path."""
-        from surgeon.exporter import write_bytes_atomic
+        from surgeon.files import write_bytes_atomic
 
         return write_bytes_atomic(path, self.to_json().encode(), what="report file")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from surgeon.errors import SurgeonInputError
+from surgeon.options import SlimOptions
 
 __all__ = [
     "HISTORY_KEY",
@@ -75,22 +76,14 @@ def step_ratios(ratio: float, steps: int, schedule: str) -> list[float]:
 
 def prune_iteratively(
     model: nn.Module,
-    ratio: float,
+    ratio: float | SlimOptions,
     example_inputs: Any,
     *,
     steps: int = 3,
     schedule: str = "agp",
     finetune: Callable[[nn.Module, int], Any] | None = None,
-    importance: str = "l2",
     rewind: bool | Mapping[str, torch.Tensor] = False,
-    data: Iterable[Any] | None = None,
-    loss_fn: Callable[..., torch.Tensor] | None = None,
-    compensate: bool = True,
-    scope: str = "local",
-    round_to: int | None = None,
-    ignore: Iterable[nn.Module | str] = (),
-    leaf_modules: Iterable[type[nn.Module] | nn.Module] = (),
-    max_group_ratio: float = 0.9,
+    **settings: Any,
 ) -> fx.GraphModule:
     """Prune to ``ratio`` in ``steps`` steps, calling ``finetune(model, step)`` after each.
 
@@ -108,71 +101,27 @@ def prune_iteratively(
     those values instead. Tensors the original did not have (biases created by folds) keep
     theirs.
 
-    The other arguments are ``surgeon.slim``'s; ``data`` must be re-iterable (a list or a
-    DataLoader) when a data criterion is used over several steps. Returns the final slim
-    ``GraphModule``; ``meta["surgeon.history"]`` lists, per step, the ratio, parameters and MACs.
+    ``settings`` are ``surgeon.slim``'s keyword arguments (``importance``, ``data``,
+    ``loss_fn``, ``compensate``, ``scope``, ``round_to``, ``ignore``, ``leaf_modules``,
+    ``max_group_ratio``), or pass a :class:`~surgeon.options.SlimOptions` as ``ratio``;
+    ``data`` must be re-iterable (a list or a DataLoader) when it is read at every step.
+    Returns the final slim ``GraphModule``; ``meta["surgeon.history"]`` lists, per step, the
+    ratio, parameters and MACs.
     """
-    from surgeon.api import _ignore_names, _slim
+    from surgeon.api import _ignore_names, _slim, options_from
     from surgeon.cost import count_macs, count_params
 
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise SurgeonInputError(f"steps={steps!r}: use a whole number >= 1 (e.g. 3)")
-    if schedule not in SCHEDULES:
-        raise SurgeonInputError(f"schedule={schedule!r}: use one of {SCHEDULES}")
-    if finetune is not None and not callable(finetune):
-        raise SurgeonInputError(
-            f"finetune={finetune!r} is not callable: pass a function finetune(model, step) that "
-            "trains the model in place, or None"
-        )
-    if not isinstance(rewind, (bool, Mapping)):
-        raise SurgeonInputError(
-            f"rewind={rewind!r}: use True (the weights at the start), False, or a state dict of "
-            "the original architecture"
-        )
-    if data is not None and steps > 1 and iter(data) is data:  # type: ignore[call-overload]
-        raise SurgeonInputError(
-            "data= is a one-shot iterator but it is read at every step: pass a list of batches "
-            "or a DataLoader"
-        )
-    leaf_modules = tuple(leaf_modules)
-    if steps > 1 and any(not isinstance(m, type) for m in leaf_modules):
-        raise SurgeonInputError(
-            "prune_iteratively takes leaf_modules as module types: an instance belongs to the "
-            "original model, and each step traces a new one (pass type(module) instead)"
-        )
-    ignore = _ignore_names(model, ignore)  # names, which every step's model keeps
-    if isinstance(rewind, Mapping):
-        start = {k: v.detach().clone() for k, v in rewind.items()}
-    elif rewind:
-        start = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    else:
-        start = {}
+    options = options_from(ratio, settings)
+    _check_schedule(options, steps, schedule, finetune, rewind)
+    options = options.replace(ignore=tuple(_ignore_names(model, options.ignore)))
+    start = _rewind_start(model, rewind)
     original: dict[int, int] = {}  # class counts per group, filled by the first step
     kept: dict[str, dict[int, np.ndarray]] = {}
     history = []
     current: nn.Module = model
-    for step, r in enumerate(step_ratios(ratio, steps, schedule)):
-        step_kept: dict[str, dict[int, np.ndarray]] = {}
-        current = _slim(
-            current,
-            r,
-            example_inputs,
-            importance=importance,
-            scope=scope,
-            round_to=round_to,
-            ignore=ignore,
-            leaf_modules=leaf_modules,
-            max_group_ratio=max_group_ratio,
-            data=data,
-            loss_fn=loss_fn,
-            compensate=compensate,
-            original=original,
-            kept=step_kept,
-        )
-        for name, dims in step_kept.items():
-            total = kept.setdefault(name, {})
-            for dim, idx in dims.items():
-                total[dim] = idx if dim not in total else total[dim][idx]
+    for step, r in enumerate(step_ratios(options.ratio, steps, schedule)):
+        current, state = _slim(current, example_inputs, options.replace(ratio=r), original)
+        _compose_kept(kept, state.kept)
         if start:
             _rewind(current, start, kept)
         if finetune is not None:
@@ -187,6 +136,57 @@ def prune_iteratively(
         )
     current.meta[HISTORY_KEY] = history  # type: ignore[union-attr]
     return current  # type: ignore[return-value]
+
+
+def _check_schedule(
+    options: SlimOptions, steps: Any, schedule: Any, finetune: Any, rewind: Any
+) -> None:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise SurgeonInputError(f"steps={steps!r}: use a whole number >= 1 (e.g. 3)")
+    if schedule not in SCHEDULES:
+        raise SurgeonInputError(f"schedule={schedule!r}: use one of {SCHEDULES}")
+    if finetune is not None and not callable(finetune):
+        raise SurgeonInputError(
+            f"finetune={finetune!r} is not callable: pass a function finetune(model, step) that "
+            "trains the model in place, or None"
+        )
+    if not isinstance(rewind, (bool, Mapping)):
+        raise SurgeonInputError(
+            f"rewind={rewind!r}: use True (the weights at the start), False, or a state dict of "
+            "the original architecture"
+        )
+    data = options.data
+    if data is not None and steps > 1 and iter(data) is data:  # type: ignore[call-overload]
+        raise SurgeonInputError(
+            "data= is a one-shot iterator but it is read at every step: pass a list of batches "
+            "or a DataLoader"
+        )
+    if steps > 1 and any(not isinstance(m, type) for m in options.leaf_modules):
+        raise SurgeonInputError(
+            "prune_iteratively takes leaf_modules as module types: an instance belongs to the "
+            "original model, and each step traces a new one (pass type(module) instead)"
+        )
+
+
+def _rewind_start(
+    model: nn.Module, rewind: bool | Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """The values to rewind to (empty: no rewinding)."""
+    if isinstance(rewind, Mapping):
+        return {k: v.detach().clone() for k, v in rewind.items()}
+    if rewind:
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return {}
+
+
+def _compose_kept(
+    kept: dict[str, dict[int, np.ndarray]], step: Mapping[str, Mapping[int, np.ndarray]]
+) -> None:
+    """Fold one step's kept indices (into that step's input) into the indices into the original."""
+    for name, dims in step.items():
+        total = kept.setdefault(name, {})
+        for dim, idx in dims.items():
+            total[dim] = idx if dim not in total else total[dim][idx]
 
 
 HISTORY_KEY = "surgeon.history"

@@ -22,14 +22,57 @@ import torch.fx as fx
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.utils import _pytree as pytree
 
-from surgeon.cost import as_args
 from surgeon.errors import SurgeonInputError, SurgeonTraceError
 
-__all__ = ["trace", "propagate_shapes", "placeholder_args", "SurgeonTracer"]
+__all__ = [
+    "trace",
+    "propagate_shapes",
+    "placeholder_args",
+    "SurgeonTracer",
+    "as_args",
+    "input_spec",
+    "inputs_from_spec",
+    "eval_mode",
+]
 
 log = logging.getLogger(__name__)
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
+
+
+# -- example inputs ---------------------------------------------------------------------
+def as_args(example_inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Split ``example_inputs`` (a tensor, a tuple of tensors, or a dict) into (args, kwargs)."""
+    if isinstance(example_inputs, dict):
+        return (), dict(example_inputs)
+    if isinstance(example_inputs, (tuple, list)):
+        return tuple(example_inputs), {}
+    return (example_inputs,), {}
+
+
+def input_spec(example_inputs: Any) -> Any:
+    """The shapes and dtypes of ``example_inputs``, JSON-able, in the same structure."""
+    if isinstance(example_inputs, torch.Tensor):
+        return {
+            "shape": list(example_inputs.shape),
+            "dtype": str(example_inputs.dtype).removeprefix("torch."),
+        }
+    if isinstance(example_inputs, dict):
+        return {"dict": {k: input_spec(v) for k, v in example_inputs.items()}}
+    if isinstance(example_inputs, (tuple, list)):
+        return {"tuple": [input_spec(v) for v in example_inputs]}
+    return {"value": example_inputs}
+
+
+def inputs_from_spec(spec: Any) -> Any:
+    """Zero tensors of the recorded shapes and dtypes (for re-tracing a recorded plan)."""
+    if "shape" in spec:
+        return torch.zeros(spec["shape"], dtype=getattr(torch, spec["dtype"]))
+    if "dict" in spec:
+        return {k: inputs_from_spec(v) for k, v in spec["dict"].items()}
+    if "tuple" in spec:
+        return tuple(inputs_from_spec(v) for v in spec["tuple"])
+    return spec["value"]
 
 
 class SurgeonTracer(fx.Tracer):
@@ -108,7 +151,7 @@ def _check_trace(model: torch.nn.Module, example_inputs: Any, traced: Any) -> No
     args, kwargs = as_args(example_inputs)
     args = tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
     kwargs = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
-    with torch.no_grad(), _eval_mode(model):
+    with torch.no_grad(), eval_mode(model):
         eager = model(*args, **kwargs)
     want = [t for t in pytree.tree_leaves(eager) if isinstance(t, torch.Tensor)]
     got = [t for t in pytree.tree_leaves(traced) if isinstance(t, torch.Tensor)]
@@ -211,7 +254,7 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: Any) -> Any:
     try:
         # ShapeProp prints a traceback before it re-raises: keep it out of the user's terminal.
         # Eval mode: a run for shapes must not move BatchNorm statistics of a training model.
-        with torch.no_grad(), contextlib.redirect_stderr(stderr), _eval_mode(gm):
+        with torch.no_grad(), contextlib.redirect_stderr(stderr), eval_mode(gm):
             out = prop.propagate(*values)
     except Exception as exc:
         cause = exc.__cause__ or exc
@@ -229,7 +272,7 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: Any) -> Any:
 
 
 @contextlib.contextmanager
-def _eval_mode(module: torch.nn.Module):
+def eval_mode(module: torch.nn.Module):
     """Every submodule in eval mode for the duration; each one's own flag restored after."""
     flags = [(m, m.training) for m in module.modules()]
     module.eval()

@@ -7,6 +7,19 @@ import torch
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
+# Strict rules for the whole suite (and the CLI / example processes it starts): a rule that
+# raises fails its test instead of quietly blocking its dims.
+os.environ["SURGEON_STRICT_RULES"] = "1"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _strict_rules():
+    from surgeon.rules import strict
+
+    with strict():
+        yield
+
+
 # Hypothesis profiles for tests/test_properties.py: "ci" (derandomized, for CI) when CI is set,
 # "dev" otherwise; both run 200 examples per property so local runs match CI.
 try:
@@ -42,7 +55,8 @@ def digits_trained():
     Trained once per session and shared: ``copy.deepcopy`` the model before changing it.
     """
     pytest.importorskip("sklearn", reason="the digits data ships with scikit-learn")
-    from surgeon.models.digits import digits_cnn, fit, load_digits_split
+    from surgeon.digits import fit, load_digits_split
+    from surgeon.models.digits import digits_cnn
 
     data = load_digits_split()
     torch.manual_seed(0)

@@ -12,10 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 
 import surgeon
-import surgeon.models.digits as digits
+import surgeon.digits as digits
+from surgeon.digits import DigitsData, accuracy, fit, load_digits_split
 from surgeon.errors import SurgeonInputError
 from surgeon.models import ZOO, create
-from surgeon.models.digits import DigitsData, accuracy, digits_cnn, fit, load_digits_split
+from surgeon.models.digits import digits_cnn
 from tests.conftest import DIGITS_EPOCHS
 
 pytest.importorskip("sklearn", reason="the digits data ships with scikit-learn")

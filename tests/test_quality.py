@@ -12,7 +12,7 @@ import surgeon
 
 pytest.importorskip("sklearn", reason="the digits data ships with scikit-learn")
 
-from surgeon.models.digits import accuracy, fit  # noqa: E402
+from surgeon.digits import accuracy, fit  # noqa: E402
 
 
 def _batches(data, n: int = 4, size: int = 256):

@@ -261,21 +261,23 @@ class Viewed(nn.Module):
 
 def test_resize_failure_names_the_pass():
     from surgeon.graph import build_channel_graph
-    from surgeon.passes import PassManager, PrunePlan, ResizePass
+    from surgeon.passes import STATE_KEY, PassManager, ResizePass, begin
     from surgeon.trace import trace
 
     x = torch.randn(2, 3)
     gm = trace(Viewed(), x)
-    plan = PrunePlan(build_channel_graph(gm))
-    (g,) = plan.removed
-    plan.removed[g][:2] = True
+    state = begin(gm, build_channel_graph(gm), x)
+    (g,) = state.removed
+    removed = {g: state.removed[g].copy()}
+    removed[g][:2] = True
+    gm.meta[STATE_KEY] = state.replace(removed=removed)
     view = next(n for n in gm.graph.nodes if n.target == "view")
 
     def sabotage(size):  # a wrong size constant, as a broken rule would write
         view.args = (view.args[0], -1, 3)
 
-    plan.graph.records["view"].resize_fns.append(sabotage)
+    state.graph.records["view"].resize_fns.append(sabotage)
     with pytest.raises(
         SurgeonError, match=r"ResizePass failed: the resized model no longer runs.*view"
     ):
-        PassManager([ResizePass(plan, x)]).run(gm)
+        PassManager([ResizePass()]).run(gm)

@@ -71,65 +71,39 @@ class ZooEntry:
     description: str
 
 
+_IMAGENET = (1, 3, 224, 224)
+
+
+def _entries(*rows: tuple[Callable[..., nn.Module], tuple[int, ...], str]) -> dict[str, ZooEntry]:
+    """``(factory, input shape, description)`` rows as ZOO entries named after the factory."""
+    return {factory.__name__: ZooEntry(factory, shape, text) for factory, shape, text in rows}
+
+
+# fmt: off
 ZOO: dict[str, ZooEntry] = {
-    "lenet5": ZooEntry(lenet5, (1, 1, 32, 32), "LeNet-5, 1x32x32 input, 10 classes (61.7K params)"),
-    "vgg16_bn": ZooEntry(
-        vgg16_bn, (1, 3, 224, 224), "VGG-16 with batch norm, ImageNet layout (138.4M params)"
-    ),
-    "resnet18": ZooEntry(resnet18, (1, 3, 224, 224), "ResNet-18, basic blocks (11.7M params)"),
-    "resnet50": ZooEntry(
-        resnet50, (1, 3, 224, 224), "ResNet-50, bottleneck blocks, v1.5 strides (25.6M params)"
-    ),
-    "mobilenet_v2": ZooEntry(
-        mobilenet_v2, (1, 3, 224, 224), "MobileNetV2, depthwise inverted residuals (3.5M params)"
-    ),
-    "resnext50_32x4d": ZooEntry(
-        resnext50_32x4d,
-        (1, 3, 224, 224),
-        "ResNeXt-50 32x4d, grouped 3x3 bottlenecks (25.0M params)",
-    ),
-    "mobilenet_v3_large": ZooEntry(
-        mobilenet_v3_large,
-        (1, 3, 224, 224),
-        "MobileNetV3-Large, Hardswish, Hardsigmoid SE gates (5.5M params)",
-    ),
-    "efficientnet_b0": ZooEntry(
-        efficientnet_b0,
-        (1, 3, 224, 224),
-        "EfficientNet-B0, MBConv with SiLU and SE, no stochastic depth (5.3M params)",
-    ),
-    "densenet121": ZooEntry(
-        densenet121, (1, 3, 224, 224), "DenseNet-121, concatenating dense blocks (8.0M params)"
-    ),
-    "googlenet": ZooEntry(
-        googlenet,
-        (1, 3, 224, 224),
-        "GoogLeNet (Inception v1), multi-branch concat, no aux logits (6.6M params)",
-    ),
-    "shufflenet_v2_x1_0": ZooEntry(
-        shufflenet_v2_x1_0,
-        (1, 3, 224, 224),
-        "ShuffleNet V2 1.0x, channel split and channel shuffle (2.3M params)",
-    ),
-    "convnext_tiny": ZooEntry(
-        convnext_tiny,
-        (1, 3, 224, 224),
-        "ConvNeXt-T, channels-last LayerNorm MLP blocks with layer scale (28.6M params)",
-    ),
-    "regnety_400mf": ZooEntry(
-        regnety_400mf,
-        (1, 3, 224, 224),
-        "RegNetY-400MF, grouped 3x3 (group width 8) with SE (4.3M params)",
-    ),
-    "vit_tiny": ZooEntry(
-        vit_tiny,
-        (1, 3, 224, 224),
-        "ViT-Ti/16, explicit fused-qkv multi-head self-attention (5.7M params)",
-    ),
-    "unet_small": ZooEntry(
-        unet_small,
-        (1, 3, 64, 64),
-        "Small U-Net, width 16, transposed-conv and bilinear ups, 2 classes (477K params)",
+    **_entries(
+        (lenet5, (1, 1, 32, 32), "LeNet-5, 1x32x32 input, 10 classes (61.7K params)"),
+        (vgg16_bn, _IMAGENET, "VGG-16 with batch norm, ImageNet layout (138.4M params)"),
+        (resnet18, _IMAGENET, "ResNet-18, basic blocks (11.7M params)"),
+        (resnet50, _IMAGENET, "ResNet-50, bottleneck blocks, v1.5 strides (25.6M params)"),
+        (mobilenet_v2, _IMAGENET, "MobileNetV2, depthwise inverted residuals (3.5M params)"),
+        (resnext50_32x4d, _IMAGENET, "ResNeXt-50 32x4d, grouped 3x3 bottlenecks (25.0M params)"),
+        (mobilenet_v3_large, _IMAGENET,
+         "MobileNetV3-Large, Hardswish, Hardsigmoid SE gates (5.5M params)"),
+        (efficientnet_b0, _IMAGENET,
+         "EfficientNet-B0, MBConv with SiLU and SE, no stochastic depth (5.3M params)"),
+        (densenet121, _IMAGENET, "DenseNet-121, concatenating dense blocks (8.0M params)"),
+        (googlenet, _IMAGENET,
+         "GoogLeNet (Inception v1), multi-branch concat, no aux logits (6.6M params)"),
+        (shufflenet_v2_x1_0, _IMAGENET,
+         "ShuffleNet V2 1.0x, channel split and channel shuffle (2.3M params)"),
+        (convnext_tiny, _IMAGENET,
+         "ConvNeXt-T, channels-last LayerNorm MLP blocks with layer scale (28.6M params)"),
+        (regnety_400mf, _IMAGENET,
+         "RegNetY-400MF, grouped 3x3 (group width 8) with SE (4.3M params)"),
+        (vit_tiny, _IMAGENET, "ViT-Ti/16, explicit fused-qkv multi-head self-attention (5.7M params)"),
+        (unet_small, (1, 3, 64, 64),
+         "Small U-Net, width 16, transposed-conv and bilinear ups, 2 classes (477K params)"),
     ),
     "digits_cnn": ZooEntry(
         digits_cnn,
@@ -137,6 +111,7 @@ ZOO: dict[str, ZooEntry] = {
         "Plain 4-conv BN CNN for the 16x16 scikit-learn digits, 10 classes (242K params)",
     ),
 }
+# fmt: on
 
 DEFAULT_MODEL = "resnet18"
 

@@ -6,10 +6,15 @@ which is all the zoo is used for.
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from surgeon.models.blocks import SqueezeExcitation, init_weights, make_divisible
+from surgeon.models.blocks import (
+    ConvNormActivation,
+    OptionalResidual,
+    PooledClassifier,
+    SqueezeExcitation,
+    make_divisible,
+)
 
 __all__ = ["EfficientNet", "MBConv", "efficientnet_b0"]
 
@@ -26,36 +31,7 @@ _B0: list[tuple[int, int, int, int, int, int]] = [
 ]
 
 
-class ConvBNSiLU(nn.Sequential):
-    """Conv (no bias) → BatchNorm → optional SiLU, "same" padding for odd kernels."""
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int = 3,
-        stride: int = 1,
-        groups: int = 1,
-        activation: bool = True,
-    ) -> None:
-        layers: list[nn.Module] = [
-            nn.Conv2d(
-                in_channels,
-                out_channels,
-                kernel_size,
-                stride=stride,
-                padding=(kernel_size - 1) // 2,
-                groups=groups,
-                bias=False,
-            ),
-            nn.BatchNorm2d(out_channels),
-        ]
-        if activation:
-            layers.append(nn.SiLU(inplace=True))
-        super().__init__(*layers)
-
-
-class MBConv(nn.Module):
+class MBConv(OptionalResidual):
     """Mobile inverted bottleneck: 1x1 expand → kxk depthwise → SE → 1x1 linear projection.
 
     The SE bottleneck is a quarter of the block's *input* width, with SiLU inside and a
@@ -70,30 +46,30 @@ class MBConv(nn.Module):
         stride: int,
         expand_ratio: int,
     ) -> None:
-        super().__init__()
-        if stride not in (1, 2):
-            raise ValueError(f"stride must be 1 or 2, got {stride}")
-        self.use_res_connect = stride == 1 and in_channels == out_channels
+        super().__init__(in_channels, out_channels, stride)
         expanded = make_divisible(in_channels * expand_ratio, 8)
         layers: list[nn.Module] = []
         if expanded != in_channels:
-            layers.append(ConvBNSiLU(in_channels, expanded, kernel_size=1))
+            layers.append(
+                ConvNormActivation(in_channels, expanded, kernel_size=1, activation=nn.SiLU)
+            )
         layers.append(
-            ConvBNSiLU(expanded, expanded, kernel_size=kernel_size, stride=stride, groups=expanded)
+            ConvNormActivation(
+                expanded,
+                expanded,
+                kernel_size=kernel_size,
+                stride=stride,
+                groups=expanded,
+                activation=nn.SiLU,
+            )
         )
         squeeze = max(1, in_channels // 4)
         layers.append(SqueezeExcitation(expanded, squeeze, activation=nn.SiLU, gate=nn.Sigmoid))
-        layers.append(ConvBNSiLU(expanded, out_channels, kernel_size=1, activation=False))
+        layers.append(ConvNormActivation(expanded, out_channels, kernel_size=1, activation=None))
         self.block = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Apply the block."""
-        if self.use_res_connect:
-            return x + self.block(x)
-        return self.block(x)
 
-
-class EfficientNet(nn.Module):
+class EfficientNet(PooledClassifier):
     """EfficientNet: SiLU stem, seven MBConv stages, 1x1 conv to 1280, dropout + linear head."""
 
     def __init__(
@@ -103,9 +79,10 @@ class EfficientNet(nn.Module):
         num_classes: int = 1000,
         dropout: float = 0.2,
     ) -> None:
-        super().__init__()
         stem_channels = settings[0][3]
-        layers: list[nn.Module] = [ConvBNSiLU(3, stem_channels, kernel_size=3, stride=2)]
+        layers: list[nn.Module] = [
+            ConvNormActivation(3, stem_channels, kernel_size=3, stride=2, activation=nn.SiLU)
+        ]
         for expand, kernel, stride, in_channels, out_channels, repeats in settings:
             stage: list[nn.Module] = []
             for i in range(repeats):
@@ -120,21 +97,13 @@ class EfficientNet(nn.Module):
                 )
             layers.append(nn.Sequential(*stage))
         final_in = settings[-1][4]
-        layers.append(ConvBNSiLU(final_in, last_channel, kernel_size=1))
-        self.features = nn.Sequential(*layers)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Sequential(
+        layers.append(ConvNormActivation(final_in, last_channel, kernel_size=1, activation=nn.SiLU))
+        features = nn.Sequential(*layers)
+        classifier = nn.Sequential(
             nn.Dropout(p=dropout, inplace=True),
             nn.Linear(last_channel, num_classes),
         )
-        init_weights(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Map a ``(N, 3, H, W)`` batch to ``(N, num_classes)`` logits."""
-        x = self.features(x)
-        x = self.avgpool(x)
-        x = torch.flatten(x, 1)
-        return self.classifier(x)
+        super().__init__(features, classifier)
 
 
 def efficientnet_b0(num_classes: int = 1000, dropout: float = 0.2) -> EfficientNet:

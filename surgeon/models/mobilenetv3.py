@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from surgeon.models.blocks import SqueezeExcitation, init_weights, make_divisible
+from surgeon.models.blocks import (
+    ConvNormActivation,
+    OptionalResidual,
+    PooledClassifier,
+    SqueezeExcitation,
+    make_divisible,
+)
 
 __all__ = ["InvertedResidualV3", "MobileNetV3", "mobilenet_v3_large"]
 
@@ -31,38 +36,10 @@ _LARGE: list[tuple[int, int, int, bool, str, int]] = [
 ]
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"RE": nn.ReLU, "HS": nn.Hardswish}
+_BN: dict[str, float] = {"eps": 0.001, "momentum": 0.01}  # torchvision's batch norm settings
 
 
-class ConvBNActivation(nn.Sequential):
-    """Conv (no bias) → BatchNorm (eps 1e-3) → optional activation, "same" padding."""
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int = 3,
-        stride: int = 1,
-        groups: int = 1,
-        activation: type[nn.Module] | None = nn.Hardswish,
-    ) -> None:
-        layers: list[nn.Module] = [
-            nn.Conv2d(
-                in_channels,
-                out_channels,
-                kernel_size,
-                stride=stride,
-                padding=(kernel_size - 1) // 2,
-                groups=groups,
-                bias=False,
-            ),
-            nn.BatchNorm2d(out_channels, eps=0.001, momentum=0.01),
-        ]
-        if activation is not None:
-            layers.append(activation(inplace=True))
-        super().__init__(*layers)
-
-
-class InvertedResidualV3(nn.Module):
+class InvertedResidualV3(OptionalResidual):
     """1x1 expand → kxk depthwise → optional SE (Hardsigmoid gate) → 1x1 linear projection."""
 
     def __init__(
@@ -75,24 +52,24 @@ class InvertedResidualV3(nn.Module):
         activation: str,
         stride: int,
     ) -> None:
-        super().__init__()
-        if stride not in (1, 2):
-            raise ValueError(f"stride must be 1 or 2, got {stride}")
+        super().__init__(in_channels, out_channels, stride)
         act = _ACTIVATIONS[activation]
-        self.use_res_connect = stride == 1 and in_channels == out_channels
         layers: list[nn.Module] = []
         if expanded_channels != in_channels:
             layers.append(
-                ConvBNActivation(in_channels, expanded_channels, kernel_size=1, activation=act)
+                ConvNormActivation(
+                    in_channels, expanded_channels, kernel_size=1, activation=act, **_BN
+                )
             )
         layers.append(
-            ConvBNActivation(
+            ConvNormActivation(
                 expanded_channels,
                 expanded_channels,
                 kernel_size=kernel_size,
                 stride=stride,
                 groups=expanded_channels,
                 activation=act,
+                **_BN,
             )
         )
         if use_se:
@@ -103,18 +80,14 @@ class InvertedResidualV3(nn.Module):
                 )
             )
         layers.append(
-            ConvBNActivation(expanded_channels, out_channels, kernel_size=1, activation=None)
+            ConvNormActivation(
+                expanded_channels, out_channels, kernel_size=1, activation=None, **_BN
+            )
         )
         self.block = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Apply the block."""
-        if self.use_res_connect:
-            return x + self.block(x)
-        return self.block(x)
 
-
-class MobileNetV3(nn.Module):
+class MobileNetV3(PooledClassifier):
     """MobileNetV3: Hardswish stem, inverted residuals with SE, 1x1 conv, two-layer head."""
 
     def __init__(
@@ -124,9 +97,10 @@ class MobileNetV3(nn.Module):
         num_classes: int = 1000,
         dropout: float = 0.2,
     ) -> None:
-        super().__init__()
         in_channels = 16
-        layers: list[nn.Module] = [ConvBNActivation(3, in_channels, kernel_size=3, stride=2)]
+        layers: list[nn.Module] = [
+            ConvNormActivation(3, in_channels, stride=2, activation=nn.Hardswish, **_BN)
+        ]
         for kernel, expanded, out_channels, use_se, activation, stride in settings:
             layers.append(
                 InvertedResidualV3(
@@ -135,23 +109,19 @@ class MobileNetV3(nn.Module):
             )
             in_channels = out_channels
         last_conv = 6 * in_channels
-        layers.append(ConvBNActivation(in_channels, last_conv, kernel_size=1))
-        self.features = nn.Sequential(*layers)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Sequential(
+        layers.append(
+            ConvNormActivation(
+                in_channels, last_conv, kernel_size=1, activation=nn.Hardswish, **_BN
+            )
+        )
+        features = nn.Sequential(*layers)
+        classifier = nn.Sequential(
             nn.Linear(last_conv, last_channel),
             nn.Hardswish(inplace=True),
             nn.Dropout(p=dropout, inplace=True),
             nn.Linear(last_channel, num_classes),
         )
-        init_weights(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Map a ``(N, 3, H, W)`` batch to ``(N, num_classes)`` logits."""
-        x = self.features(x)
-        x = self.avgpool(x)
-        x = torch.flatten(x, 1)
-        return self.classifier(x)
+        super().__init__(features, classifier)
 
 
 def mobilenet_v3_large(num_classes: int = 1000, dropout: float = 0.2) -> MobileNetV3:

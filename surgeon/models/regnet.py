@@ -10,39 +10,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from surgeon.models.blocks import SqueezeExcitation, init_weights
+from surgeon.models.blocks import ConvNormActivation, SqueezeExcitation, init_weights
 
 __all__ = ["RegNet", "ResBottleneckBlock", "regnety_400mf"]
 
 
 # (blocks, width) per stage of RegNetY-400MF; every stage starts with a stride-2 block.
 _Y_400MF: list[tuple[int, int]] = [(1, 48), (3, 104), (6, 208), (6, 440)]
-
-
-def _conv_bn(
-    in_channels: int,
-    out_channels: int,
-    kernel_size: int,
-    stride: int = 1,
-    groups: int = 1,
-    relu: bool = True,
-) -> nn.Sequential:
-    """Conv (no bias) → BatchNorm → optional ReLU, "same" padding."""
-    layers: list[nn.Module] = [
-        nn.Conv2d(
-            in_channels,
-            out_channels,
-            kernel_size,
-            stride=stride,
-            padding=(kernel_size - 1) // 2,
-            groups=groups,
-            bias=False,
-        ),
-        nn.BatchNorm2d(out_channels),
-    ]
-    if relu:
-        layers.append(nn.ReLU(inplace=True))
-    return nn.Sequential(*layers)
 
 
 class ResBottleneckBlock(nn.Module):
@@ -65,12 +39,12 @@ class ResBottleneckBlock(nn.Module):
         squeeze = int(round(se_ratio * width_in))
         self.proj: nn.Module | None = None
         if width_in != width_out or stride != 1:
-            self.proj = _conv_bn(width_in, width_out, 1, stride=stride, relu=False)
+            self.proj = ConvNormActivation(width_in, width_out, 1, stride=stride, activation=None)
         self.f = nn.Sequential(
-            _conv_bn(width_in, width_out, 1),
-            _conv_bn(width_out, width_out, 3, stride=stride, groups=groups),
+            ConvNormActivation(width_in, width_out, 1),
+            ConvNormActivation(width_out, width_out, 3, stride=stride, groups=groups),
             SqueezeExcitation(width_out, squeeze, activation=nn.ReLU, gate=nn.Sigmoid),
-            _conv_bn(width_out, width_out, 1, relu=False),
+            ConvNormActivation(width_out, width_out, 1, activation=None),
         )
         self.activation = nn.ReLU(inplace=True)
 
@@ -95,7 +69,7 @@ class RegNet(nn.Module):
         num_classes: int = 1000,
     ) -> None:
         super().__init__()
-        self.stem = _conv_bn(3, stem_width, 3, stride=2)
+        self.stem = ConvNormActivation(3, stem_width, 3, stride=2)
         width_in = stem_width
         blocks: list[nn.Module] = []
         for depth, width in stages:

@@ -31,10 +31,16 @@ def _conv1x1(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, bias=False)
 
 
-class BasicBlock(nn.Module):
-    """Two 3x3 convs with a residual connection (ResNet-18/34)."""
+class _ResidualBlock(nn.Module):
+    """What BasicBlock and Bottleneck share: their arguments, the shortcut and the last step.
+
+    ``downsample`` (the projection of the identity path, or None) is registered after the
+    block's own layers, which :meth:`_build` creates; :meth:`_join` returns
+    ``relu(out + shortcut(x))``.
+    """
 
     expansion = 1
+    relu: nn.Module
 
     def __init__(
         self,
@@ -46,6 +52,30 @@ class BasicBlock(nn.Module):
         base_width: int = 64,
     ) -> None:
         super().__init__()
+        self._build(in_channels, channels, stride, groups, base_width)
+        self.downsample = downsample
+
+    def _build(
+        self, in_channels: int, channels: int, stride: int, groups: int, base_width: int
+    ) -> None:
+        raise NotImplementedError
+
+    def _join(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        identity = x
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        out = out + identity
+        return self.relu(out)
+
+
+class BasicBlock(_ResidualBlock):
+    """Two 3x3 convs with a residual connection (ResNet-18/34)."""
+
+    expansion = 1
+
+    def _build(
+        self, in_channels: int, channels: int, stride: int, groups: int, base_width: int
+    ) -> None:
         if groups != 1 or base_width != 64:
             raise ValueError("BasicBlock only supports groups=1 and base_width=64")
         self.conv1 = _conv3x3(in_channels, channels, stride)
@@ -53,20 +83,15 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = _conv3x3(channels, channels)
         self.bn2 = nn.BatchNorm2d(channels)
-        self.downsample = downsample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the block."""
-        identity = x
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        if self.downsample is not None:
-            identity = self.downsample(x)
-        out = out + identity
-        return self.relu(out)
+        return self._join(x, out)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_ResidualBlock):
     """1x1 reduce, 3x3 (strided), 1x1 expand by 4, with a residual connection (ResNet-50+).
 
     With ``groups > 1`` the 3x3 conv is grouped and the inner width is
@@ -75,16 +100,9 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(
-        self,
-        in_channels: int,
-        channels: int,
-        stride: int = 1,
-        downsample: nn.Module | None = None,
-        groups: int = 1,
-        base_width: int = 64,
+    def _build(
+        self, in_channels: int, channels: int, stride: int, groups: int, base_width: int
     ) -> None:
-        super().__init__()
         width = int(channels * (base_width / 64.0)) * groups
         out_channels = channels * self.expansion
         self.conv1 = _conv1x1(in_channels, width)
@@ -94,18 +112,13 @@ class Bottleneck(nn.Module):
         self.conv3 = _conv1x1(width, out_channels)
         self.bn3 = nn.BatchNorm2d(out_channels)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the block."""
-        identity = x
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        if self.downsample is not None:
-            identity = self.downsample(x)
-        out = out + identity
-        return self.relu(out)
+        return self._join(x, out)
 
 
 class ResNet(nn.Module):

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from surgeon.models.blocks import init_weights
+from surgeon.models.blocks import PooledClassifier
 
 __all__ = ["VGG", "vgg16_bn"]
 
@@ -37,16 +36,13 @@ def _make_features(cfg: list[int | str], batch_norm: bool) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class VGG(nn.Module):
+class VGG(PooledClassifier):
     """A VGG network: a conv body, a 7x7 adaptive average pool and a 3-layer MLP head."""
 
     def __init__(
         self, features: nn.Sequential, num_classes: int = 1000, dropout: float = 0.5
     ) -> None:
-        super().__init__()
-        self.features = features
-        self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
-        self.classifier = nn.Sequential(
+        classifier = nn.Sequential(
             nn.Linear(512 * 7 * 7, 4096),
             nn.ReLU(inplace=True),
             nn.Dropout(p=dropout),
@@ -55,14 +51,7 @@ class VGG(nn.Module):
             nn.Dropout(p=dropout),
             nn.Linear(4096, num_classes),
         )
-        init_weights(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Map a ``(N, 3, H, W)`` batch to ``(N, num_classes)`` logits."""
-        x = self.features(x)
-        x = self.avgpool(x)
-        x = torch.flatten(x, 1)
-        return self.classifier(x)
+        super().__init__(features, classifier, pool_size=(7, 7))
 
 
 def vgg16_bn(num_classes: int = 1000, dropout: float = 0.5) -> VGG:

@@ -1,4 +1,6 @@
-"""The pass contract: ``call(gm) -> PassResult``, run in order by a PassManager."""
+"""The pass contract: ``call(gm) -> PassResult``, with ``requires`` / ``ensures`` checks, run
+in order by a PassManager. A pass's constructor takes options only; the decision it reads and
+writes travels with the graph module (:mod:`surgeon.passes.state`)."""
 
 from __future__ import annotations
 
@@ -6,13 +8,12 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch.fx as fx
 
 from surgeon.errors import SurgeonError, SurgeonPassError
-from surgeon.graph import ChannelGraph
+from surgeon.passes.state import STATE_KEY, SurgeryState, state_of
 
-__all__ = ["PassResult", "Pass", "PassManager", "PrunePlan"]
+__all__ = ["PassResult", "Pass", "SurgeryPass", "PassManager"]
 
 log = logging.getLogger(__name__)
 
@@ -24,82 +25,46 @@ class PassResult:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
-class PrunePlan:
-    """Which channel classes go, per group: the one value the three passes share.
+class Pass:
+    """A rewrite step. Subclasses implement ``call``; a second run must change nothing.
 
-    ``removed[g]`` is a bool mask over group g's classes; ``dead[g]`` marks the ones that
-    PropagatePass removed because they computed nothing (the rest were pruned by the criterion). ``applied`` turns true
-    once ResizePass has sliced the model; the plan is then final.
+    ``requires(gm)`` runs before ``call`` and ``ensures(gm)`` after it; either raises
+    :class:`~surgeon.errors.SurgeonPassError` when its condition does not hold.
     """
 
-    def __init__(self, graph: ChannelGraph) -> None:
-        self.graph = graph
-        self.removed: dict[int, np.ndarray] = {
-            g.index: np.zeros(g.n_classes, dtype=bool) for g in graph.groups if g.prunable
-        }
-        self.dead: dict[int, np.ndarray] = {i: np.zeros_like(m) for i, m in self.removed.items()}
-        self.applied = False
+    @property
+    def name(self) -> str:
+        return type(self).__name__
 
-    def space_mask(self, space) -> np.ndarray | None:  # noqa: ANN001
-        """Removed mask over the indices of ``space`` (None if its group is not prunable)."""
-        g = self.graph.group_of.get(space)
-        mask = self.removed.get(g)
-        if mask is None:
-            return None
-        return mask[self.graph.groups[g].class_of[space]]
+    def requires(self, gm: fx.GraphModule) -> None:
+        """Pre-condition (nothing by default)."""
 
-    def forced_zero(self) -> dict:
-        out = {}
-        for gi, mask in self.removed.items():
-            if mask.any():
-                g = self.graph.groups[gi]
-                for s in g.spaces:
-                    out[s] = mask[g.class_of[s]]
-        return out
-
-    def n_removed(self) -> int:
-        return int(sum(m.sum() for m in self.removed.values()))
-
-    def fingerprint(self) -> dict[str, Any]:
-        """What must match for this plan to apply to another trace of the same architecture."""
-        groups = self.graph.prunable_groups()
-        return {
-            "spaces": len(self.graph.sizes),
-            "groups": len(self.graph.groups),
-            "prunable": [[g.index, g.n_classes] for g in groups],
-        }
-
-    def to_record(self) -> dict[str, Any]:
-        """A JSON-able record of the decision: removed classes per group, and the fingerprint."""
-        return {
-            "fingerprint": self.fingerprint(),
-            "removed": {
-                str(i): np.nonzero(m)[0].tolist() for i, m in self.removed.items() if m.any()
-            },
-        }
-
-    def apply_record(self, record: dict[str, Any]) -> None:
-        """Mark the classes a record removed; the fingerprint must match this graph."""
-        if record.get("fingerprint") != self.fingerprint():
-            raise SurgeonPassError(
-                "the saved plan does not fit this model: its channel graph differs (another "
-                "architecture, other input shapes, or other leaf modules); load it onto a fresh "
-                "instance of the model it was made from"
-            )
-        for key, classes in record.get("removed", {}).items():
-            self.removed[int(key)][np.asarray(classes, dtype=int)] = True
-
-
-class Pass:
-    """A rewrite step. Subclasses implement ``call``; a second run must change nothing."""
-
-    name = "Pass"
+    def ensures(self, gm: fx.GraphModule) -> None:
+        """Post-condition (nothing by default)."""
 
     def call(self, gm: fx.GraphModule) -> PassResult:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def __call__(self, gm: fx.GraphModule) -> PassResult:
-        return self.call(gm)
+        self.requires(gm)
+        res = self.call(gm)
+        self.ensures(res.module)
+        return res
+
+
+class SurgeryPass(Pass):
+    """A pass over the shared decision: requires a :class:`SurgeryState` on the module."""
+
+    def requires(self, gm: fx.GraphModule) -> None:
+        state_of(gm)
+
+    @staticmethod
+    def state(gm: fx.GraphModule) -> SurgeryState:
+        return state_of(gm)
+
+    @staticmethod
+    def store(gm: fx.GraphModule, state: SurgeryState) -> None:
+        gm.meta[STATE_KEY] = state
 
 
 class PassManager:

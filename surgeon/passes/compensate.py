@@ -12,8 +12,9 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from surgeon.graph import ChannelGraph
 from surgeon.importance import Edge, edge_of
-from surgeon.passes.base import Pass, PassResult, PrunePlan
+from surgeon.passes.base import PassResult, SurgeryPass
 from surgeon.rules import add_bias, clear_caches, copy_module, traits
 from surgeon.spaces import Sink
 
@@ -149,7 +150,7 @@ def _contract_weight(
     return m, (m.weight.detach().double().flatten(2) * frac).sum(-1).to(m.weight.dtype)
 
 
-class CompensatePass(Pass):
+class CompensatePass(SurgeryPass):
     """Folds each removed channel's expected value into its consumers, so the zero-shot slim
     model keeps the mean of every consumer's output.
 
@@ -164,100 +165,112 @@ class CompensatePass(Pass):
     kept ones of the same consumer, ``x_R ~ A x_K + c``, and ``W_R A`` is added to the kept
     weights (each position's removed values are predicted from its kept ones, which also
     keeps the variance they share); only ``W_R c`` is left for step 1 / 2.
-    The mean of a removed channel comes from ``means`` (measured on data) when given, else from
+    The mean of a removed channel comes from ``state.stats`` (measured on data) when given, else from
     the batch norm that produced it through its activation (``expected_mean``); a channel with
     neither is not compensated. It keeps expected values, not the function: the consumer
-    still loses the variance the removed channels carried.
+    still loses the variance the removed channels carried. Classes already compensated
+    (``state.compensated``) are not compensated again, so a second run changes nothing.
     """
 
-    name = "CompensatePass"
-
-    def __init__(
-        self,
-        plan: PrunePlan,
-        means: Mapping[Edge, np.ndarray] | None = None,
-        moments: Mapping[Edge, np.ndarray] | None = None,
-    ) -> None:
-        self.plan = plan
-        self.means = means or {}
-        self.moments = moments or {}
-
     def call(self, gm: fx.GraphModule) -> PassResult:
-        if self.plan.applied or self.plan.n_removed() == 0:
+        state = self.state(gm)
+        todo = {gi: m & ~state.compensated[gi] for gi, m in state.removed.items()}
+        if state.applied or not any(m.any() for m in todo.values()):
             return PassResult(gm, False, {"compensated": 0})
-        graph = self.plan.graph
+        means = state.stats.means if state.stats is not None else {}
+        moments = state.stats.moments if state.stats is not None else {}
         nodes = {n.name: n for n in gm.graph.nodes}
         done = 0
-        for g in graph.prunable_groups():
-            mask = self.plan.removed[g.index]
-            if not mask.any():
+        for g in state.graph.prunable_groups():
+            if not todo[g.index].any():
                 continue
             for sink in g.sinks:
-                idx = np.nonzero(mask[g.class_of[sink.space]])[0]
-                found = _contract_weight(gm, sink, nodes[sink.space[0]]) if len(idx) else None
-                if found is None or graph.calls[sink.owner] > 1:
-                    continue
-                m, w = found
-                if any(_shared(gm, m, t) for t in (m.weight, m.bias)):
-                    continue  # a tied weight or bias: changing it would change its other owner
-                mean = self.means.get(edge_of(sink))
-                if mean is None:
-                    mean = expected_mean(gm, nodes[sink.space[0]], sink.space[1])
-                if mean is None or len(mean) != w.shape[1] or not np.isfinite(mean[idx]).all():
-                    continue
-                offset = mean[idx]
-                moment = self.moments.get(edge_of(sink))
-                if moment is not None and moment.shape == (len(mean), len(mean)):
-                    offset = self._reconstruct(m, mask[g.class_of[sink.space]], mean, moment)
-                with torch.no_grad():
-                    delta = w[:, torch.as_tensor(idx)].double() @ torch.as_tensor(offset)
-                    self._apply(gm, nodes[sink.node], m, delta.to(w.dtype))
-                done += len(idx)
+                gone = todo[g.index][g.class_of[sink.space]]
+                removed = state.removed[g.index][g.class_of[sink.space]]
+                done += self._sink(gm, state.graph, nodes, sink, gone, removed, means, moments)
         if done:
             clear_caches()  # consumer weights may have changed
+        compensated = {gi: state.compensated[gi] | m for gi, m in todo.items()}
+        self.store(gm, state.replace(compensated=compensated))
         return PassResult(gm, done > 0, {"compensated": done})
+
+    def _sink(
+        self,
+        gm: fx.GraphModule,
+        graph: ChannelGraph,
+        nodes: dict[str, fx.Node],
+        sink: Sink,
+        gone: np.ndarray,
+        removed: np.ndarray,
+        means: Mapping[Edge, np.ndarray],
+        moments: Mapping[Edge, np.ndarray],
+    ) -> int:
+        """Compensate the ``gone`` indices of one sink's space (``removed``: every index that
+        goes, the ones compensated earlier included); returns how many were folded."""
+        idx = np.nonzero(gone)[0]
+        found = _contract_weight(gm, sink, nodes[sink.space[0]]) if len(idx) else None
+        if found is None or graph.calls[sink.owner] > 1:
+            return 0
+        m, w = found
+        if any(_shared(gm, m, t) for t in (m.weight, m.bias)):
+            return 0  # a tied weight or bias: changing it would change its other owner
+        mean = means.get(edge_of(sink))
+        if mean is None:
+            mean = expected_mean(gm, nodes[sink.space[0]], sink.space[1])
+        if mean is None or len(mean) != w.shape[1] or not np.isfinite(mean[idx]).all():
+            return 0
+        offset = mean[idx]
+        moment = moments.get(edge_of(sink))
+        if moment is not None and moment.shape == (len(mean), len(mean)):
+            offset = self._reconstruct(m, gone, removed, mean, moment)
+        with torch.no_grad():
+            delta = w[:, torch.as_tensor(idx)].double() @ torch.as_tensor(offset)
+            _apply(gm, graph, nodes[sink.node], m, delta.to(w.dtype))
+        return len(idx)
 
     @staticmethod
     def _reconstruct(
-        m: nn.Module, removed: np.ndarray, mean: np.ndarray, moment: np.ndarray
+        m: nn.Module, gone: np.ndarray, removed: np.ndarray, mean: np.ndarray, moment: np.ndarray
     ) -> np.ndarray:
-        """Regress the removed inputs on the kept ones, ``x_R ~ A x_K + c`` (ridge, from the
-        measured first and second moments), and fold ``W_R A`` into the kept weights; returns
-        ``c``, the offset left for the bias. With ``A = 0`` this is plain mean compensation."""
-        keep, gone = np.nonzero(~removed)[0], np.nonzero(removed)[0]
+        """Regress the ``gone`` inputs on the kept ones (not ``removed``), ``x_R ~ A x_K + c``
+        (ridge, from the measured first and second moments), and fold ``W_R A`` into the kept
+        weights; returns ``c``, the offset left for the bias. With ``A = 0`` this is plain mean
+        compensation."""
+        keep, drop = np.nonzero(~removed)[0], np.nonzero(gone)[0]
         cov = moment - np.outer(mean, mean)
-        kk, rk = cov[np.ix_(keep, keep)], cov[np.ix_(gone, keep)]
+        kk, rk = cov[np.ix_(keep, keep)], cov[np.ix_(drop, keep)]
         ridge = 1e-3 * max(float(np.trace(kk)) / max(len(keep), 1), 1e-12)
         a = np.linalg.solve(kk + ridge * np.eye(len(keep)), rk.T).T  # [R, K]
         if not np.isfinite(a).all():
-            return mean[gone]
+            return mean[drop]
         with torch.no_grad():
             w = m.weight
             ta = torch.as_tensor(a, dtype=torch.float64, device=w.device)
-            w_r = w[:, torch.as_tensor(gone)].double()
+            w_r = w[:, torch.as_tensor(drop)].double()
             add = torch.einsum("or...,rk->ok...", w_r, ta)
             w[:, torch.as_tensor(keep)] += add.to(w.dtype)
-        return mean[gone] - a @ mean[keep]
+        return mean[drop] - a @ mean[keep]
 
-    def _apply(
-        self, gm: fx.GraphModule, consumer: fx.Node, m: nn.Module, delta: torch.Tensor
-    ) -> None:
-        users = list(consumer.users)
-        bn = _module(gm, users[0]) if len(users) == 1 else None
-        out = consumer.meta.get("tensor_meta")
-        channel_dim_1 = (
-            isinstance(m, nn.modules.conv._ConvNd) or len(getattr(out, "shape", ())) == 2
-        )
-        if (
-            isinstance(bn, nn.modules.batchnorm._BatchNorm)
-            and bn.running_mean is not None
-            and channel_dim_1
-            and self.plan.graph.calls[str(users[0].target)] == 1
-            and users[0].args[0] is consumer
-        ):
-            bn.running_mean.sub_(delta.to(bn.running_mean))
-            return
-        add_bias(m, delta)
+
+def _apply(
+    gm: fx.GraphModule, graph: ChannelGraph, consumer: fx.Node, m: nn.Module, delta: torch.Tensor
+) -> None:
+    """Add ``delta`` to what ``consumer`` (module ``m``) outputs: into a batch norm that is
+    its only user, as ``running_mean -= delta``, else into its bias."""
+    users = list(consumer.users)
+    bn = _module(gm, users[0]) if len(users) == 1 else None
+    out = consumer.meta.get("tensor_meta")
+    channel_dim_1 = isinstance(m, nn.modules.conv._ConvNd) or len(getattr(out, "shape", ())) == 2
+    if (
+        isinstance(bn, nn.modules.batchnorm._BatchNorm)
+        and bn.running_mean is not None
+        and channel_dim_1
+        and graph.calls[str(users[0].target)] == 1
+        and users[0].args[0] is consumer
+    ):
+        bn.running_mean.sub_(delta.to(bn.running_mean))
+        return
+    add_bias(m, delta)
 
 
 def _shared(gm: fx.GraphModule, owner: nn.Module, tensor: torch.Tensor | None) -> bool:
@@ -275,7 +288,7 @@ def recalibrate_norms(model: nn.Module, batches: Iterable[Any]) -> int:
     ``(input, target)``: a cumulative average over one pass (momentum ``None``), without
     gradients. Every other module stays in its mode; the norms get theirs back. Returns the
     number of norms re-estimated."""
-    from surgeon.cost import as_args
+    from surgeon.trace import as_args
 
     norms = [
         m

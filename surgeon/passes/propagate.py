@@ -7,13 +7,13 @@ from collections.abc import Iterable
 import numpy as np
 import torch.fx as fx
 
-from surgeon.passes.base import Pass, PassResult, PrunePlan
+from surgeon.passes.base import PassResult, SurgeryPass
 from surgeon.passes.prune import protected_classes
 
 __all__ = ["PropagatePass"]
 
 
-class PropagatePass(Pass):
+class PropagatePass(SurgeryPass):
     """Marks as removed every channel class whose removal leaves the function unchanged.
 
     A class is dead when, at every place its values leave the class (its *sinks*):
@@ -30,25 +30,26 @@ class PropagatePass(Pass):
     at least one channel; classes of ignored modules stay.
     """
 
-    name = "PropagatePass"
-
-    def __init__(self, plan: PrunePlan, ignore: Iterable[str] = (), max_rounds: int = 8) -> None:
-        self.plan = plan
+    def __init__(self, ignore: Iterable[str] = (), max_rounds: int = 8) -> None:
         self.ignore = tuple(ignore)
         self.max_rounds = max_rounds
 
     def call(self, gm: fx.GraphModule) -> PassResult:
-        if self.plan.applied:
+        state = self.state(gm)
+        if state.applied:
             return PassResult(gm, False, {"dead_classes": 0, "folds": 0})
-        graph = self.plan.graph
+        graph = state.graph
+        removed = {k: v.copy() for k, v in state.removed.items()}
+        dead = {k: v.copy() for k, v in state.dead.items()}
+        current = state.replace(removed=removed)  # sees the masks below as they grow
         groups = graph.prunable_groups()
         protect = {g.index: protected_classes(g, self.ignore) for g in groups}
         dead_total = folds = 0
         for _ in range(self.max_rounds):
-            consts = graph.constants(self.plan.forced_zero())
+            consts = graph.constants(current.forced_zero())
             new_any = False
             for g in groups:
-                mask = self.plan.removed[g.index]
+                mask = removed[g.index]
                 live = protect[g.index].copy()
                 fold_sites = []
                 for sink in g.sinks:
@@ -63,7 +64,7 @@ class PropagatePass(Pass):
                     if sink.kind == "contract" and sink.ignores is not None:
                         alive = None
                         if sink.out_space is not None:
-                            out_mask = self.plan.space_mask(sink.out_space)
+                            out_mask = current.space_mask(sink.out_space)
                             alive = None if out_mask is None else ~out_mask
                         zero = zero | sink.ignores(alive)
                     foldable = (
@@ -92,9 +93,10 @@ class PropagatePass(Pass):
                         sink.fold(idx, v[idx])
                         folds += len(idx)
                 mask |= new_dead
-                self.plan.dead[g.index] |= new_dead
+                dead[g.index] |= new_dead
                 dead_total += int(new_dead.sum())
                 new_any = True
             if not new_any:
                 break
+        self.store(gm, state.replace(removed=removed, dead=dead))
         return PassResult(gm, dead_total > 0, {"dead_classes": dead_total, "folds": folds})

@@ -9,8 +9,9 @@ import numpy as np
 import torch.fx as fx
 
 from surgeon.graph import Group
-from surgeon.importance import DataStats, class_scores
-from surgeon.passes.base import Pass, PassResult, PrunePlan
+from surgeon.importance import class_scores
+from surgeon.options import SlimOptions
+from surgeon.passes.base import PassResult, SurgeryPass
 
 __all__ = ["ChannelPrunePass", "protected_classes"]
 
@@ -36,7 +37,7 @@ def _keep_one_per_space(group: Group, mask: np.ndarray, score: np.ndarray) -> No
             mask[cls[np.argmax(score[cls])]] = False
 
 
-class ChannelPrunePass(Pass):
+class ChannelPrunePass(SurgeryPass):
     """Marks the least important channel classes of every prunable group as removed.
 
     Cases:
@@ -44,36 +45,20 @@ class ChannelPrunePass(Pass):
        kept count is rounded up to a multiple of it.
     2. ``scope="global"``: scores are divided by their group's mean and one threshold removes
        ``ratio`` of all classes, no group losing more than ``max_group_ratio`` of its own.
-    3. At least one class is kept per group and per space; classes of ignored modules stay.
-    4. ``original`` (group index -> class count of the model before earlier prune steps) makes
-       ``ratio`` cumulative: the group ends with what ``ratio`` of its original count leaves
-       (an iterative schedule's later steps remove only the difference).
+    3. At least one class is kept per group and per space; classes of ignored modules
+       (``options.ignore``, as qualified names) stay.
+    4. ``state.original`` (group index -> class count of the model before earlier prune steps)
+       makes ``ratio`` cumulative: the group ends with what ``ratio`` of its original count
+       leaves (an iterative schedule's later steps remove only the difference).
+    The scores come from ``options.importance``, with ``state.stats`` for the data criteria.
     """
 
-    name = "ChannelPrunePass"
-
-    def __init__(
-        self,
-        plan: PrunePlan,
-        ratio: float,
-        *,
-        importance: str = "l2",
-        scope: str = "local",
-        round_to: int | None = None,
-        ignore: Iterable[str] = (),
-        max_group_ratio: float = 0.9,
-        stats: DataStats | None = None,
-        original: dict[int, int] | None = None,
-    ) -> None:
-        self.plan = plan
-        self.stats = stats
-        self.original = original
-        self.ratio = ratio
-        self.importance = importance
-        self.scope = scope
-        self.round_to = round_to
-        self.ignore = tuple(ignore)
-        self.max_group_ratio = max_group_ratio
+    def __init__(self, options: SlimOptions) -> None:
+        self.options = options
+        self.ratio = options.ratio
+        self.round_to = options.round_to
+        self.ignore = tuple(str(i) for i in options.ignore)
+        self.max_group_ratio = options.max_group_ratio
 
     def _n_keep(self, k: int, n_remove: int) -> int:
         keep = k - n_remove
@@ -82,23 +67,25 @@ class ChannelPrunePass(Pass):
         return max(1, keep)
 
     def call(self, gm: fx.GraphModule) -> PassResult:
-        if self.plan.applied or self.ratio <= 0:
+        state = self.state(gm)
+        if state.applied or self.ratio <= 0:
             return PassResult(gm, False, {"removed_classes": 0})
-        groups = self.plan.graph.prunable_groups()
-        scores = {g.index: class_scores(gm, g, self.importance, self.stats) for g in groups}
+        groups = state.graph.prunable_groups()
+        crit = self.options.importance
+        scores = {g.index: class_scores(gm, g, crit, state.stats) for g in groups}
         protect = {g.index: protected_classes(g, self.ignore) for g in groups}
-        orig = {g.index: (self.original or {}).get(g.index, g.n_classes) for g in groups}
-        target: dict[int, int] = {}
-        if self.scope == "local":
+        orig = {g.index: (state.original or {}).get(g.index, g.n_classes) for g in groups}
+        if self.options.scope == "local":
+            target = {}
             for g in groups:
                 n = orig[g.index]
                 keep = self._n_keep(n, int(self.ratio * n + 1e-9))
                 target[g.index] = max(0, g.n_classes - keep)
         else:
             target = self._global_targets(groups, scores, protect, orig)
-        removed = 0
+        removed_masks, removed = dict(state.removed), 0
         for g in groups:
-            mask = self.plan.removed[g.index]
+            mask = removed_masks[g.index].copy()
             before = int(mask.sum())
             order = [
                 c for c in np.argsort(scores[g.index], kind="stable") if not protect[g.index][c]
@@ -112,6 +99,8 @@ class ChannelPrunePass(Pass):
                     want -= 1
             _keep_one_per_space(g, mask, scores[g.index])
             removed += int(mask.sum()) - before
+            removed_masks[g.index] = mask
+        self.store(gm, state.replace(removed=removed_masks))
         return PassResult(gm, removed > 0, {"removed_classes": removed, "groups": len(groups)})
 
     def _global_targets(

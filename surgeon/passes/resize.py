@@ -11,14 +11,15 @@ import torch.fx as fx
 import torch.nn as nn
 
 from surgeon.errors import SurgeonPassError, SurgeonTraceError
-from surgeon.passes.base import Pass, PassResult, PrunePlan
-from surgeon.spaces import Space, meta_shapes
+from surgeon.passes.base import PassResult, SurgeryPass
+from surgeon.passes.state import SurgeryState
+from surgeon.spaces import meta_shapes
 from surgeon.trace import propagate_shapes
 
 __all__ = ["ResizePass"]
 
 
-class ResizePass(Pass):
+class ResizePass(SurgeryPass):
     """Slices parameters and buffers, updates module attributes and size constants.
 
     Cases:
@@ -28,89 +29,86 @@ class ResizePass(Pass):
        ``normalized_shape``, ``in_features``, ``out_features``) and size constants in the graph
        (``view`` / ``reshape`` / ``split`` arguments) take the new sizes through the rules'
        resize hooks;
-    3. then ``graph.lint()``, ``recompile()``, and shape propagation on the example inputs:
-       every space must have exactly its kept size, else the pass fails naming the node.
+    3. then ``graph.lint()``, ``recompile()``, and shape propagation on the example inputs.
+    ``ensures``: every space has exactly its kept size, else the pass fails naming the node.
+    The state records what each sliced tensor kept (``kept``, for rewinding) and the slim
+    model's output on the example inputs (``output``), and becomes ``applied``.
     """
 
-    name = "ResizePass"
-
-    def __init__(self, plan: PrunePlan, example_inputs: Any) -> None:
-        self.plan = plan
-        self.example_inputs = example_inputs
-        self.output: Any = None
-        # parameter / buffer name -> {dim: the original indices it kept}, for rewinding
-        self.kept: dict[str, dict[int, np.ndarray]] = {}
-
-    def new_size(self, space: Space) -> int:
-        mask = self.plan.space_mask(space)
-        return self.plan.graph.sizes[space] if mask is None else int((~mask).sum())
-
     def call(self, gm: fx.GraphModule) -> PassResult:
-        if self.plan.applied or self.plan.n_removed() == 0:
-            self.plan.applied = True
+        state = self.state(gm)
+        if state.applied:
             return PassResult(gm, False, {"params_removed": 0})
-        graph = self.plan.graph
+        if state.n_removed() == 0:
+            self.store(gm, state.replace(applied=True))
+            return PassResult(gm, False, {"params_removed": 0})
         before = sum(p.numel() for p in gm.parameters())
-        cuts: dict[tuple[str, str], dict[int, np.ndarray]] = defaultdict(dict)
-        for gi, mask in self.plan.removed.items():
-            if not mask.any():
-                continue
-            group = graph.groups[gi]
-            for sl in group.params:
-                gone = mask[group.class_of[sl.space]]
-                tidx = sl.tensor_index(len(gone))
-                kept, dropped = np.unique(tidx[~gone]), np.unique(tidx[gone])
-                if np.intersect1d(kept, dropped).size:
-                    raise SurgeonPassError(
-                        f"{sl.owner}.{sl.name} dim {sl.dim}: channels that share a tensor index are "
-                        "split between kept and removed classes (a rule couples them wrongly)"
-                    )
-                if not dropped.size:
-                    continue
-                key = (sl.owner, sl.name)
-                prev = cuts[key].get(sl.dim)
-                if prev is not None and not np.array_equal(prev, kept):
-                    raise SurgeonPassError(
-                        f"{sl.owner}.{sl.name} dim {sl.dim} is sliced two different ways by two spaces"
-                    )
-                cuts[key][sl.dim] = kept
+        cuts = _cuts(state)
         made: dict[int, tuple[Any, dict[int, np.ndarray]]] = {}  # a tied tensor is cut once
+        kept = {}
         for (owner, name), dims in cuts.items():
             _slice_tensor(gm.get_submodule(owner), name, dims, made)
-            self.kept[f"{owner}.{name}" if owner else name] = dims
-        for rec in graph.records.values():
+            kept[f"{owner}.{name}" if owner else name] = dims
+        for rec in state.graph.records.values():
             for fn in rec.resize_fns:
-                fn(self.new_size)
+                fn(state.new_size)
         gm.graph.lint()
         gm.recompile()
         try:
-            self.output = propagate_shapes(gm, self.example_inputs)
+            output = propagate_shapes(gm, state.inputs)
         except SurgeonTraceError as exc:
             raise SurgeonPassError(
                 f"the resized model no longer runs: {exc.__cause__ or exc}; a rule sized something "
                 "wrongly — put the module involved in ignore=(...) and report the model"
             ) from exc
-        self._check_shapes(gm)
-        self.plan.applied = True
+        self.store(gm, state.replace(applied=True, kept=kept, output=output))
         after = sum(p.numel() for p in gm.parameters())
         return PassResult(gm, True, {"params_removed": before - after, "tensors_sliced": len(cuts)})
 
-    def _check_shapes(self, gm: fx.GraphModule) -> None:
-        graph = self.plan.graph
+    def ensures(self, gm: fx.GraphModule) -> None:
+        state = self.state(gm)
         for node in gm.graph.nodes:
             if node.op == "output":
                 continue
             for name, shape in meta_shapes(node):
-                old = graph.shapes.get(name)
+                old = state.graph.shapes.get(name)
                 if old is None:
                     continue
-                want = tuple(self.new_size((name, d)) for d in range(len(old)))
+                want = tuple(state.new_size((name, d)) for d in range(len(old)))
                 if tuple(shape) != want:
                     raise SurgeonPassError(
                         f"after resizing, node '{name}' has shape {tuple(shape)} where {want} was expected "
                         f"(was {old}); its rule or a consumer's rule is wrong — put the module in "
                         "ignore=(...) to leave its channels alone"
                     )
+
+
+def _cuts(state: SurgeryState) -> dict[tuple[str, str], dict[int, np.ndarray]]:
+    """(owner, tensor name) -> {dim: the indices it keeps}, for every tensor that loses some."""
+    cuts: dict[tuple[str, str], dict[int, np.ndarray]] = defaultdict(dict)
+    for gi, mask in state.removed.items():
+        if not mask.any():
+            continue
+        group = state.graph.groups[gi]
+        for sl in group.params:
+            gone = mask[group.class_of[sl.space]]
+            tidx = sl.tensor_index(len(gone))
+            kept, dropped = np.unique(tidx[~gone]), np.unique(tidx[gone])
+            if np.intersect1d(kept, dropped).size:
+                raise SurgeonPassError(
+                    f"{sl.owner}.{sl.name} dim {sl.dim}: channels that share a tensor index are "
+                    "split between kept and removed classes (a rule couples them wrongly)"
+                )
+            if not dropped.size:
+                continue
+            key = (sl.owner, sl.name)
+            prev = cuts[key].get(sl.dim)
+            if prev is not None and not np.array_equal(prev, kept):
+                raise SurgeonPassError(
+                    f"{sl.owner}.{sl.name} dim {sl.dim} is sliced two different ways by two spaces"
+                )
+            cuts[key][sl.dim] = kept
+    return cuts
 
 
 def _slice_tensor(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -115,25 +116,31 @@ def _broadcast_binary(ctx: RuleContext, op: str) -> None:
     def transfer(c):
         res = {}
         for d, items in aligned.items():
-            vals = []
-            for kind, val in items:
-                if kind == "space":
-                    vals.append(c(val))
-                elif kind == "scalar" and val is not None:
-                    vals.append(np.full(ys[d], val))
-                else:
-                    vals.append(_nan(ys[d]))
-            x, y = vals
-            with np.errstate(all="ignore"):
-                if op == "add":
-                    r = x + alpha * y
-                elif op == "sub":
-                    r = x - alpha * y
-                elif op == "mul":
-                    r = np.where((x == 0) | (y == 0), 0.0, x * y)
-                else:
-                    r = np.where((x == 0) & ~np.isnan(y) & (y != 0), 0.0, x / y)
-            res[(out, d)] = np.where(np.isfinite(r), r, NAN)
+            x, y = (_operand_constant(c, kind, val, ys[d]) for kind, val in items)
+            res[(out, d)] = _combine(op, x, y, alpha)
         return res
 
     ctx.transfer(transfer)
+
+
+def _operand_constant(c: Callable, kind: str, val: Any, n: int) -> np.ndarray:
+    """The per-index constants of one operand along an output dim (NaN: not constant)."""
+    if kind == "space":
+        return c(val)
+    if kind == "scalar" and val is not None:
+        return np.full(n, val)
+    return _nan(n)
+
+
+def _combine(op: str, x: np.ndarray, y: np.ndarray, alpha: float) -> np.ndarray:
+    """``x (op) y`` on constants; a zero times anything (or divided) stays zero."""
+    with np.errstate(all="ignore"):
+        if op == "add":
+            r = x + alpha * y
+        elif op == "sub":
+            r = x - alpha * y
+        elif op == "mul":
+            r = np.where((x == 0) | (y == 0), 0.0, x * y)
+        else:
+            r = np.where((x == 0) & ~np.isnan(y) & (y != 0), 0.0, x / y)
+    return np.where(np.isfinite(r), r, NAN)

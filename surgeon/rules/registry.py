@@ -13,14 +13,15 @@ every list of that kind is written once, beside its rule:
 - ``"weighted"``: a module whose ``weight`` is a dense Conv / Linear kernel (unstructured
   level pruning zeroes it; the metrics discount its zeros).
 
-Strict mode (:func:`strict`, on for the test suite) turns a rule that raises into an error
-instead of blocking its dims, so a broken rule fails its test rather than showing up only as
-lost compression.
+Strict mode (:func:`strict`, or ``SURGEON_STRICT_RULES=1`` in the environment; on for the
+test suite) turns a rule that raises into an error instead of blocking its dims, so a broken
+rule fails its test rather than showing up only as lost compression.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -45,7 +46,7 @@ _MODULES: dict[type, Rule] = {}
 _FUNCTIONS: dict[Any, Rule] = {}
 _METHODS: dict[str, Rule] = {}
 _TRAITS: dict[Any, frozenset[str]] = {}
-_STRICT = {"on": False}
+_STRICT = {"on": os.environ.get("SURGEON_STRICT_RULES") == "1"}
 
 
 def register(*keys: Any, traits: Iterable[str] = ()) -> Callable[[Rule], Rule]:

@@ -1,0 +1,89 @@
+"""The rule registry: one decorator for modules, functions and methods; traits; strict mode."""
+
+from __future__ import annotations
+
+import operator
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import surgeon
+from surgeon import rules
+from surgeon.errors import SurgeonRuleError
+from surgeon.rules import registry
+
+
+def test_register_tells_modules_functions_and_methods_apart():
+    assert registry._MODULES[nn.Conv2d] is rules.conv.conv_rule
+    assert registry._FUNCTIONS[torch.cat] is rules.index.cat_rule
+    assert registry._METHODS["view"] is rules.shape.view_method_rule
+    assert registry._FUNCTIONS[operator.getitem] is rules.index.getitem_rule
+
+
+def test_traits_say_what_an_op_means_in_one_place():
+    assert set(rules.modules_with("weighted")) == {
+        nn.Conv1d,
+        nn.Conv2d,
+        nn.Conv3d,
+        nn.ConvTranspose1d,
+        nn.ConvTranspose2d,
+        nn.ConvTranspose3d,
+        nn.Linear,
+    }
+    from surgeon.cost import PRUNABLE_TYPES
+
+    assert set(PRUNABLE_TYPES) == set(rules.modules_with("weighted"))
+    assert {nn.Dropout, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Identity} <= set(
+        rules.modules_with("mean_keeping")
+    )
+    assert nn.MaxPool2d not in rules.modules_with("mean_keeping")
+    assert nn.ReLU in rules.modules_with("elementwise")
+    assert nn.Flatten in rules.modules_with("flatten")
+
+
+class Scaled(nn.Module):
+    """conv -> a custom op (``torch.erf``, whose rule we break) -> conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 1)
+        self.b = nn.Conv2d(8, 8, 1)
+        self.c = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.c(torch.erf(self.b(self.a(x))))
+
+
+@pytest.fixture
+def broken_erf(monkeypatch):
+    def broken(ctx):
+        raise ZeroDivisionError("deliberately broken rule")
+
+    monkeypatch.setitem(registry._FUNCTIONS, torch.erf, broken)
+
+
+def test_strict_mode_fails_on_a_broken_rule(broken_erf):
+    x = torch.randn(1, 3, 8, 8)
+    assert registry.is_strict()  # the suite runs strict (tests/conftest.py)
+    with pytest.raises(SurgeonRuleError, match=r"rule for .*erf.* failed: ZeroDivisionError"):
+        surgeon.slim(Scaled().eval(), 0.5, x)
+
+
+def test_normal_mode_blocks_the_broken_ops_dims_and_slims_the_rest(broken_erf, caplog):
+    model, x = Scaled().eval(), torch.randn(1, 3, 8, 8)
+    with rules.strict(False):
+        graph = surgeon.analyze(model, x)
+        slim = surgeon.slim(model, 0.5, x)
+    reasons = [r for g in graph.groups for r in g.reasons]
+    assert any("failed: ZeroDivisionError: deliberately broken rule" in r for r in reasons)
+    assert "deliberately broken rule" in caplog.text
+    # the group around erf (b's output) keeps its 8 channels, a's output still prunes
+    assert slim.b.out_channels == 8 and slim.c.in_channels == 8
+    assert slim.a.out_channels == 4
+    torch.testing.assert_close(slim(x).shape, model(x).shape)
+
+
+def test_functional_forms_register_beside_their_modules():
+    assert registry._FUNCTIONS[F.relu] is registry._FUNCTIONS[torch.relu]
