@@ -1,12 +1,56 @@
-"""Shared test helpers: hand-zeroing channels and counting parameters from module widths."""
+"""Shared test helpers: the exactness harness (hand-zeroed channels -> ``slim(0)`` -> the same
+outputs), the ratio-0.5 harness (slim, train, export with onnxruntime parity), hand-zeroing
+channels and counting parameters from module widths."""
 
 from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
 
+import surgeon
+from surgeon.cost import count_params
 from surgeon.graph import ChannelGraph
+
+
+def assert_exact_at_zero(model: nn.Module, x: Any, *, tol: float = 1e-5) -> nn.Module:
+    """The exactness harness: zero about a third of every prunable group's channels by hand
+    (:func:`zero_thirds`), then ``slim(model, 0.0, x)`` must compute the same outputs (to
+    ``tol`` of their scale) with fewer parameters. ``model`` is not changed; returns the slim
+    model."""
+    graph = surgeon.analyze(model, x)
+    assert graph.prunable_groups(), "nothing to prune: the harness would prove nothing"
+    zeroed = copy.deepcopy(model)
+    zero_thirds(zeroed, graph)
+    args = x if isinstance(x, tuple) else (x,)
+    with torch.no_grad():
+        want = zeroed(*args)
+    slim = surgeon.slim(zeroed, 0.0, x)
+    with torch.no_grad():
+        assert_same(slim(*args), want, tol)
+    assert count_params(slim) < count_params(model)
+    return slim
+
+
+def assert_slims_at_half(model: nn.Module, x: Any, tmp_path: Path) -> nn.Module:
+    """The ratio-0.5 harness: the slim model keeps the output shape, trains (backward reaches
+    every parameter), has fewer parameters, and exports to ONNX with onnxruntime parity
+    (``surgeon.export`` checks it and raises otherwise). Returns the slim model."""
+    args = x if isinstance(x, tuple) else (x,)
+    slim = surgeon.slim(model, 0.5, x)
+    with torch.no_grad():
+        ref = model(*args)
+    out = slim(*args)
+    assert out.shape == ref.shape
+    out.float().pow(2).mean().backward()
+    assert all(p.grad is not None for p in slim.parameters() if p.requires_grad)
+    assert count_params(slim) < count_params(model)
+    surgeon.export(slim.eval(), x, tmp_path / "slim.onnx")
+    return slim
 
 
 def assert_same(got: torch.Tensor, want: torch.Tensor, tol: float = 1e-5) -> None:
