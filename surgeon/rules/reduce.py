@@ -45,6 +45,18 @@ def _softmax(ctx: RuleContext, x: fx.Node, dim: Any) -> None:
     ctx.sink((x.name, _dim(dim, len(xs))), "stat")
 
 
+@register(F.normalize)
+def normalize_rule(ctx: RuleContext) -> None:
+    """F.normalize(x, p, dim): every dim identity; the normalised dim is a sum sink (a zero
+    channel adds nothing to the norm, so removing it is exact; any other removal is not)."""
+    x, dim = ctx.arg(0, "input"), ctx.arg(2, "dim", 1)
+    xs = ctx.shape(x)
+    if not isinstance(dim, int) or isinstance(ctx.arg(1, "p", 2.0), fx.Node) or xs is None:
+        return block_all(ctx, f"{ctx.describe_name()} with a traced p or dim")
+    _same_shape_unary(ctx, x, None)  # identity on every dim; zeros stay zero
+    ctx.sink((x.name, _dim(dim, len(xs))), "sum")
+
+
 _POOL_MODULES = {
     nn.MaxPool1d: (1, "max"),
     nn.MaxPool2d: (2, "max"),
