@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "slim": "surgeon.api",
     "analyze": "surgeon.api",
+    "SlimOptions": "surgeon.options",
     "count_macs": "surgeon.cost",
     "count_params": "surgeon.cost",
     "metrics": "surgeon.cost",
@@ -46,6 +47,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from surgeon.benchmark import bench
     from surgeon.cost import count_macs, count_params, level_prune, metrics
     from surgeon.exporter import export
+    from surgeon.options import SlimOptions
     from surgeon.persist import load, save
     from surgeon.schedule import agp_ratio, distill_loss, prune_iteratively
 
