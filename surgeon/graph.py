@@ -8,6 +8,7 @@ form *channel classes*, computed by a vectorised union over (space, index).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import operator
 from collections import Counter, defaultdict
@@ -93,8 +94,11 @@ class ChannelGraph:
         params: dict[Space, list[ParamSlice]] = defaultdict(list)
         sinks: dict[Space, list[Sink]] = defaultdict(list)
         tags: dict[Space, set[str]] = defaultdict(set)
+        roles = {space: role for rec in records.values() for space, role in rec.roles}
         for rec in records.values():
             for p in rec.params:
+                if p.role in ("param", "buffer") and p.space in roles:
+                    p = dataclasses.replace(p, role=roles[p.space])
                 params[p.space].append(p)
             for s in rec.sinks:
                 sinks[s.space].append(s)

@@ -125,6 +125,7 @@ class NodeRecord:
     described: set[Space] = field(default_factory=set)
     tags: list[tuple[Space, str]] = field(default_factory=list)
     factors: list[FactorSite] = field(default_factory=list)
+    roles: list[tuple[Space, str]] = field(default_factory=list)
 
 
 def meta_shapes(node: fx.Node) -> list[tuple[str, tuple[int, ...]]]:
@@ -225,6 +226,12 @@ class RuleContext:
         role: str = "producer",
     ) -> None:
         self.record.params.append(ParamSlice(owner, name, dim, space, index, role))
+
+    def role(self, space: Space, role: str) -> None:
+        """The parameter read at ``space`` (a ``get_attr`` dim) plays ``role`` here: a
+        functional form says what its tensors are (``F.conv2d``'s weight is a producer along
+        dim 0, ``F.batch_norm``'s weight a norm), as a module rule does with :meth:`param`."""
+        self.record.roles.append((space, role))
 
     def sink(self, space: Space, kind: str, ignores=None, fold=None, out_space=None) -> None:  # noqa: ANN001
         owner = str(self.node.target) if self.node.op == "call_module" else None

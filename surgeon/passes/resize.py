@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from surgeon.errors import SurgeonPassError, SurgeonTraceError
 from surgeon.passes.base import PassResult, SurgeryPass
-from surgeon.passes.state import SurgeryState
+from surgeon.passes.state import Sizes, SurgeryState
 from surgeon.spaces import meta_shapes
 from surgeon.trace import propagate_shapes
 
@@ -49,9 +49,10 @@ class ResizePass(SurgeryPass):
         for (owner, name), dims in cuts.items():
             _slice_tensor(gm.get_submodule(owner), name, dims, made)
             kept[f"{owner}.{name}" if owner else name] = dims
+        sizes = Sizes(state)
         for rec in state.graph.records.values():
             for fn in rec.resize_fns:
-                fn(state.new_size)
+                fn(sizes)
         gm.graph.lint()
         gm.recompile()
         try:

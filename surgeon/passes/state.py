@@ -19,7 +19,7 @@ from surgeon.errors import SurgeonPassError
 from surgeon.graph import ChannelGraph
 from surgeon.importance import DataStats
 
-__all__ = ["STATE_KEY", "SurgeryState", "begin", "state_of"]
+__all__ = ["STATE_KEY", "SurgeryState", "Sizes", "begin", "state_of"]
 
 STATE_KEY = "surgeon.state"
 
@@ -120,6 +120,22 @@ class SurgeryState:
         for key, classes in record.get("removed", {}).items():
             removed[int(key)][np.asarray(classes, dtype=int)] = True
         return self.replace(removed=removed, compensated=_copy(removed))
+
+
+class Sizes:
+    """What a rule's resize hook is handed: ``sizes(space)`` is the size ``space`` has once
+    the removed classes are gone, ``sizes.kept(space)`` the mask of its original indices that
+    stay (a slice's bounds move by what goes before them)."""
+
+    def __init__(self, state: SurgeryState) -> None:
+        self._state = state
+
+    def __call__(self, space: Any) -> int:
+        return self._state.new_size(space)
+
+    def kept(self, space: Any) -> np.ndarray:
+        mask = self._state.space_mask(space)
+        return np.ones(self._state.graph.sizes[space], dtype=bool) if mask is None else ~mask
 
 
 def begin(gm: fx.GraphModule, graph: ChannelGraph, inputs: Any, **extra: Any) -> SurgeryState:

@@ -13,6 +13,7 @@ and one module per op family:
 ``reduce``     pooling, resampling, mean / sum / amax, softmax
 ``shape``      view / reshape / flatten, permute, expand, size reads
 ``index``      cat, split / chunk, getitem, unbind
+``library``    model libraries' wrapped functions (torchvision's stochastic depth)
 ============== ==================================================================
 
 A rule gets a :class:`~surgeon.spaces.RuleContext` and records couplings (index maps
@@ -29,6 +30,7 @@ from surgeon.rules import (  # noqa: F401  (importing a family registers its rul
     conv,
     elementwise,
     index,
+    library,
     linear,
     norm,
     params,

@@ -161,3 +161,54 @@ def _shape_args(node: fx.Node, start: int) -> tuple[list[Any], bool]:
     if len(args) == 1 and isinstance(args[0], (tuple, list)):
         return list(args[0]), True
     return args, False
+
+
+class FunctionalWeights:
+    """The tensors of a functional call (``F.conv2d(x, w, b)``, ``F.batch_norm(x, mean, var,
+    w, b)``, ...) seen as a module's would be: ``view.weight`` is read through its ``get_attr``
+    node when used (ResizePass replaces the tensors), ``None`` when absent. ``known`` is False
+    when one of them is computed in the graph (a standardised weight): nothing is known of its
+    values then, so no constant is derived and nothing is folded into it."""
+
+    def __init__(self, gm: nn.Module, weight: Any = None, bias: Any = None, **more: Any) -> None:
+        tensors = {"weight": weight, "bias": bias}
+        attrs = {k: v for k, v in more.items() if not isinstance(v, fx.Node) and v is not None}
+        tensors.update({k: v for k, v in more.items() if k not in attrs})
+        self._gm = gm
+        self.tensors = tensors
+        self.nodes = (weight, bias)
+        self.known = all(v is None or _attr_target(v) is not None for v in tensors.values())
+        self.writable = False  # a fold would need a bias the graph reads: never created
+        for k, v in attrs.items():
+            setattr(self, k, v)
+
+    def __getattr__(self, name: str) -> Any:
+        tensors = self.__dict__.get("tensors", {})
+        if name not in tensors:
+            raise AttributeError(name)
+        target = _attr_target(tensors[name])
+        return None if target is None else attr_tensor(self._gm, target)
+
+
+def _attr_target(node: Any) -> str | None:
+    if isinstance(node, fx.Node) and node.op == "get_attr":
+        return str(node.target)
+    return None
+
+
+def attr_tensor(gm: nn.Module, target: str) -> torch.Tensor:
+    """The tensor ``gm.<target>`` (a dotted path)."""
+    obj: Any = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def set_arg(node: fx.Node, index: int, name: str, value: Any) -> None:
+    """Set argument ``index`` (keyword ``name``) of ``node``, wherever it was passed."""
+    if len(node.args) > index:
+        args = list(node.args)
+        args[index] = value
+        node.args = tuple(args)
+    else:
+        node.kwargs = {**node.kwargs, name: value}

@@ -71,6 +71,21 @@ def prelu_rule(ctx: RuleContext) -> None:
         ctx.on_resize(resize)
 
 
+@register(F.prelu, torch.prelu)
+def prelu_function_rule(ctx: RuleContext) -> None:
+    """``F.prelu(x, weight)``: a per-channel slope (or one shared slope) from the graph."""
+    x, w = ctx.arg(0, "input"), ctx.arg(1, "weight")
+    ws = ctx.shape(w)
+    if ws is None or len(ws) != 1:
+        return block_all(ctx, f"{ctx.describe_name()} with a non-tensor weight")
+    _same_shape_unary(ctx, x, None)
+    if ws[0] > 1:
+        ctx.identity((w.name, 0), (ctx.out, 1))
+        ctx.role((w.name, 0), "norm")
+    else:
+        ctx.block((w.name, 0), "one slope shared by every channel")
+
+
 _UNARY_FUNCTIONS = (
     F.relu,
     F.relu6,

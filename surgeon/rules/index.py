@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,7 @@ from surgeon.rules.base import (
     _dim,
     block_all,
     output_spaces,
+    set_arg,
 )
 from surgeon.rules.registry import register
 from surgeon.spaces import RuleContext
@@ -172,6 +174,10 @@ def _pieces(ctx: RuleContext, node: fx.Node) -> list[str]:
 
 
 def _tensor_index(ctx: RuleContext, x: fx.Node, idx: Any) -> None:
+    """``x[...]`` with ints, None, Ellipsis and slices: ``:`` is identity; a slice with literal
+    bounds and step 1 is an offset coupling (output index k is input index start + k; the
+    input's other indices are read by nothing here), its bounds rewritten on resize by what
+    goes before and inside them; an int index fixes its dim."""
     xs, ys = ctx.shape(x), ctx.out_shape
     items = list(idx) if isinstance(idx, tuple) else [idx]
     if any(isinstance(i, (fx.Node, list, torch.Tensor, bool)) for i in items) or ys is None:
@@ -185,26 +191,100 @@ def _tensor_index(ctx: RuleContext, x: fx.Node, idx: Any) -> None:
     items += [slice(None)] * (len(xs) - sum(1 for i in items if i is not None))
     i = j = 0
     out = ctx.out
-    pairs = []
-    for it in items:
+    pairs, sliced = [], []
+    for pos, it in enumerate(items):
         if it is None:
             ctx.block((out, j), "new axis from indexing")
             j += 1
-        elif isinstance(it, int):
+            continue
+        if isinstance(it, int):
             ctx.block((x.name, i), "dim selected by an integer index")
             i += 1
-        elif isinstance(it, slice):
-            if it == slice(None):
-                ctx.identity((x.name, i), (out, j))
-                pairs.append((i, j))
-            else:
-                ctx.block((x.name, i), "dim sliced by indexing")
-                ctx.block((out, j), "dim sliced by indexing")
-            i += 1
-            j += 1
-        else:
+            continue
+        if not isinstance(it, slice):
             return block_all(ctx)
-    ctx.transfer(lambda c: {(out, jj): c((x.name, ii)) for ii, jj in pairs})
+        if it == slice(None):
+            ctx.identity((x.name, i), (out, j))
+            pairs.append((i, j))
+        elif _literal(it) and it.indices(xs[i])[2] == 1 and ys[j] > 0:
+            start, stop, _ = it.indices(xs[i])
+            ctx.couple((x.name, i), (out, j), np.arange(start, stop), np.arange(stop - start))
+            sliced.append((pos, i, j, start, stop))
+        else:
+            ctx.block((x.name, i), "dim sliced by indexing with a step or traced bounds")
+            ctx.block((out, j), "dim sliced by indexing with a step or traced bounds")
+        i += 1
+        j += 1
+
+    def transfer(c):
+        res = {(out, jj): c((x.name, ii)) for ii, jj in pairs}
+        res.update({(out, jj): c((x.name, ii))[a:b] for _, ii, jj, a, b in sliced})
+        return res
+
+    ctx.transfer(transfer)
+    if sliced:
+        ctx.on_resize(_rewrite_slices(ctx.node, x, items, sliced))
+
+
+def _literal(s: slice) -> bool:
+    return all(
+        v is None or (isinstance(v, int) and not isinstance(v, bool))
+        for v in (s.start, s.stop, s.step)
+    )
+
+
+def _rewrite_slices(
+    node: fx.Node, x: fx.Node, items: list[Any], sliced: list[tuple[int, int, int, int, int]]
+) -> Callable[[Any], None]:
+    def resize(sizes: Any) -> None:
+        new, changed = list(items), False
+        for pos, i, _, start, stop in sliced:
+            kept = sizes.kept((x.name, i))
+            if kept.all():
+                continue
+            a = int(kept[:start].sum())
+            new[pos] = slice(a, a + int(kept[start:stop].sum()))
+            changed = True
+        if changed:
+            node.args = (node.args[0], tuple(new))
+
+    return resize
+
+
+@register(torch.narrow, "narrow")
+def narrow_rule(ctx: RuleContext) -> None:
+    """``x.narrow(dim, start, length)``: an offset coupling along ``dim``, like ``x[..., a:b]``;
+    ``start`` and ``length`` are rewritten on resize."""
+    x, dim, start, length = (
+        ctx.arg(k, n) for k, n in enumerate(("input", "dim", "start", "length"))
+    )
+    xs = ctx.shape(x)
+    if xs is None or not all(isinstance(v, int) for v in (dim, start, length)):
+        return block_all(ctx, f"{ctx.describe_name()} with traced arguments")
+    dim, out = _dim(dim, len(xs)), ctx.out
+    start = start + xs[dim] if start < 0 else start
+    for d in range(len(xs)):
+        if d == dim:
+            idx = np.arange(start, start + length)
+            ctx.couple((x.name, d), (out, d), idx, np.arange(length))
+        else:
+            ctx.identity((x.name, d), (out, d))
+    ctx.transfer(
+        lambda c: {
+            (out, d): c((x.name, d))[start : start + length] if d == dim else c((x.name, d))
+            for d in range(len(xs))
+        }
+    )
+    node = ctx.node
+
+    def resize(sizes: Any) -> None:
+        kept = sizes.kept((x.name, dim))
+        if not kept.all():
+            a = int(kept[:start].sum())
+            set_arg(node, 2, "start", a)
+            set_arg(node, 3, "length", int(kept[start : start + length].sum()))
+
+    ctx.on_resize(resize)
 
 
 @register(torch.unbind)

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
+import torch.fx as fx
 import torch.nn as nn
+import torch.nn.functional as F
 
 from surgeon.rules.base import (
     NAN,
+    FunctionalWeights,
     _kernel_abs,
+    _nan,
     _np,
     _zero_lines,
     add_bias,
@@ -37,17 +42,32 @@ def _contraction(
     a contraction sink; an output channel is the bias (a constant) when every input it reads
     is zero or has zero weight.
     """
-    owner = str(ctx.node.target)
     ctx.produce(yc)
-    ctx.param(owner, "weight", out_dim, yc)
-    ctx.param(owner, "bias", 0, yc)  # even when None: a constant fold may create it
-    ctx.param(owner, "weight", in_dim, xin, role="consumer")
+    if isinstance(m, FunctionalWeights):
+        w, b = m.nodes
+        for d in range(2, len(ctx.shape(w))):
+            ctx.block((w.name, d), "kernel dim of a convolution")
+        for (node, d), space, role in (
+            ((w, out_dim), yc, "producer"),
+            ((w, in_dim), xin, "consumer"),
+            ((b, 0), yc, "producer"),
+        ):
+            if node is not None:
+                ctx.identity((node.name, d), space)
+                ctx.role((node.name, d), role)
+    else:
+        owner = str(ctx.node.target)
+        ctx.param(owner, "weight", out_dim, yc)
+        ctx.param(owner, "bias", 0, yc)  # even when None: a constant fold may create it
+        ctx.param(owner, "weight", in_dim, xin, role="consumer")
 
     def weights() -> np.ndarray:  # |w| as [out, in]
         w = _kernel_abs(m.weight)
         return w.T if out_dim == 1 else w
 
     def ignores(alive_rows):
+        if m.weight is None:  # a weight computed in the graph: nothing known
+            return np.zeros(ctx.shapes[xin[0]][xin[1]], dtype=bool)
         if alive_rows is None or alive_rows.all():
             return _zero_lines(m.weight, 0 if out_dim == 0 else 1)
         w = weights()
@@ -57,6 +77,8 @@ def _contraction(
 
     def transfer(c):
         xz = c(xin) == 0
+        if m.weight is None:
+            return {yc: _nan(ctx.shapes[yc[0]][yc[1]])}
         if not xz.any():
             ok = _zero_lines(m.weight, 1 if out_dim == 0 else 0)
         else:
@@ -92,29 +114,64 @@ def linear_rule(ctx: RuleContext) -> None:
     ctx.on_resize(resize)
 
 
+@register(F.linear, torch.nn.functional.linear)
+def linear_function_rule(ctx: RuleContext) -> None:
+    """``F.linear(x, weight, bias)``: the Linear rule with the weight and bias read from the
+    graph; nothing is folded into them (their values may be computed)."""
+    x, w, b = ctx.arg(0, "input"), ctx.arg(1, "weight"), ctx.arg(2, "bias")
+    xs, ws = ctx.shape(x), ctx.shape(w)
+    if xs is None or ws is None or len(ws) != 2 or (b is not None and ctx.shape(b) is None):
+        return block_all(ctx, f"{ctx.describe_name()} with a non-tensor weight")
+    out, last = ctx.out, len(xs) - 1
+    for d in range(last):
+        ctx.identity((x.name, d), (out, d))
+    view = FunctionalWeights(ctx.gm, w, b)
+    _contraction(ctx, view, (x.name, last), (out, last), in_dim=1, out_dim=0, fold=None)
+
+
 @register(nn.Embedding)
 def embedding_rule(ctx: RuleContext) -> None:
     m: nn.Embedding = ctx.module  # type: ignore[assignment]
-    x = ctx.arg(0, "input")
-    xs = ctx.shape(x)
-    out, owner = ctx.out, str(ctx.node.target)
-    for d in range(len(xs)):
-        ctx.identity((x.name, d), (out, d))
-    yc = (out, len(xs))
-    ctx.produce(yc)
-    ctx.param(owner, "weight", 1, yc)
-
-    def transfer(c):
-        w = m.weight.detach()
-        lo, hi = w.min(0).values, w.max(0).values
-        return {yc: np.where((lo == hi).numpy(), lo.double().numpy(), NAN)}
-
-    ctx.transfer(transfer)
+    yc = _embedding(ctx, ctx.arg(0, "input"), m)
+    ctx.param(str(ctx.node.target), "weight", 1, yc)
 
     def resize(size):
         m.embedding_dim = size(yc)
 
     ctx.on_resize(resize)
+
+
+@register(F.embedding)
+def embedding_function_rule(ctx: RuleContext) -> None:
+    """``F.embedding(ids, weight, ...)``: the embedding rule with the table from the graph."""
+    w = ctx.arg(1, "weight")
+    ws = ctx.shape(w)
+    if ws is None or len(ws) != 2:
+        return block_all(ctx, f"{ctx.describe_name()} with a non-tensor weight")
+    ctx.block((w.name, 0), "rows of an embedding table (indexed by the input)")
+    yc = _embedding(ctx, ctx.arg(0, "input"), FunctionalWeights(ctx.gm, w))
+    ctx.identity((w.name, 1), yc)
+    ctx.role((w.name, 1), "producer")
+
+
+def _embedding(ctx: RuleContext, x: fx.Node, m: Any) -> Space:
+    """Index dims identity; the new last dim is the table's dim 1 (returned)."""
+    xs = ctx.shape(x)
+    out = ctx.out
+    for d in range(len(xs)):
+        ctx.identity((x.name, d), (out, d))
+    yc = (out, len(xs))
+    ctx.produce(yc)
+
+    def transfer(c):
+        if m.weight is None:
+            return {yc: _nan(ctx.out_shape[-1])}
+        w = m.weight.detach()
+        lo, hi = w.min(0).values, w.max(0).values
+        return {yc: np.where((lo == hi).numpy(), lo.double().numpy(), NAN)}
+
+    ctx.transfer(transfer)
+    return yc
 
 
 @register(torch.matmul, operator.matmul, torch.bmm)

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
-import torch
 import torch.nn as nn
 
 from surgeon.rules.base import (
     NAN,
     _nan,
+    attr_tensor,
 )
 from surgeon.spaces import RuleContext
 
@@ -40,10 +38,3 @@ def get_attr_rule(ctx: RuleContext) -> None:
         return res
 
     ctx.transfer(transfer)
-
-
-def attr_tensor(gm: nn.Module, target: str) -> torch.Tensor:
-    obj: Any = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj

@@ -57,6 +57,26 @@ def normalize_rule(ctx: RuleContext) -> None:
     ctx.sink((x.name, _dim(dim, len(xs))), "sum")
 
 
+@register(F.cosine_similarity, torch.cosine_similarity)
+def cosine_similarity_rule(ctx: RuleContext) -> None:
+    """``F.cosine_similarity(a, b, dim)``: a and b are coupled dim by dim; ``dim`` is summed
+    away (a sum sink on both: a channel that is zero in a and in b changes nothing)."""
+    a, b, dim = ctx.arg(0, "x1"), ctx.arg(1, "x2"), ctx.arg(2, "dim", 1)
+    as_, bs, ys = ctx.shape(a), ctx.shape(b), ctx.out_shape
+    if as_ is None or bs is None or ys is None or as_ != bs or not isinstance(dim, int):
+        return block_all(ctx, f"{ctx.describe_name()} with broadcasting or a traced dim")
+    dim = _dim(dim, len(as_))
+    j = 0
+    for d in range(len(as_)):
+        ctx.identity((a.name, d), (b.name, d))
+        if d == dim:
+            ctx.sink((a.name, d), "sum")
+            ctx.sink((b.name, d), "sum")
+            continue
+        ctx.identity((a.name, d), (ctx.out, j))
+        j += 1
+
+
 _POOL_MODULES = {
     nn.MaxPool1d: (1, "max"),
     nn.MaxPool2d: (2, "max"),
