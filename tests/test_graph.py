@@ -1,27 +1,23 @@
-"""analyze(): groups, tags and blocked reasons, as printed."""
+"""The channel graph (surgeon/graph.py, through ``analyze()``): groups, tags and blocked
+reasons, as printed; unknown ops and size reads block their dims; no constant is trusted for a
+tensor that an op changes in place while another op reads it."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import surgeon
 from surgeon.models import create
-
-
-def _groups_with(graph, module_weight: str):
-    owner, _, dim = module_weight.rpartition(":")
-    return [
-        g
-        for g in graph.groups
-        if any(p.owner == owner and p.name == "weight" and p.dim == int(dim) for p in g.params)
-    ]
+from tests.helpers import assert_exact, constant_channels, groups_of
 
 
 def test_resnet_residual_group():
     model, x = create("resnet18", input_shape=(1, 3, 64, 64))
     graph = surgeon.analyze(model, x)
-    (g,) = _groups_with(graph, "layer1.0.conv2:0")
+    (g,) = groups_of(graph, "layer1.0.conv2")
     assert g.prunable and "residual" in g.tags
     owners = {p.owner for p in g.params if p.role == "producer"}
     assert owners == {"conv1", "layer1.0.conv2", "layer1.1.conv2"}
@@ -37,7 +33,7 @@ def test_mobilenet_depthwise_group():
     dw = [m for m, mod in model.named_modules() if isinstance(mod, nn.Conv2d) and mod.groups > 1]
     assert len(dw) == 17
     for name in dw:
-        (g,) = _groups_with(graph, f"{name}:0")
+        (g,) = groups_of(graph, name)
         assert g.prunable and "depthwise" in g.tags, name
     assert "(depthwise)" in str(graph)
 
@@ -46,7 +42,7 @@ def test_flatten_to_linear_groups():
     for name, conv, fc in (("vgg16_bn", "features.40", "classifier.0"), ("lenet5", "conv2", "fc1")):
         model, x = create(name, input_shape=(1, 3, 64, 64) if name == "vgg16_bn" else None)
         graph = surgeon.analyze(model, x)
-        (g,) = _groups_with(graph, f"{conv}:0")
+        (g,) = groups_of(graph, conv)
         assert g.prunable and "flatten" in g.tags, name
         assert any(p.owner == fc and p.dim == 1 and p.role == "consumer" for p in g.params)
         assert g.n_classes == model.get_submodule(conv).out_channels
@@ -77,11 +73,64 @@ def test_unknown_op_blocks_its_dims_and_the_model_still_slims():
     net = Unknown()
     x = torch.randn(2, 3, 8, 8)
     graph = surgeon.analyze(net, x)
-    (g2,) = _groups_with(graph, "conv2:0")
+    (g2,) = groups_of(graph, "conv2")
     assert g2.blocked and any("no rule for cumsum" in r for r in g2.reasons)
-    (g1,) = _groups_with(graph, "conv1:0")
+    (g1,) = groups_of(graph, "conv1")
     assert g1.prunable
     assert "no rule for cumsum" in str(graph)
     slim = surgeon.slim(net, 0.5, x)
     assert slim.conv1.out_channels == 4 and slim.conv2.out_channels == 8
     assert slim(x).shape == net(x).shape
+
+
+class SizeArithmetic(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 1)
+        self.fc = nn.Linear(16, 2)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.fc((y.sum(1) / y.size(1)).flatten(1))
+
+
+def test_size_used_in_arithmetic_blocks_the_dim():
+    """(A review regression: it once slimmed wrongly.)"""
+    torch.manual_seed(0)
+    net = SizeArithmetic()
+    constant_channels(net.conv, 3)
+    slim = assert_exact(net, torch.randn(2, 3, 4, 4))
+    assert slim.conv.out_channels == 8
+    assert surgeon.slim(net, 0.5, torch.randn(2, 3, 4, 4)).conv.out_channels == 8
+
+
+class InPlace(nn.Module):
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+        self.a = nn.Linear(4, 6)
+        self.f1 = nn.Linear(6, 3)
+        self.f2 = nn.Linear(6, 3)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        h = self.a(x)
+        if self.how == "relu":
+            r = F.relu(h, inplace=True)
+        elif self.how == "module":
+            r = self.act(h)
+        elif self.how == "add_":
+            r = h.add_(1)
+        else:
+            r = h
+            r += 1
+        return self.f1(r) + self.f2(h)
+
+
+@pytest.mark.parametrize("how", ["relu", "module", "add_"])
+def test_in_place_op_on_a_shared_tensor(how):
+    """(A review regression: each once slimmed wrongly.)"""
+    torch.manual_seed(0)
+    net = InPlace(how)
+    constant_channels(net.a, 2, -1.0)
+    assert_exact(net, torch.randn(5, 4))

@@ -1,0 +1,157 @@
+"""Importance criteria (surgeon/importance.py) on small models with hand-computed
+expectations: l1 / l2, bn_scale, random, and the data criteria (taylor, grad) with their
+input checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import surgeon
+from surgeon.errors import SurgeonInputError
+from surgeon.importance import class_scores, collect_stats
+from tests.helpers import MLP, convnet, mlp_data
+
+
+def _hidden_group(model: nn.Module, x: torch.Tensor):
+    graph = surgeon.analyze(model, x)
+    (group,) = [g for g in graph.prunable_groups() if g.n_classes == model.fc1.out_features]
+    return graph, group
+
+
+def test_grad_scores_equal_hand_computed_w_times_grad():
+    torch.manual_seed(0)
+    model, data = MLP(bias=False), mlp_data()
+    graph, group = _hidden_group(model, data[0][0])
+    stats = collect_stats(graph.gm, graph, data, F.cross_entropy, grads=True)
+    got = class_scores(graph.gm, group, "grad", stats)
+    model.zero_grad()
+    for x, y in data:
+        F.cross_entropy(model(x), y).backward()
+    w1, w2 = model.fc1.weight, model.fc2.weight
+    want = (w1 * w1.grad).abs().sum(1) + (w2 * w2.grad).abs().sum(0)
+    np.testing.assert_allclose(got, want.detach().double().numpy(), rtol=1e-5)
+
+
+def test_taylor_scores_equal_hand_computed_activation_times_gradient():
+    torch.manual_seed(1)
+    model, data = MLP(), mlp_data(1)
+    graph, group = _hidden_group(model, data[0][0])
+    stats = collect_stats(graph.gm, graph, data, F.cross_entropy, taylor=True)
+    got = class_scores(graph.gm, group, "taylor", stats)
+    total, count = torch.zeros(model.fc1.out_features, dtype=torch.float64), 0
+    for x, y in data:
+        h = torch.relu(model.fc1(x))
+        h.retain_grad()
+        F.cross_entropy(model.fc2(h), y).backward()
+        total += (h * h.grad).detach().abs().sum(0).double()  # per example |a * g|, summed
+        count += len(x)
+    want = (total / count).numpy()
+    np.testing.assert_allclose(got, want / np.linalg.norm(want), rtol=1e-5)
+    assert got.argmin() == want.argmin()
+
+
+def test_taylor_slim_removes_the_units_the_hand_scores_rank_lowest():
+    torch.manual_seed(2)
+    model, data = MLP(hidden=10), mlp_data(2)
+    graph, group = _hidden_group(model, data[0][0])
+    stats = collect_stats(graph.gm, graph, data, F.cross_entropy, taylor=True)
+    scores = class_scores(graph.gm, group, "taylor", stats)
+    slim = surgeon.slim(
+        model,
+        0.3,
+        data[0][0],
+        importance="taylor",
+        data=data,
+        loss_fn=F.cross_entropy,
+        compensate=False,
+    )
+    keep = np.sort(np.argsort(scores, kind="stable")[3:])
+    torch.testing.assert_close(slim.fc1.weight, model.fc1.weight[torch.as_tensor(keep)])
+
+
+def test_bn_scale_removes_the_channels_with_smallest_gamma():
+    model, x = convnet()
+    with torch.no_grad():
+        model.bn1.weight.copy_(torch.tensor([0.9, 0.05, 0.8, -0.02, 0.7, 0.6, 0.03, 0.5]))
+    slim = surgeon.slim(model, 0.375, x, importance="bn_scale")
+    torch.testing.assert_close(slim.bn1.weight, torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5]))
+
+
+def test_random_is_a_seeded_baseline_unlike_l2():
+    model, x = convnet()
+    a = surgeon.slim(model, 0.5, x, importance="random")
+    b = surgeon.slim(model, 0.5, x, importance="random")
+    c = surgeon.slim(model, 0.5, x, importance="l2")
+    torch.testing.assert_close(a.conv1.weight, b.conv1.weight)
+    assert a.conv1.weight.shape == c.conv1.weight.shape
+    assert not torch.equal(a.conv2.weight, c.conv2.weight)
+
+
+@pytest.mark.parametrize("criterion", ["l1", "l2", "bn_scale", "random", "taylor", "grad"])
+def test_every_criterion_gives_the_same_sizes_and_a_working_model(criterion):
+    model, x = convnet()
+    data = [(x, torch.tensor([0, 3]))]
+    slim = surgeon.slim(model, 0.5, x, importance=criterion, data=data, loss_fn=F.cross_entropy)
+    assert (slim.conv1.out_channels, slim.conv2.out_channels) == (4, 6)
+    assert slim(x).shape == model(x).shape
+
+
+@pytest.mark.parametrize("criterion", ["taylor", "grad"])
+def test_data_criteria_without_data_name_what_is_missing(criterion):
+    model, x = convnet()
+    with pytest.raises(SurgeonInputError, match=r"needs data= and loss_fn=.*DataLoader"):
+        surgeon.slim(model, 0.5, x, importance=criterion)
+    with pytest.raises(SurgeonInputError, match=r"needs loss_fn="):
+        surgeon.slim(model, 0.5, x, importance=criterion, data=[(x, torch.tensor([0, 1]))])
+
+
+@pytest.mark.parametrize(
+    ("data", "loss_fn", "message"),
+    [
+        (torch.zeros(2, 3), F.cross_entropy, "iterable of \\(input, target\\) batches"),
+        ([torch.zeros(2, 3, 8, 8)], F.cross_entropy, "batch 0 is a Tensor"),
+        ([], F.cross_entropy, "yielded no batches"),
+        (None, "ce", "not callable"),
+        ("x", lambda out, t: out, "iterable of"),
+    ],
+)
+def test_bad_data_or_loss_gets_a_clear_error(data, loss_fn, message):
+    model, x = convnet()
+    data = [(x, torch.tensor([0, 1]))] if data is None else data
+    with pytest.raises(SurgeonInputError, match=message):
+        surgeon.slim(model, 0.5, x, importance="taylor", data=data, loss_fn=loss_fn)
+
+
+def test_loss_that_is_not_a_scalar_is_rejected():
+    model, x = convnet()
+    with pytest.raises(SurgeonInputError, match="scalar tensor"):
+        surgeon.slim(
+            model,
+            0.5,
+            x,
+            importance="grad",
+            data=[(x, torch.tensor([0, 1]))],
+            loss_fn=lambda out, t: out,
+        )
+
+
+def test_scoring_on_data_leaves_the_model_untouched():
+    model, x = convnet()
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    surgeon.slim(
+        model,
+        0.5,
+        x,
+        importance="taylor",
+        data=[(x, torch.tensor([0, 1]))],
+        loss_fn=F.cross_entropy,
+    )
+    assert model.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert all(p.grad is None for p in model.parameters())

@@ -1,0 +1,97 @@
+"""Rules of surgeon/rules/conv.py: ungrouped, grouped and depthwise Conv1d / 2d / 3d (and the
+fold of a constant channel into an unpadded conv's bias)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import surgeon
+from tests.helpers import NetHarnesses, assert_exact, randomize_norms, seeded
+
+
+class GroupedNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 1)
+        self.grouped = nn.Conv2d(16, 16, 3, padding=1, groups=4)
+        self.dw = nn.Conv2d(16, 32, 3, padding=1, groups=16)  # depthwise, multiplier 2
+        self.bn = nn.BatchNorm2d(32)
+        self.gn = nn.GroupNorm(4, 32)
+        self.head = nn.Conv2d(32, 6, 1)
+
+    def forward(self, x):
+        y = F.relu(self.conv1(x))
+        y = F.relu6(self.grouped(y))
+        y = self.gn(F.hardswish(self.bn(self.dw(y))))
+        return self.head(y)
+
+
+class Seq1d3d(nn.Module):
+    """Conv1d / BatchNorm1d on a sequence and Conv3d / BatchNorm3d on a volume."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv1d(3, 8, 3, padding=1)
+        self.b1 = nn.BatchNorm1d(8)
+        self.c1b = nn.Conv1d(8, 8, 3, padding=1, groups=8)
+        self.c3 = nn.Conv3d(3, 6, 3, padding=1)
+        self.b3 = nn.BatchNorm3d(6)
+        self.p3 = nn.AdaptiveAvgPool3d(1)
+        self.fc_in = nn.Linear(8 + 6, 10)
+        self.bn_fc = nn.BatchNorm1d(10)
+        self.fc = nn.Linear(10, 2)
+
+    def forward(self, x):
+        seq, vol = x[:, :, :, 0, 0], x
+        a = F.avg_pool1d(self.c1b(F.elu(self.b1(self.c1(seq)))), 2).amax(-1)
+        b = torch.flatten(self.p3(F.relu(self.b3(self.c3(vol)))), 1)
+        return self.fc(F.relu(self.bn_fc(self.fc_in(torch.cat([a, b], 1)))))
+
+
+NETS = {
+    "grouped_depthwise": (GroupedNet, lambda: torch.randn(2, 3, 8, 8)),
+    "conv1d_conv3d": (Seq1d3d, lambda: torch.randn(2, 3, 4, 4, 4)),
+}
+
+
+class TestNets(NetHarnesses):
+    nets = NETS
+
+
+def test_grouped_conv_keeps_groups_equal():
+    net, x = seeded(*NETS["grouped_depthwise"])
+    slim = surgeon.slim(net, 0.5, x)
+    g = slim.grouped
+    assert g.groups == 4 and g.in_channels % 4 == 0 and g.out_channels % 4 == 0
+    assert slim.dw.groups == slim.dw.in_channels and slim.dw.out_channels == 2 * slim.dw.in_channels
+    assert slim.gn.num_channels % 4 == 0
+
+
+class ConstChain(nn.Module):
+    def __init__(self, pad):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.bn = nn.BatchNorm2d(6)
+        self.conv2 = nn.Conv2d(6, 4, 3, padding=pad)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        y = self.conv2(F.relu(self.bn(self.conv1(x))))
+        return self.fc(F.relu(y).mean((2, 3)))
+
+
+@pytest.mark.parametrize("pad", [0, 1])
+def test_constant_channel_is_folded_only_where_exact(pad):
+    """A BN with zero scale and a shift gives a constant channel: it is folded into the next
+    conv's bias when that conv has no padding, and kept when padding would make it wrong."""
+    torch.manual_seed(0)
+    net = ConstChain(pad).eval()
+    randomize_norms(net)
+    with torch.no_grad():
+        net.bn.weight[[1, 4]] = 0  # a zero scale: the channel is the shift, in train and eval mode
+        net.bn.bias[[1, 4]] = torch.tensor([0.7, 1.3])
+    slim = assert_exact(net, torch.randn(2, 3, 8, 8))
+    assert slim.conv1.out_channels == (4 if pad == 0 else 6)

@@ -1,0 +1,54 @@
+"""Rules of surgeon/rules/linear.py: nn.Linear, nn.Embedding and matmul (token models), and a
+constant channel folded into a Linear that has no bias yet."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import surgeon
+from tests.helpers import NetHarnesses, assert_exact, constant_channels
+
+
+class TokenNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(20, 16)
+        self.fc = nn.Linear(16, 32)
+        self.ln = nn.LayerNorm(32)
+        self.out = nn.Linear(32, 5)
+
+    def forward(self, ids):
+        h = self.ln(F.relu(self.fc(self.emb(ids))))
+        att = torch.softmax(h @ h.transpose(1, 2), dim=-1)
+        return self.out(att @ h).mean(1)
+
+
+class TestNets(NetHarnesses):
+    nets = {"tokens": (TokenNet, lambda: torch.randint(0, 20, (2, 7)))}
+
+
+class FoldIntoNoBias(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 8)
+        self.b = nn.Linear(8, 8, bias=False)
+        self.c = nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.c(F.relu(self.b(F.relu(self.a(x)))))
+
+
+def test_bias_created_by_a_fold_is_resized_with_its_module():
+    """(A review regression: it once slimmed wrongly.)"""
+    torch.manual_seed(0)
+    net = FoldIntoNoBias()
+    constant_channels(net.a, 2, 0.7)
+    with torch.no_grad():
+        net.b.weight[:, 2] *= 100
+    x = torch.randn(3, 4)
+    slim = surgeon.slim(net, 0.5, x)
+    assert slim.b.bias is not None and slim.b.bias.shape == (slim.b.out_features,)
+    assert slim(x).shape == (3, 2)
+    assert_exact(net, x)

@@ -1,0 +1,44 @@
+"""Rules of surgeon/rules/params.py: parameters and buffers read directly in ``forward``
+(layer scales, shifts, cls tokens, position embeddings) are sliced with their channels."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import surgeon
+from tests.helpers import NetHarnesses, seeded
+from tests.test_rules_shape import NETS as SHAPE_NETS
+
+
+class ScaleNet(nn.Module):
+    """A per-channel scale (a parameter) and shift (a buffer) read in forward, between convs."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 10, 3, padding=1)
+        self.scale = nn.Parameter(torch.rand(10, 1, 1) + 0.5)
+        self.register_buffer("shift", torch.randn(10, 1, 1))
+        self.head = nn.Conv2d(10, 4, 1)
+
+    def forward(self, x):
+        return self.head(F.relu(self.conv(x) * self.scale + self.shift))
+
+
+class TestNets(NetHarnesses):
+    nets = {"scale_and_shift": (ScaleNet, lambda: torch.randn(2, 3, 8, 8))}
+
+
+def test_scale_and_shift_are_sliced():
+    slim = TestNets.slim("scale_and_shift")
+    assert slim.conv.out_channels == 5 == slim.head.in_channels
+    assert slim.scale.shape == slim.shift.shape == (5, 1, 1)
+    assert isinstance(slim.scale, nn.Parameter) and "shift" in dict(slim.named_buffers())
+
+
+def test_layer_scale_parameter_is_sliced():
+    net, x = seeded(*SHAPE_NETS["channels_last"])
+    slim = surgeon.slim(net, 0.5, x)
+    assert slim.gamma.shape == (slim.conv.out_channels,) == (6,)
+    assert slim.ln.normalized_shape == (6,)

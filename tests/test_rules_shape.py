@@ -1,0 +1,141 @@
+"""Rules of surgeon/rules/shape.py: view / reshape / flatten, permute / transpose, expand, and
+size reads (channels-last blocks, flatten heads, channel shuffle, attention heads)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import surgeon
+from tests.helpers import NetHarnesses, assert_exact_at_zero, assert_slims_at_half, groups_of
+
+
+class ChannelsLast(nn.Module):
+    """Conv, then a channels-last LayerNorm / MLP through permute, then back."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 12, 3, padding=1)
+        self.ln = nn.LayerNorm(12)
+        self.fc1 = nn.Linear(12, 24)
+        self.fc2 = nn.Linear(24, 12)
+        self.gamma = nn.Parameter(torch.rand(12) + 0.5)
+        self.head = nn.Conv2d(12, 3, 1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        z = y.permute(0, 2, 3, 1)
+        z = self.fc2(F.gelu(self.fc1(self.ln(z))))
+        z = z * self.gamma
+        return self.head(y + z.permute(0, 3, 1, 2))
+
+
+class FlattenNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d((2, 2))
+        self.flat = nn.Flatten()
+        self.fc = nn.Linear(32, 16)
+        self.drop = nn.Dropout(0.1)
+        self.fc2 = nn.Linear(16, 12)
+        self.fc3 = nn.Linear(12, 3)
+
+    def forward(self, x):
+        y = self.flat(self.pool(F.max_pool2d(torch.relu(self.conv(x)), 2)))
+        y = self.drop(F.leaky_relu(self.fc(y), 0.1))
+        y = self.fc2(y).reshape(-1, 3, 4).transpose(1, 2).reshape(y.shape[0], 12)
+        return self.fc3(y.sigmoid())
+
+
+NETS = {
+    "channels_last": (ChannelsLast, lambda: torch.randn(2, 3, 6, 6)),
+    "flatten_view": (FlattenNet, lambda: torch.randn(2, 3, 16, 16)),
+}
+
+
+class TestNets(NetHarnesses):
+    nets = NETS
+
+
+class ShuffleNet(nn.Module):
+    """chunk + channel shuffle through view / transpose / view, as in ShuffleNetV2."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.branch = nn.Conv2d(8, 8, 1)
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        a, b = x.chunk(2, dim=1)
+        x = torch.cat((a, torch.relu(self.branch(b))), dim=1)
+        n, c, h, w = x.size()
+        x = x.view(n, 2, c // 2, h, w).transpose(1, 2).contiguous().view(n, -1, h, w)
+        return self.head(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim=24, heads=3):
+        super().__init__()
+        self.num_heads, self.head_dim = heads, dim // heads
+        self.patch = nn.Conv2d(3, dim, 4, 4)
+        self.cls = nn.Parameter(torch.randn(1, 1, dim))
+        self.pos = nn.Parameter(torch.randn(1, 5, dim))
+        self.ln = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.fc1 = nn.Linear(dim, 2 * dim)
+        self.fc2 = nn.Linear(2 * dim, dim)
+        self.head = nn.Linear(dim, 5)
+
+    def forward(self, x):
+        x = self.patch(x).flatten(2).transpose(1, 2)
+        b, n, c = x.shape
+        x = torch.cat([self.cls.expand(b, -1, -1), x], dim=1) + self.pos
+        qkv = (
+            self.qkv(self.ln(x))
+            .reshape(b, n + 1, 3, self.num_heads, self.head_dim)
+            .permute(2, 0, 3, 1, 4)
+        )
+        q, k, v = qkv.unbind(0)
+        att = (q @ k.transpose(-2, -1) * self.head_dim**-0.5).softmax(dim=-1)
+        x = x + self.proj((att @ v).transpose(1, 2).reshape(b, n + 1, c))
+        x = x + self.fc2(F.gelu(self.fc1(self.ln(x))))
+        return self.head(x[:, 0])
+
+
+def test_channel_shuffle_is_pruned_consistently(tmp_path):
+    torch.manual_seed(0)
+    net, x = ShuffleNet().eval(), torch.randn(2, 3, 8, 8)
+    (g,) = groups_of(surgeon.analyze(net, x), "stem", name=None)
+    assert g.prunable, g.reasons
+    slim = assert_exact_at_zero(net, x)
+    assert slim.stem.out_channels < 16
+    half = assert_slims_at_half(net, x, tmp_path)
+    assert half.stem.out_channels == 8 and half.head.in_channels == 8
+    assert half(x).shape == (2, 4, 8, 8)
+
+
+def test_attention_heads_are_pruned_across_q_k_v_and_proj(tmp_path):
+    torch.manual_seed(0)
+    net, x = Attention().eval(), torch.randn(2, 3, 8, 8)
+    graph = surgeon.analyze(net, x)
+    (g,) = groups_of(graph, "qkv", name=None)
+    assert g.prunable, g.reasons
+    assert g.n_classes == 3  # whole heads: q, k and v of a head go together
+    (emb,) = groups_of(graph, "patch", name=None)
+    assert emb.prunable, emb.reasons  # the embedding width, through cls cat, pos add, LN, residuals
+    slim = assert_slims_at_half(net, x, tmp_path)
+    assert slim.qkv.out_features == 3 * 16 and slim.proj.in_features == 16
+    assert (
+        slim.patch.out_channels == 12
+        and slim.cls.shape == (1, 1, 12)
+        and slim.pos.shape == (1, 5, 12)
+    )
+    assert slim.fc1.out_features == 24
+    out = slim(x)
+    assert out.shape == (2, 5)
+    out.sum().backward()

@@ -1,0 +1,123 @@
+"""Tracing (surgeon/trace.py): what fx cannot trace gets a SurgeonTraceError naming the module,
+the line and the way out (leaf modules); example inputs are a tensor, a tuple or a dict, are
+checked against forward, and are never changed; the shape run leaves BatchNorm statistics
+alone; a graph that computes something else than the model is refused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+import surgeon
+from surgeon.errors import SurgeonError, SurgeonInputError, SurgeonTraceError
+from surgeon.models import create
+from tests.helpers import assert_same
+from tests.test_graph import InPlace
+
+
+class Branchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.gate = Gate()
+
+    def forward(self, x):
+        return self.gate(self.conv(x))
+
+
+class Gate(nn.Module):
+    def forward(self, x):
+        if x.mean() > 0:  # data-dependent control flow
+            return x * 2
+        return x
+
+
+def test_data_dependent_control_flow():
+    with pytest.raises(SurgeonTraceError) as info:
+        surgeon.slim(Branchy(), 0.5, torch.randn(1, 3, 8, 8))
+    msg = str(info.value)
+    assert "module 'gate' (Gate)" in msg
+    assert "test_trace.py" in msg and "if x.mean() > 0" in msg
+    assert "leaf_modules" in msg
+    assert isinstance(info.value, SurgeonError)
+
+
+def test_leaf_modules_are_honoured():
+    net = Branchy()
+    x = torch.randn(1, 3, 8, 8)
+    graph = surgeon.analyze(net, x, leaf_modules=(Gate,))
+    assert any(n.op == "call_module" and n.target == "gate" for n in graph.gm.graph.nodes)
+    slim = surgeon.slim(net, 0.5, x, leaf_modules=(Gate,))
+    with torch.no_grad():
+        torch.testing.assert_close(slim(x), net(x))  # the leaf's dims are blocked: nothing changes
+
+
+class TwoInputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(6, 16)
+        self.b = nn.Linear(16, 3)
+
+    def forward(self, x, scale=None):
+        h = torch.relu(self.a(x))
+        if scale is not None:
+            h = h * scale
+        return self.b(h)
+
+
+def test_tuple_and_dict_inputs():
+    net = TwoInputs()
+    x = torch.randn(5, 6)
+    for inputs in (x, (x,), {"x": x}):
+        slim = surgeon.slim(net, 0.5, inputs)
+        assert slim.a.out_features == 8
+        assert slim(x).shape == (5, 3)
+    with pytest.raises(SurgeonInputError, match="unknown key"):
+        surgeon.slim(net, 0.5, {"x": x, "y": x})
+
+
+def test_bad_example_inputs():
+    model, _ = create("lenet5")
+    with pytest.raises(SurgeonTraceError, match="example_inputs"):
+        surgeon.slim(model, 0.5, torch.randn(1, 3, 32, 32))
+
+
+def test_example_inputs_are_not_mutated():
+    """(A review regression.)"""
+
+    class Mutates(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.fc(x.mul_(2))
+
+    x = torch.ones(2, 3)
+    surgeon.slim(Mutates(), 0.5, x)
+    assert torch.equal(x, torch.ones(2, 3))
+
+
+def test_train_mode_slim_leaves_batchnorm_statistics_alone():
+    """(A review regression.)"""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 36, 2)
+    ).train()
+    x = torch.randn(4, 3, 8, 8) + 1
+    slim = surgeon.slim(net, 0.0, x)
+    assert int(slim.get_submodule("1").num_batches_tracked) == 0
+    net.eval()
+    slim.eval()
+    with torch.no_grad():
+        assert_same(slim(x), net(x))
+
+
+def test_augmented_assignment_fx_cannot_follow_is_refused():
+    """fx records `r += 1` (r aliasing h, which is read later) as an out-of-place add: the
+    graph computes something else than the model, so slim refuses instead of guessing. (A
+    review regression.)"""
+    net = InPlace("iadd")
+    with pytest.raises(SurgeonTraceError, match="in-place update"):
+        surgeon.slim(net, 0.5, torch.randn(5, 4))
