@@ -14,6 +14,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from surgeon.diagnose import REPORT_KEY, dense_macs, diagnose
 from surgeon.errors import SurgeonInputError, SurgeonPassError
 from surgeon.graph import ChannelGraph, build_channel_graph
 from surgeon.importance import DATA_CRITERIA, DataStats, collect_stats, iter_batches
@@ -199,6 +200,7 @@ def _slim(
         gm = trace(work, example_inputs, leaf_modules=options.leaf_modules)
         expected = _output_shapes(gm)
         graph = build_channel_graph(gm)
+        macs_before = dense_macs(gm)
         _check_original(graph, original)
         begin(gm, graph, example_inputs, stats=_measure(gm, graph, options), original=original)
         result = PassManager(surgery_passes(options)).run(gm)
@@ -210,6 +212,7 @@ def _slim(
             output = _run(gm, example_inputs)
         _self_check(gm, expected, output)
         gm.meta[PLAN_KEY] = _plan_record(model, state, example_inputs, options)
+        _warn_if_little(gm, graph, macs_before, options.ratio)
         log.info("slim: %s", result.stats)
         return gm, state
 
@@ -273,6 +276,28 @@ def _plan_record(
 
 
 PLAN_KEY = "surgeon.plan"
+
+
+def _warn_if_little(gm: fx.GraphModule, graph: ChannelGraph, before: int, ratio: float) -> None:
+    """Log a warning (and keep the diagnosis in ``gm.meta[REPORT_KEY]``) when the MAC drop is
+    under half of what ``ratio`` gives on free groups, with the top blocked reasons."""
+    found = diagnose(graph, before, dense_macs(gm), ratio)
+    gm.meta[REPORT_KEY] = found
+    if found is None:
+        return
+    why = "; ".join(
+        f"{r['reason']} ({r['groups']} groups, first: {r['first']})" for r in found["top_blocked"]
+    )
+    log.warning(
+        "surgeon: little was pruned: MACs dropped %.2fx where ratio %g gives %.1fx on free "
+        "groups (%d of %d groups prunable). Top blocked reasons: %s",
+        found["mac_drop"],
+        ratio,
+        found["expected"],
+        found["prunable_groups"],
+        found["groups"],
+        why or "none (the prunable groups are small)",
+    )
 
 
 def _run(gm: fx.GraphModule, example_inputs: Any) -> Any:

@@ -434,15 +434,22 @@ def _output_paths(name: str, output: Path | None, report: Path | None) -> tuple[
 def _slim(original: nn.Module, example: Any, opts: SlimOptions) -> nn.Module:
     import surgeon
 
-    return surgeon.slim(
-        original,
-        opts.ratio,
-        example,
-        importance=opts.importance,
-        scope=opts.scope,
-        round_to=opts.round_to,
-        compensate=opts.compensate,
+    return surgeon.slim(original, opts, example)
+
+
+def _print_diagnosis(found: dict[str, Any] | None) -> None:
+    """The short section a user sees when little was pruned: the figures and why."""
+    if not found:
+        return
+    console.print(
+        f"[bold yellow]little was pruned[/]: MACs dropped {found['mac_drop']:.2f}x where the "
+        f"ratio gives {found['expected']:.1f}x on free groups "
+        f"({found['prunable_groups']} of {found['groups']} groups prunable). Top blocked reasons:"
     )
+    for r in found["top_blocked"]:
+        console.print(
+            f"  {r['groups']:4d} groups  {escape(r['reason'])}  (first: {escape(r['first'])})"
+        )
 
 
 def _export_both(
@@ -564,6 +571,7 @@ def export_command(
     _check_device(device.value)
     out, report_path = _output_paths(_spec_name(spec), output, report)
 
+    from surgeon.diagnose import REPORT_KEY
     from surgeon.options import SlimOptions
 
     with _step(f"load {spec}"):
@@ -588,12 +596,14 @@ def export_command(
         "warmup": warmup,
         "threads": threads,
         "onnx": str(out),
+        "little_pruned": slim_model.meta.get(REPORT_KEY),
     }
     result = _export_and_compare(
         name, original, slim_model, example, settings, out, opset=opset, dynamic_batch=dynamic_batch
     )
     _save_report(result, out, report_path)
     console.print(result.render())
+    _print_diagnosis(settings["little_pruned"])
     console.print(f"wrote {out}")
     if report_path is not None:
         console.print(f"wrote {report_path}")

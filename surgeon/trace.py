@@ -33,6 +33,7 @@ __all__ = [
     "input_spec",
     "inputs_from_spec",
     "eval_mode",
+    "AUTO_LEAVES_KEY",
 ]
 
 log = logging.getLogger(__name__)
@@ -129,17 +130,54 @@ def trace(
     """
     if not isinstance(model, torch.nn.Module):
         raise SurgeonInputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    tracer = SurgeonTracer(leaf_modules)
-    try:
-        graph = tracer.trace(
-            model, concrete_args=_defaults_not_given(model, example_inputs) or None
-        )
-    except Exception as exc:
-        raise _trace_error(model, tracer, exc) from exc
+    leaves = list(leaf_modules)
+    auto: list[str] = []
+    while True:
+        tracer = SurgeonTracer(leaves)
+        try:
+            graph = tracer.trace(
+                model, concrete_args=_defaults_not_given(model, example_inputs) or None
+            )
+            break
+        except Exception as exc:
+            error = _trace_error(model, tracer, exc)
+            culprit = _failing_submodule(model, tracer)
+            if culprit is None or len(auto) >= MAX_AUTO_LEAVES:
+                raise error from exc
+            # block the part, not the model: that submodule becomes one opaque call
+            qualname, module = culprit
+            leaves.append(module)
+            auto.append(f"{qualname} ({type(module).__name__}): {_one_line(error)}")
+            log.warning("surgeon: %s is traced as a leaf (its channels stay): %s", qualname, exc)
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    gm.meta[AUTO_LEAVES_KEY] = auto
     traced = propagate_shapes(gm, example_inputs)
     _check_trace(model, example_inputs, traced)
     return gm
+
+
+AUTO_LEAVES_KEY = "surgeon.auto_leaves"
+MAX_AUTO_LEAVES = 64
+
+
+def _failing_submodule(
+    model: torch.nn.Module, tracer: SurgeonTracer
+) -> tuple[str, torch.nn.Module] | None:
+    """The innermost submodule whose forward fx could not trace (None: the top level)."""
+    if not tracer.failed_in:
+        return None
+    qualname, _ = tracer.failed_in[-1]
+    if not qualname:
+        return None
+    try:
+        return qualname, model.get_submodule(qualname)
+    except AttributeError:
+        return None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc)
+    return text.split(" Way out:")[0][:300]
 
 
 def _check_trace(model: torch.nn.Module, example_inputs: Any, traced: Any) -> None:

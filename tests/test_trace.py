@@ -12,6 +12,7 @@ import torch.nn as nn
 import surgeon
 from surgeon.errors import SurgeonError, SurgeonInputError, SurgeonTraceError
 from surgeon.models import create
+from surgeon.trace import AUTO_LEAVES_KEY, trace
 from tests.helpers import assert_same
 from tests.test_graph import InPlace
 
@@ -33,14 +34,58 @@ class Gate(nn.Module):
         return x
 
 
-def test_data_dependent_control_flow():
+class TopBranchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        y = self.conv(x)
+        if y.mean() > 0:  # data-dependent control flow in the model's own forward
+            return y * 2
+        return y
+
+
+def test_data_dependent_control_flow_at_the_top_is_refused():
     with pytest.raises(SurgeonTraceError) as info:
-        surgeon.slim(Branchy(), 0.5, torch.randn(1, 3, 8, 8))
+        surgeon.slim(TopBranchy(), 0.5, torch.randn(1, 3, 8, 8))
     msg = str(info.value)
-    assert "module 'gate' (Gate)" in msg
-    assert "test_trace.py" in msg and "if x.mean() > 0" in msg
+    assert "the top-level forward" in msg
+    assert "test_trace.py" in msg and "if y.mean() > 0" in msg
     assert "leaf_modules" in msg
     assert isinstance(info.value, SurgeonError)
+
+
+class Deep(nn.Module):
+    """A traceable stem and head around an untraceable gate: only the gate is given up."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.mid = nn.Conv2d(8, 8, 3, padding=1)
+        self.gate = Branchy()  # its conv traces; its Gate does not
+        self.head = nn.Conv2d(4, 5, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.mid(torch.relu(self.stem(x))))
+        return self.head(self.gate(y[:, :3]))
+
+
+def test_an_untraceable_submodule_becomes_a_leaf_and_the_rest_slims(caplog):
+    torch.manual_seed(0)
+    net, x = Deep().eval(), torch.randn(1, 3, 8, 8)
+    gm = trace(net, x)
+    (why,) = gm.meta[AUTO_LEAVES_KEY]
+    assert why.startswith("gate.gate (Gate)") and "if x.mean() > 0" in why
+    assert "traced as a leaf" in caplog.text
+    slim = surgeon.slim(net, 0.5, x)
+    assert slim.stem.out_channels == 4  # the traceable part still prunes
+    assert slim.gate.gate.__class__ is Gate  # the leaf is called as it is
+    with torch.no_grad():
+        assert slim(x).shape == net(x).shape
+    again = surgeon.slim(net, 0.0, x)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), net(x))
 
 
 def test_leaf_modules_are_honoured():

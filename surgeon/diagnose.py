@@ -1,0 +1,85 @@
+"""Say when little was pruned, and why: a cheap MAC estimate before and after, against what
+the ratio would give on free groups, and the most common blocked reasons."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from typing import Any
+
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from surgeon.graph import ChannelGraph
+
+__all__ = ["REPORT_KEY", "dense_macs", "blocked_reasons", "diagnose"]
+
+REPORT_KEY = "surgeon.diagnosis"
+
+_CONV_FNS = {F.conv1d, F.conv2d, F.conv3d}
+
+
+def dense_macs(gm: fx.GraphModule) -> int:
+    """MACs of the Conv / Linear calls (module or functional) from the shape metadata: the
+    part of the cost pruning changes, counted without running the model."""
+    total = 0
+    for node in gm.graph.nodes:
+        out = getattr(node.meta.get("tensor_meta"), "shape", None)
+        if out is None:
+            continue
+        weight = None
+        if node.op == "call_module":
+            m = gm.get_submodule(str(node.target))
+            if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) and not getattr(
+                m, "transposed", False
+            ):
+                weight = tuple(m.weight.shape)
+        elif node.op == "call_function" and (node.target in _CONV_FNS or node.target is F.linear):
+            w = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
+            weight = getattr(getattr(w, "meta", {}).get("tensor_meta"), "shape", None)
+        if weight is not None:
+            total += math.prod(out) * math.prod(weight[1:])
+    return total
+
+
+def blocked_reasons(graph: ChannelGraph, top: int = 5) -> list[dict[str, Any]]:
+    """The commonest reasons groups holding parameters are blocked (model inputs and
+    outputs left out): the op, how many groups, and the first node."""
+    counts: Counter[str] = Counter()
+    first: dict[str, str] = {}
+    for g in graph.groups:
+        if not g.params:
+            continue
+        for why in {_op_of(r) for r in g.reasons}:
+            if why.startswith(("model input", "model output")):
+                continue
+            counts[why] += 1
+            first.setdefault(why, next(r for r in g.reasons if _op_of(r) == why))
+    return [{"reason": w, "groups": n, "first": first[w]} for w, n in counts.most_common(top)]
+
+
+def _op_of(reason: str) -> str:
+    """A reason without the node it was seen at: 'no rule for cumsum()'."""
+    text = reason.split(" [")[0]
+    return re.sub(r" at node '[^']*'| '[^']*'", "", text)
+
+
+def diagnose(graph: ChannelGraph, before: int, after: int, ratio: float) -> dict[str, Any] | None:
+    """None when the slim model lost what the ratio promises (at least half of the MAC drop
+    ``1 / (1 - ratio)^2`` of groups that are free on both sides of every layer); otherwise the
+    figures and the top blocked reasons."""
+    if ratio <= 0 or before <= 0 or after <= 0:
+        return None
+    expected = 1.0 / (1.0 - ratio) ** 2
+    drop = before / after
+    if drop >= expected / 2:
+        return None
+    return {
+        "mac_drop": round(drop, 3),
+        "expected": round(expected, 3),
+        "prunable_groups": len(graph.prunable_groups()),
+        "groups": sum(1 for g in graph.groups if g.params),
+        "top_blocked": blocked_reasons(graph),
+    }
