@@ -195,15 +195,23 @@ def _slim(
     data = options.data
     if data is not None and iter(data) is data:  # type: ignore[call-overload]
         options = options.replace(data=list(data))  # a one-shot iterator: it is read twice
+    blocked: dict[int, str] = {}  # groups whose resizing failed in an earlier attempt
     with gc_paused():
-        work = model if options.inplace else copy.deepcopy(model)
-        gm = trace(work, example_inputs, leaf_modules=options.leaf_modules)
-        expected = _output_shapes(gm)
-        graph = build_channel_graph(gm)
-        macs_before = dense_macs(gm)
-        _check_original(graph, original)
-        begin(gm, graph, example_inputs, stats=_measure(gm, graph, options), original=original)
-        result = PassManager(surgery_passes(options)).run(gm)
+        while True:
+            work = model if options.inplace else copy.deepcopy(model)
+            gm = trace(work, example_inputs, leaf_modules=options.leaf_modules)
+            expected = _output_shapes(gm)
+            graph = block_groups(build_channel_graph(gm), blocked)
+            macs_before = dense_macs(gm)
+            _check_original(graph, original)
+            stats = _measure(gm, graph, options)
+            begin(gm, graph, example_inputs, stats=stats, original=original)
+            try:
+                result = PassManager(surgery_passes(options)).run(gm)
+                break
+            except SurgeonPassError as exc:
+                if options.inplace or not _block_failed(graph, exc, blocked):
+                    raise
         gm = result.module
         state = gm.meta.pop(STATE_KEY)
         output = state.output
@@ -211,10 +219,65 @@ def _slim(
             recalibrate_norms(gm, iter_batches(options.data))
             output = _run(gm, example_inputs)
         _self_check(gm, expected, output)
-        gm.meta[PLAN_KEY] = _plan_record(model, state, example_inputs, options)
+        gm.meta[PLAN_KEY] = {
+            **_plan_record(model, state, example_inputs, options),
+            "blocked": blocked,
+        }
         _warn_if_little(gm, graph, macs_before, options.ratio)
         log.info("slim: %s", result.stats)
         return gm, state
+
+
+MAX_BLOCK_RETRIES = 16
+
+
+def block_groups(graph: ChannelGraph, blocked: dict[int, str]) -> ChannelGraph:
+    """Mark the groups of ``blocked`` (index -> reason) as blocked, in place; returns graph."""
+    for gi, why in blocked.items():
+        g = graph.groups[int(gi)]
+        if why not in g.reasons:
+            g.reasons.append(why)
+    return graph
+
+
+def _size_sources(node: fx.Node) -> set[str]:
+    """The tensors ``node`` reads, directly or through size arithmetic (``C // heads`` from
+    ``x.shape``): the spaces a failed resize at ``node`` depends on."""
+    out: set[str] = set()
+    todo, seen = list(node.all_input_nodes), set()
+    while todo:
+        n = todo.pop()
+        if n.name in seen:
+            continue
+        seen.add(n.name)
+        out.add(n.name)
+        if not hasattr(n.meta.get("tensor_meta"), "shape"):  # a Python value: follow it up
+            todo.extend(n.all_input_nodes)
+    return out
+
+
+def _block_failed(graph: ChannelGraph, exc: SurgeonPassError, blocked: dict[int, str]) -> bool:
+    """Block the prunable groups around the node a pass failed at (the node and its inputs),
+    so the next attempt leaves them alone; False when there is nothing new to block."""
+    if exc.node is None or len(blocked) >= MAX_BLOCK_RETRIES:
+        return False
+    nodes = {n.name: n for n in graph.gm.graph.nodes}
+    node = nodes.get(exc.node)
+    if node is None:
+        return False
+    names = {node.name, *_size_sources(node)}
+    found = {
+        gi
+        for (name, _), gi in graph.group_of.items()
+        if name in names and graph.groups[gi].prunable
+    }
+    if not found:
+        return False
+    why = f"resizing it failed at node '{exc.node}' (this group is left as it is)"
+    for gi in found:
+        blocked[gi] = why
+    log.warning("surgeon: %s; retrying with %d group(s) blocked: %s", exc, len(found), why)
+    return True
 
 
 def surgery_passes(options: SlimOptions) -> list[Pass]:

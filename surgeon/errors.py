@@ -23,11 +23,21 @@ class SurgeonInputError(SurgeonError, ValueError):
 
 
 class SurgeonTraceError(SurgeonError):
-    """torch.fx could not trace the model; the message names the module and the line."""
+    """torch.fx could not trace the model; the message names the module and the line.
+    ``node``: the graph node that failed to run, when one did."""
+
+    def __init__(self, message: str, node: str | None = None) -> None:
+        super().__init__(message)
+        self.node = node
 
 
 class SurgeonPassError(SurgeonError):
-    """A pass failed; the message names the pass and the passes that already ran."""
+    """A pass failed; the message names the pass and the passes that already ran.
+    ``node``: the graph node where it went wrong, when known (slim blocks its groups)."""
+
+    def __init__(self, message: str, node: str | None = None) -> None:
+        super().__init__(message)
+        self.node = node
 
 
 class SurgeonRuleError(SurgeonError):

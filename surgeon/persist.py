@@ -46,7 +46,7 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 import surgeon
-from surgeon.api import PLAN_KEY, gc_paused
+from surgeon.api import PLAN_KEY, block_groups, gc_paused
 from surgeon.errors import SurgeonError, SurgeonInputError, SurgeonLoadError, SurgeonPassError
 from surgeon.files import check_output_path, write_atomic
 from surgeon.graph import build_channel_graph
@@ -386,7 +386,8 @@ def _rebuild(
     made = f"it was made from a {made_from} on inputs {_inputs_desc(plan)}"
     try:
         gm = trace(copy.deepcopy(model), inputs, leaf_modules=leaves)
-        state = SurgeryState.start(build_channel_graph(gm), inputs)
+        graph = block_groups(build_channel_graph(gm), plan.get("blocked", {}))
+        state = SurgeryState.start(graph, inputs)
     except (SurgeonError, RuntimeError, TypeError, ValueError) as exc:
         raise SurgeonLoadError(
             f"the plan in {source!r} does not fit this {name}: {made}, and tracing this model on "

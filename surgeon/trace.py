@@ -303,7 +303,8 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: Any) -> Any:
         first = (str(cause).strip().splitlines() or [""])[0]
         raise SurgeonTraceError(
             f"running the traced model on example_inputs failed{where}: {type(cause).__name__}: "
-            f"{first}. Check that example_inputs match the model's forward (shapes, dtypes, device)."
+            f"{first}. Check that example_inputs match the model's forward (shapes, dtypes, device).",
+            node=node.name if node is not None else None,
         ) from exc
     sys.stderr.write(stderr.getvalue())  # whatever else was said (warnings) still reaches the user
     return out

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+import surgeon
 from surgeon.cost import count_params
 from surgeon.errors import SurgeonError, SurgeonPassError
 from surgeon.graph import build_channel_graph
@@ -88,3 +89,36 @@ def test_resize_failure_names_the_pass():
         SurgeonError, match=r"ResizePass failed: the resized model no longer runs.*view"
     ):
         PassManager([ResizePass()]).run(gm)
+
+
+class SizeFromPruned(nn.Module):
+    """A reshape size computed in the graph from a dim that prunes (``C // 4`` read from
+    ``y.shape``, as timm's TalkingHeadAttn does): resizing y's group breaks the reshape, so
+    that group is blocked and slim retries; the rest still prunes."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(8, 16)
+        self.qkv = nn.Linear(16, 24)
+        self.mlp = nn.Linear(16, 32)
+        self.out = nn.Linear(32, 4)
+
+    def forward(self, x):
+        y = self.a(x)
+        b, n, c = y.shape
+        q = self.qkv(y).reshape(b, n, 3, 2, c // 4)
+        return self.out(torch.relu(self.mlp(y))) + q.sum((2, 3, 4)).unsqueeze(-1)
+
+
+def test_a_group_whose_resize_fails_is_blocked_and_slim_retries(caplog):
+    torch.manual_seed(0)
+    net, x = SizeFromPruned().eval(), torch.randn(2, 5, 8)
+    slim = surgeon.slim(net, 0.5, x)
+    assert "retrying with" in caplog.text
+    assert slim.a.out_features == 16  # the group the reshape size is read from stays
+    assert slim.mlp.out_features == 16  # the hidden group still prunes
+    assert any(
+        "resizing it failed at node" in w for w in slim.meta["surgeon.plan"]["blocked"].values()
+    )
+    with torch.no_grad():
+        assert slim(x).shape == net(x).shape

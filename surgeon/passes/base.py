@@ -83,7 +83,7 @@ class PassManager:
                 res = p(gm)
             except SurgeonPassError as exc:
                 raise SurgeonPassError(
-                    f"{p.name} failed: {exc} (passes that already ran: {ran})"
+                    f"{p.name} failed: {exc} (passes that already ran: {ran})", node=exc.node
                 ) from exc
             except SurgeonError:
                 raise

@@ -60,7 +60,8 @@ class ResizePass(SurgeryPass):
         except SurgeonTraceError as exc:
             raise SurgeonPassError(
                 f"the resized model no longer runs: {exc.__cause__ or exc}; a rule sized something "
-                "wrongly — put the module involved in ignore=(...) and report the model"
+                "wrongly — put the module involved in ignore=(...) and report the model",
+                node=exc.node,
             ) from exc
         self.store(gm, state.replace(applied=True, kept=kept, output=output))
         after = sum(p.numel() for p in gm.parameters())
@@ -80,7 +81,8 @@ class ResizePass(SurgeryPass):
                     raise SurgeonPassError(
                         f"after resizing, node '{name}' has shape {tuple(shape)} where {want} was expected "
                         f"(was {old}); its rule or a consumer's rule is wrong — put the module in "
-                        "ignore=(...) to leave its channels alone"
+                        "ignore=(...) to leave its channels alone",
+                        node=name,
                     )
 
 

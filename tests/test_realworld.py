@@ -1,0 +1,42 @@
+"""Real torchvision and timm architectures (random weights, no download), one per failure
+class the real-world issue names: exactness at ratio 0 and onnxruntime parity at 0.5."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from surgeon.cost import count_macs
+from tests.helpers import assert_exact_at_zero, assert_slims_at_half
+
+# (library, name, the least MAC drop at 0.5 on a 64x64 input, what it exercises)
+MODELS = [
+    ("torchvision", "resnet18", 3.5, "the classics"),
+    ("torchvision", "efficientnet_b0", 3.0, "torchvision.ops.stochastic_depth"),
+    ("torchvision", "convnext_tiny", 3.5, "F.layer_norm (LayerNorm2d), layer scale"),
+    ("timm", "repvgg_a0", 3.5, "F.batch_norm in timm's norm-act layers"),
+    ("timm", "ghostnet_100", 2.5, "index slicing x[:, :k]"),
+    ("timm", "tf_efficientnet_lite0", 2.0, "an untraceable layer becomes a leaf"),
+]
+
+
+def _build(lib, name):
+    torch.manual_seed(0)
+    if lib == "torchvision":
+        tv = pytest.importorskip("torchvision")
+        return tv.models.get_model(name, weights=None).eval()
+    timm = pytest.importorskip("timm")
+    return timm.create_model(name, pretrained=False).eval()
+
+
+@pytest.mark.parametrize("lib, name, least, what", MODELS, ids=[m[1] for m in MODELS])
+def test_real_model(lib, name, least, what, tmp_path, caplog):
+    model, x = _build(lib, name), torch.randn(1, 3, 64, 64)
+    assert_exact_at_zero(model, x)
+    with caplog.at_level(logging.WARNING):
+        slim = assert_slims_at_half(model, x, tmp_path)
+    drop = count_macs(model, x) / count_macs(slim, x)
+    assert drop >= least, f"{name} ({what}): MACs dropped {drop:.2f}x"
+    assert "little was pruned" not in caplog.text
