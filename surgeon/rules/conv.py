@@ -118,11 +118,7 @@ def _conv(
     k = m.weight.dim() - 2 if m.weight is not None else m.kernel_dims
     cdim = len(xs) - k - 1
     out = ctx.out
-    for d in range(cdim):
-        ctx.identity((x.name, d), (out, d))
-    for d in range(cdim + 1, len(xs)):
-        ctx.block((x.name, d), "spatial dim of a convolution")
-        ctx.block((out, d), "spatial dim of a convolution")
+    _batch_and_spatial(ctx, x, cdim, len(xs))
     cin, cout, g = m.in_channels, m.out_channels, m.groups
     ipg, opg = cin // g, cout // g
     xin, yc = (x.name, cdim), (out, cdim)
@@ -225,16 +221,21 @@ def conv_transpose_function_rule(ctx: RuleContext) -> None:
     _conv_transpose(ctx, ctx.arg(0, "input"), FunctionalWeights(ctx.gm, w, b), len(ws) - 2)
 
 
+def _batch_and_spatial(ctx: RuleContext, x: fx.Node, cdim: int, ndim: int) -> None:
+    """Dims before the channel dim pass through; the spatial dims after it keep their size."""
+    for d in range(cdim):
+        ctx.identity((x.name, d), (ctx.out, d))
+    for d in range(cdim + 1, ndim):
+        ctx.block((x.name, d), "spatial dim of a convolution")
+        ctx.block((ctx.out, d), "spatial dim of a convolution")
+
+
 def _conv_transpose(ctx: RuleContext, x: fx.Node, m: Any, k: int) -> tuple[Space, Space]:
     """Batch dims identity, spatial dims blocked, the channels a dense contraction."""
     xs = ctx.shape(x)
     cdim = len(xs) - k - 1
     out = ctx.out
-    for d in range(cdim):
-        ctx.identity((x.name, d), (out, d))
-    for d in range(cdim + 1, len(xs)):
-        ctx.block((x.name, d), "spatial dim of a convolution")
-        ctx.block((out, d), "spatial dim of a convolution")
+    _batch_and_spatial(ctx, x, cdim, len(xs))
     xin, yc = (x.name, cdim), (out, cdim)
     _contraction(ctx, m, xin, yc, in_dim=0, out_dim=1, fold=None)
     return xin, yc

@@ -64,17 +64,7 @@ def batchnorm_rule(ctx: RuleContext) -> None:
 def batchnorm_function_rule(ctx: RuleContext) -> None:
     """``F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)``
     (what timm's norm-act layers call)."""
-    view = FunctionalWeights(
-        ctx.gm,
-        ctx.arg(3, "weight"),
-        ctx.arg(4, "bias"),
-        running_mean=ctx.arg(1, "running_mean"),
-        running_var=ctx.arg(2, "running_var"),
-        eps=ctx.arg(7, "eps", 1e-5),
-    )
-    if not _tensor_nodes_ok(ctx, view) or not isinstance(view.eps, float):
-        return block_all(ctx, f"{ctx.describe_name()} with traced statistics or eps")
-    _channel_norm(ctx, ctx.arg(0, "input"), view, _function_linker(ctx, view), batch_stats=True)
+    _channel_norm_function(ctx, batch_stats=True)
 
 
 @register(nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
@@ -88,6 +78,11 @@ def instancenorm_rule(ctx: RuleContext) -> None:
 @register(F.instance_norm)
 def instancenorm_function_rule(ctx: RuleContext) -> None:
     """``F.instance_norm(x, running_mean, running_var, weight, bias, use_input_stats, ...)``."""
+    _channel_norm_function(ctx, batch_stats=False)
+
+
+def _channel_norm_function(ctx: RuleContext, *, batch_stats: bool) -> None:
+    """The functional batch / instance norm: both take (x, mean, var, weight, bias, _, _, eps)."""
     view = FunctionalWeights(
         ctx.gm,
         ctx.arg(3, "weight"),
@@ -96,9 +91,10 @@ def instancenorm_function_rule(ctx: RuleContext) -> None:
         running_var=ctx.arg(2, "running_var"),
         eps=ctx.arg(7, "eps", 1e-5),
     )
-    if not _tensor_nodes_ok(ctx, view):
-        return block_all(ctx, f"{ctx.describe_name()} with traced statistics")
-    _channel_norm(ctx, ctx.arg(0, "input"), view, _function_linker(ctx, view), batch_stats=False)
+    if not _tensor_nodes_ok(ctx, view) or not isinstance(view.eps, float):
+        return block_all(ctx, f"{ctx.describe_name()} with traced statistics or eps")
+    link = _function_linker(ctx, view)
+    _channel_norm(ctx, ctx.arg(0, "input"), view, link, batch_stats=batch_stats)
 
 
 def _channel_norm(
