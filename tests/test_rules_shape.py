@@ -139,3 +139,27 @@ def test_attention_heads_are_pruned_across_q_k_v_and_proj(tmp_path):
     out = slim(x)
     assert out.shape == (2, 5)
     out.sum().backward()
+
+
+class PadRollNet(nn.Module):
+    """Spatial pad (constant and reflect), a spatial roll and flip between convs: none of them
+    may block the channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 12, 3)
+        self.b = nn.Conv2d(12, 12, 3)
+        self.c = nn.Conv2d(12, 4, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.a(F.pad(x, (1, 1, 1, 1))))
+        y = torch.roll(F.pad(y, (1, 1, 1, 1), mode="reflect"), shifts=(1, 1), dims=(2, 3))
+        return self.c(torch.relu(self.b(y)).flip(-1))
+
+
+def test_pad_roll_flip_keep_channels_free(tmp_path):
+    torch.manual_seed(0)
+    net, x = PadRollNet().eval(), torch.randn(2, 3, 10, 10)
+    assert_exact_at_zero(net, x)
+    slim = assert_slims_at_half(net, x, tmp_path)
+    assert slim.a.out_channels == 6 == slim.b.in_channels and slim.b.out_channels == 6

@@ -1,15 +1,19 @@
-"""Reshapes and permutations: view / reshape / flatten / unflatten / squeeze, permute / transpose, expand, and metadata reads (size, shape)."""
+"""Reshapes and permutations: view / reshape / flatten / unflatten / squeeze, permute / transpose, expand, pad, roll / flip, and metadata reads (size, shape)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.fx as fx
 import torch.nn as nn
+import torch.nn.functional as F
 
 from surgeon.rules.base import (
+    NAN,
     _dim,
+    _nan,
     _shape_args,
     block_all,
 )
@@ -267,3 +271,59 @@ def expand_as_rule(ctx: RuleContext) -> None:
             ctx.block((out, d), f"dim broadcast by {ctx.describe_name()}")
     for d in range(len(ys)):
         ctx.identity((other.name, d), (out, d))
+
+
+@register(F.pad)
+def pad_rule(ctx: RuleContext) -> None:
+    """``F.pad(x, pad, mode, value)``: a padded dim changes size (blocked: spatial pads couple
+    nothing, a channel pad keeps its group as it is); the other dims are identity. Zeros stay
+    zero unless a non-zero constant is padded in."""
+    x, pad = ctx.arg(0, "input"), ctx.arg(1, "pad")
+    mode, value = ctx.arg(2, "mode", "constant"), ctx.arg(3, "value", None)
+    xs = ctx.shape(x)
+    literal = isinstance(pad, (tuple, list)) and all(isinstance(p, int) for p in pad)
+    if xs is None or not literal or len(pad) % 2 or isinstance(value, fx.Node):
+        return block_all(ctx, f"{ctx.describe_name()} with traced pads")
+    padded = {len(xs) - 1 - k // 2 for k, p in enumerate(pad) if p != 0}
+    _moves_along(ctx, x, padded, f"dim padded by {ctx.describe_name()}")
+    keeps_zero = mode != "constant" or not value
+    out = ctx.out
+    ctx.transfer(
+        lambda c: {
+            (out, d): np.where(c((x.name, d)) == 0, 0.0, NAN) if keeps_zero else _nan(xs[d])
+            for d in range(len(xs))
+            if d not in padded
+        }
+    )
+
+
+@register(torch.roll, torch.flip, "roll", "flip")
+def roll_flip_rule(ctx: RuleContext) -> None:
+    """``torch.roll(x, shifts, dims)`` / ``x.flip(dims)``: the moved dims are blocked (their
+    indices change places), the others identity with their constants kept."""
+    name = ctx.node.target if ctx.node.op == "call_method" else ctx.node.target.__name__
+    x = ctx.arg(0, "input")
+    dims = ctx.arg(2, "dims") if name == "roll" else ctx.arg(1, "dims")
+    xs = ctx.shape(x)
+    if isinstance(dims, int):
+        dims = (dims,)
+    if (
+        xs is None
+        or not isinstance(dims, (tuple, list))
+        or not all(isinstance(d, int) for d in dims)
+    ):
+        return block_all(ctx, f"{ctx.describe_name()} over all dims, or traced dims")
+    moved = {_dim(d, len(xs)) for d in dims}
+    _moves_along(ctx, x, moved, f"dim reordered by {ctx.describe_name()}")
+    out = ctx.out
+    ctx.transfer(lambda c: {(out, d): c((x.name, d)) for d in range(len(xs)) if d not in moved})
+
+
+def _moves_along(ctx: RuleContext, x: fx.Node, moved: set[int], why: str) -> None:
+    """Identity on every dim but ``moved``, which keep their size (blocked, with ``why``)."""
+    for d in range(len(ctx.shape(x))):
+        if d in moved:
+            ctx.block((x.name, d), why)
+            ctx.block((ctx.out, d), why)
+        else:
+            ctx.identity((x.name, d), (ctx.out, d))
