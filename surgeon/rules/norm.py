@@ -53,9 +53,12 @@ def _tensor_nodes_ok(ctx: RuleContext, view: FunctionalWeights) -> bool:
 
 # -- batch and instance norm --------------------------------------------------------------
 @register(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-def batchnorm_rule(ctx: RuleContext) -> None:
-    m: nn.BatchNorm2d = ctx.module  # type: ignore[assignment]
-    _channel_norm(ctx, ctx.arg(0, "input"), m, _module_linker(ctx), batch_stats=True)
+@register(nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+def channel_norm_rule(ctx: RuleContext) -> None:
+    """``nn.BatchNorm*`` (statistics over the batch too) and ``nn.InstanceNorm*``."""
+    m = ctx.module
+    batch = isinstance(m, nn.modules.batchnorm._BatchNorm)
+    _channel_norm(ctx, ctx.arg(0, "input"), m, _module_linker(ctx), batch_stats=batch)
     yc = (ctx.out, 1)
     ctx.on_resize(lambda size: setattr(m, "num_features", size(yc)))
 
@@ -65,14 +68,6 @@ def batchnorm_function_rule(ctx: RuleContext) -> None:
     """``F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)``
     (what timm's norm-act layers call)."""
     _channel_norm_function(ctx, batch_stats=True)
-
-
-@register(nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
-def instancenorm_rule(ctx: RuleContext) -> None:
-    m: nn.InstanceNorm2d = ctx.module  # type: ignore[assignment]
-    _channel_norm(ctx, ctx.arg(0, "input"), m, _module_linker(ctx), batch_stats=False)
-    yc = (ctx.out, 1)
-    ctx.on_resize(lambda size: setattr(m, "num_features", size(yc)))
 
 
 @register(F.instance_norm)
