@@ -14,6 +14,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from surgeon.capture import SPECIALISED_KEY
 from surgeon.diagnose import REPORT_KEY, dense_macs, diagnose
 from surgeon.errors import SurgeonInputError, SurgeonPassError
 from surgeon.graph import ChannelGraph, build_channel_graph
@@ -222,6 +223,8 @@ def _slim(
         gm.meta[PLAN_KEY] = {
             **_plan_record(model, state, example_inputs, options),
             "blocked": blocked,
+            # where capture answered a size question with the example's ints (None: nowhere)
+            "specialised": gm.meta.get(SPECIALISED_KEY),
         }
         _warn_if_little(gm, graph, macs_before, options.ratio)
         log.info("slim: %s", result.stats)

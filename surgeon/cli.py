@@ -452,6 +452,16 @@ def _print_diagnosis(found: dict[str, Any] | None) -> None:
         )
 
 
+def _print_specialised(found: dict[str, Any] | None) -> None:
+    """The model branches on sizes: say that the slim model holds for these sizes only."""
+    if not found:
+        return
+    console.print(
+        "[bold yellow]specialised[/]: the model branches on sizes, so its graph (and the slim "
+        f"model) holds for inputs of the example's sizes; first place: {escape(found['where'][0])}"
+    )
+
+
 def _export_both(
     original: nn.Module,
     slim_model: nn.Module,
@@ -571,6 +581,7 @@ def export_command(
     _check_device(device.value)
     out, report_path = _output_paths(_spec_name(spec), output, report)
 
+    from surgeon.api import PLAN_KEY
     from surgeon.diagnose import REPORT_KEY
     from surgeon.options import SlimOptions
 
@@ -597,6 +608,7 @@ def export_command(
         "threads": threads,
         "onnx": str(out),
         "little_pruned": slim_model.meta.get(REPORT_KEY),
+        "specialised": slim_model.meta.get(PLAN_KEY, {}).get("specialised"),
     }
     result = _export_and_compare(
         name, original, slim_model, example, settings, out, opset=opset, dynamic_batch=dynamic_batch
@@ -604,6 +616,7 @@ def export_command(
     _save_report(result, out, report_path)
     console.print(result.render())
     _print_diagnosis(settings["little_pruned"])
+    _print_specialised(settings["specialised"])
     console.print(f"wrote {out}")
     if report_path is not None:
         console.print(f"wrote {report_path}")

@@ -487,9 +487,9 @@ def _size_reads(gm: fx.GraphModule, shapes) -> NodeRecord:  # noqa: ANN001
             if (
                 n.target is operator.getitem
                 and isinstance(deps.get(src.name), list)
-                and isinstance(n.args[1], int)
+                and isinstance(n.args[1], (int, slice))
             ):
-                deps[n.name] = deps[src.name][n.args[1]]
+                deps[n.name] = deps[src.name][n.args[1]]  # x.shape[-1], x.shape[-2:]
             else:
                 deps[n.name] = frozenset().union(*(flat(deps[u.name]) for u in used))
             continue

@@ -22,6 +22,7 @@ import torch.fx as fx
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.utils import _pytree as pytree
 
+from surgeon.capture import SPECIALISED_KEY, ConcreteTracer
 from surgeon.errors import SurgeonInputError, SurgeonTraceError
 
 __all__ = [
@@ -111,7 +112,8 @@ def _user_frame(exc: BaseException) -> traceback.FrameSummary | None:
     frames = [
         f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(_TORCH_DIR)
     ]
-    frames = [f for f in frames if not f.filename.endswith(os.path.join("surgeon", "trace.py"))]
+    ours = (os.path.join("surgeon", "trace.py"), os.path.join("surgeon", "capture.py"))
+    frames = [f for f in frames if not f.filename.endswith(ours)]
     return frames[-1] if frames else None
 
 
@@ -132,8 +134,11 @@ def trace(
         raise SurgeonInputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     leaves = list(leaf_modules)
     auto: list[str] = []
+    specialise = False  # plain symbolic tracing first; sizes specialised only where it fails
     while True:
-        tracer = SurgeonTracer(leaves)
+        tracer = SpecialisingTracer(leaves) if specialise else SurgeonTracer(leaves)
+        if specialise:
+            tracer.concrete_setup(model, *as_args(example_inputs))
         try:
             graph = tracer.trace(
                 model, concrete_args=_defaults_not_given(model, example_inputs) or None
@@ -141,6 +146,14 @@ def trace(
             break
         except Exception as exc:
             error = _trace_error(model, tracer, exc)
+            if not specialise:
+                log.info(
+                    "surgeon: symbolic tracing failed (%s); capturing with sizes "
+                    "specialised to the example inputs",
+                    _one_line(error),
+                )
+                specialise = True
+                continue
             culprit = _failing_submodule(model, tracer)
             if culprit is None or len(auto) >= MAX_AUTO_LEAVES:
                 raise error from exc
@@ -151,9 +164,29 @@ def trace(
             log.warning("surgeon: %s is traced as a leaf (its channels stay): %s", qualname, exc)
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
     gm.meta[AUTO_LEAVES_KEY] = auto
+    specialised = getattr(tracer, "specialised", [])
+    gm.meta[SPECIALISED_KEY] = (
+        {"inputs": input_spec(example_inputs), "where": specialised[:MAX_RECORDED]}
+        if specialised
+        else None
+    )
+    if specialised:
+        log.warning(
+            "surgeon: %s branches on sizes (%s); its graph is specialised to the example "
+            "inputs' sizes, and so is the slim model",
+            type(model).__name__,
+            specialised[0],
+        )
     traced = propagate_shapes(gm, example_inputs)
     _check_trace(model, example_inputs, traced)
     return gm
+
+
+MAX_RECORDED = 8
+
+
+class SpecialisingTracer(ConcreteTracer, SurgeonTracer):
+    """:class:`SurgeonTracer` whose size queries answer with the example's integers."""
 
 
 AUTO_LEAVES_KEY = "surgeon.auto_leaves"

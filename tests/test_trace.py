@@ -5,15 +5,25 @@ alone; a graph that computes something else than the model is refused."""
 
 from __future__ import annotations
 
+import copy
+import math
+
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import surgeon
+from surgeon.capture import SPECIALISED_KEY
 from surgeon.errors import SurgeonError, SurgeonInputError, SurgeonTraceError
 from surgeon.models import create
 from surgeon.trace import AUTO_LEAVES_KEY, trace
-from tests.helpers import assert_same
+from tests.helpers import (
+    assert_exact_at_zero,
+    assert_same,
+    assert_same_tensors,
+    assert_slims_at_half,
+)
 from tests.test_graph import InPlace
 
 
@@ -166,3 +176,70 @@ def test_augmented_assignment_fx_cannot_follow_is_refused():
     net = InPlace("iadd")
     with pytest.raises(SurgeonTraceError, match="in-place update"):
         surgeon.slim(net, 0.5, torch.randn(5, 4))
+
+
+class SamePad(nn.Module):
+    """Branches and loops on sizes the way same-padding and window code does: plain symbolic
+    tracing refuses it (``math.ceil`` of a size, ``max(..., 0)``, ``if``, ``range``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, stride=2)
+        self.mid = nn.Conv2d(16, 16, 3, padding=1)
+        self.head = nn.Conv2d(16, 5, 1)
+
+    def forward(self, x):
+        ih, iw = x.size()[-2:]
+        ph = max((math.ceil(ih / 2) - 1) * 2 + 3 - ih, 0)
+        pw = max((math.ceil(iw / 2) - 1) * 2 + 3 - iw, 0)
+        x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
+        y = torch.relu(self.stem(x))
+        if y.shape[-1] > 4:
+            y = F.avg_pool2d(y, 2)
+        for _ in range(y.shape[-1] // 4):
+            y = y + torch.relu(self.mid(y))
+        return self.head(y)
+
+
+def test_code_that_branches_on_sizes_is_captured_specialised_and_slims(tmp_path, caplog):
+    torch.manual_seed(0)
+    net, x = SamePad().eval(), torch.randn(2, 3, 17, 17)
+    with pytest.raises((TypeError, torch.fx.proxy.TraceError)):  # what plain fx says
+        torch.fx.symbolic_trace(net)
+    gm = trace(net, x)
+    where = gm.meta[SPECIALISED_KEY]
+    assert where["inputs"]["shape"] == [2, 3, 17, 17]
+    assert any("math.ceil(ih / 2)" in w for w in where["where"])
+    assert any("if y.shape[-1] > 4" in w for w in where["where"])
+    assert "specialised to the example inputs' sizes" in caplog.text
+    assert_exact_at_zero(net, x)
+    slim = assert_slims_at_half(net, x, tmp_path)
+    assert slim.stem.out_channels == 8 and slim.mid.out_channels == 8
+    assert slim.meta["surgeon.plan"]["specialised"] == where
+    # the pads stay computed from H and W, the batch dim stays free
+    x3 = torch.randn(3, 3, 17, 17)
+    with torch.no_grad():
+        assert slim(x3).shape == net(x3).shape
+
+
+def test_specialised_capture_still_refuses_branches_on_values():
+    class Gated(SamePad):
+        def forward(self, x):
+            y = super().forward(x)
+            if y.mean() > 0:  # on values: refused, with the line
+                return y * 2
+            return y
+
+    with pytest.raises(SurgeonTraceError) as info:
+        trace(Gated(), torch.randn(1, 3, 17, 17))
+    msg = str(info.value)
+    assert "control flow on tensor values" in msg and "if y.mean() > 0" in msg
+
+
+def test_specialised_capture_keeps_the_users_inputs_and_statistics():
+    net, x = SamePad().train(), torch.randn(2, 3, 17, 17)
+    net.stem = nn.Sequential(net.stem, nn.BatchNorm2d(16))
+    before, x0 = copy.deepcopy(net.state_dict()), x.clone()
+    trace(net, x)
+    assert_same_tensors(net.state_dict(), before)
+    assert torch.equal(x, x0) and net.training

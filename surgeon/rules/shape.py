@@ -281,10 +281,14 @@ def pad_rule(ctx: RuleContext) -> None:
     x, pad = ctx.arg(0, "input"), ctx.arg(1, "pad")
     mode, value = ctx.arg(2, "mode", "constant"), ctx.arg(3, "value", None)
     xs = ctx.shape(x)
-    literal = isinstance(pad, (tuple, list)) and all(isinstance(p, int) for p in pad)
-    if xs is None or not literal or len(pad) % 2 or isinstance(value, fx.Node):
-        return block_all(ctx, f"{ctx.describe_name()} with traced pads")
-    padded = {len(xs) - 1 - k // 2 for k, p in enumerate(pad) if p != 0}
+    # the pad list's length says which dims are padded even when its entries are traced
+    # (same-padding computed from H and W): a traced entry counts as a pad
+    listed = isinstance(pad, (tuple, list)) and all(isinstance(p, (int, fx.Node)) for p in pad)
+    if xs is None or not listed or len(pad) % 2 or isinstance(value, fx.Node):
+        return block_all(ctx, f"{ctx.describe_name()} with a traced pad list")
+    padded = {
+        len(xs) - 1 - k // 2 for k, p in enumerate(pad) if not (isinstance(p, int) and p == 0)
+    }
     _moves_along(ctx, x, padded, f"dim padded by {ctx.describe_name()}")
     keeps_zero = mode != "constant" or not value
     out = ctx.out

@@ -1,0 +1,214 @@
+"""Shape-specialised capture: an fx tracer whose size queries answer with the example's ints.
+
+Plain symbolic tracing refuses code that branches or loops on sizes (``if x.shape[-2] <
+self.size``, same-padding arithmetic with ``math.ceil``, ``for i in range(x.shape[1])``).
+:class:`ConcreteTracer` runs the model on the example inputs *while* it traces: every proxy
+carries the value its node has on those inputs. Where Python needs a real ``bool`` / ``int`` /
+``float`` / ``len`` / iteration of a traced value, the tracer answers with that value and
+records the place (file, line): the graph is then specialised to the example's sizes at those
+places and nowhere else (a size that only flows into other ops stays symbolic, so the batch dim
+stays free where the graph allows). A question about tensor *values* (``if x.sum() > 0``,
+``int(t)``) is still refused: that branch would be taken on data, not on shapes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+import operator
+import os
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch.fx.proxy import Attribute, Proxy, TraceError
+from torch.utils import _pytree as pytree
+
+__all__ = ["ConcreteTracer", "SPECIALISED_KEY"]
+
+SPECIALISED_KEY = "surgeon.specialised"
+_UNKNOWN = object()  # a node whose value could not be computed (it then answers nothing)
+_TORCH_DIR = os.path.dirname(torch.__file__)
+_HERE = os.path.dirname(__file__)
+
+
+class ConcreteTracer(fx.Tracer):
+    """Mixin body for a tracer that knows each node's value on ``example`` (args, kwargs).
+
+    ``specialised`` lists, once each, the source lines where a traced value was turned into a
+    Python value (``"file:line: code (why)"``).
+    """
+
+    def concrete_setup(self, root: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        self._values: dict[fx.Node, Any] = {}
+        self._inputs = _bind_inputs(root, args, kwargs)
+        self.specialised: list[str] = []
+
+    # -- values -------------------------------------------------------------------------
+    def value_of(self, a: Any) -> Any:
+        if isinstance(a, Proxy):
+            return self._values.get(a.node, _UNKNOWN)
+        return a
+
+    def create_proxy(
+        self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None
+    ):  # noqa: ANN001, E501 - fx's signature
+        proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
+        if hasattr(self, "_values") and proxy.node not in self._values:
+            self._values[proxy.node] = self._compute(kind, target, args, kwargs)
+        return proxy
+
+    def _compute(self, kind: str, target: Any, args: tuple, kwargs: dict) -> Any:
+        if kind == "placeholder":
+            return self._inputs.get(str(target).lstrip("*"), _UNKNOWN)
+        if kind == "get_attr":
+            obj: Any = self.root
+            with _unpatched():  # fx patches nn.Module.__getattr__ too
+                for part in str(target).split("."):
+                    obj = getattr(obj, part, _UNKNOWN)
+                    if obj is _UNKNOWN:
+                        break
+            if isinstance(obj, torch.Tensor) and not isinstance(obj, torch.nn.Parameter):
+                obj = obj.clone()  # a functional batch norm in training mode writes its stats
+            return obj
+        flat, spec = pytree.tree_flatten((args, kwargs))
+        vals = [self.value_of(a) for a in flat]
+        if any(v is _UNKNOWN for v in vals):
+            return _UNKNOWN
+        a, kw = pytree.tree_unflatten(vals, spec)
+        try:
+            # fx patches nn.Module.__call__ and wrapped functions while it traces: the value is
+            # computed with the real ones
+            with torch.no_grad(), _unpatched():
+                if kind == "call_function":
+                    return target(*a, **kw)
+                if kind == "call_method":
+                    return getattr(a[0], target)(*a[1:], **kw)
+                if kind == "call_module":
+                    module = self.root.get_submodule(target)
+                    with _eval(module):  # a leaf's statistics must not move
+                        return module(*a, **kw)
+        except Exception:  # noqa: BLE001 - a value we cannot compute only answers nothing
+            return _UNKNOWN
+        return _UNKNOWN
+
+    def _answer(self, obj: Proxy, why: str) -> Any:
+        """The value of ``obj`` for Python control flow; refuses tensor values."""
+        value = self.value_of(obj)
+        if value is _UNKNOWN:
+            raise TraceError(
+                f"a traced value is needed as a Python {why} and its value on the example "
+                "inputs is unknown"
+            )
+        if isinstance(value, torch.Tensor):
+            raise TraceError(
+                f"control flow on tensor values: a tensor is used as a Python {why} "
+                "(data-dependent branching is refused; only sizes may be branched on)"
+            )
+        self._note(why)
+        return value
+
+    # -- what Python asks of a proxy -----------------------------------------------------
+    def to_bool(self, obj: Proxy) -> bool:
+        return bool(self._answer(obj, "bool"))
+
+    def iter(self, obj: Proxy):  # noqa: ANN201 - fx's signature
+        value = self.value_of(obj)
+        if isinstance(value, torch.Tensor):  # over dim 0: specialised to its size
+            self._note("iteration over dim 0")
+            n = len(value)
+        else:
+            n = len(self._answer(obj, "iteration"))
+        return iter([obj[i] for i in range(n)])
+
+    def _note(self, why: str) -> None:
+        where = _user_line()
+        entry = f"{where} ({why})" if where else why
+        if entry not in self.specialised:
+            self.specialised.append(entry)
+
+    def proxy(self, node: fx.Node) -> Proxy:
+        return ConcreteProxy(node, self)
+
+
+class _Answers:
+    """What a proxy answers when Python needs a real number from it."""
+
+    tracer: ConcreteTracer
+
+    def __len__(self) -> int:
+        value = self.tracer.value_of(self)
+        if isinstance(value, torch.Tensor):
+            self.tracer._note("len of a tensor")
+            return len(value)
+        return len(self.tracer._answer(self, "len"))
+
+    def __int__(self) -> int:
+        return int(self.tracer._answer(self, "int"))
+
+    def __index__(self) -> int:
+        return operator.index(self.tracer._answer(self, "index"))
+
+    def __float__(self) -> float:
+        return float(self.tracer._answer(self, "float"))
+
+    # rounding stays in the graph: it is an op on a size, not a decision
+    def __ceil__(self) -> Proxy:
+        return self.tracer.create_proxy("call_function", math.ceil, (self,), {})
+
+    def __floor__(self) -> Proxy:
+        return self.tracer.create_proxy("call_function", math.floor, (self,), {})
+
+    def __trunc__(self) -> Proxy:
+        return self.tracer.create_proxy("call_function", math.trunc, (self,), {})
+
+
+class ConcreteProxy(_Answers, Proxy):
+    def __getattr__(self, k: str) -> Attribute:
+        return ConcreteAttribute(self, k)
+
+
+class ConcreteAttribute(_Answers, Attribute):
+    pass
+
+
+def _bind_inputs(root: torch.nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """forward's parameter names -> the example's values (defaults for the rest)."""
+    try:
+        sig = inspect.signature(root.forward)
+        bound = sig.bind_partial(*args, **kwargs)
+    except (TypeError, ValueError):
+        return {}
+    bound.apply_defaults()
+    # forward may work in place on its inputs: the user's tensors stay untouched
+    return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in bound.arguments.items()}
+
+
+def _unpatched() -> contextlib.AbstractContextManager:
+    revert = getattr(fx._symbolic_trace, "_maybe_revert_all_patches", None)
+    return revert() if revert is not None else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _eval(module: torch.nn.Module):
+    flags = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def _user_line() -> str:
+    """``file:line: code`` of the innermost frame outside torch and surgeon."""
+    frame = inspect.currentframe()
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if not name.startswith(_TORCH_DIR) and not name.startswith(_HERE):
+            info = inspect.getframeinfo(frame, context=1)
+            code = (info.code_context or [""])[0].strip()
+            return f"{os.path.basename(name)}:{frame.f_lineno}: {code}"
+        frame = frame.f_back
+    return ""
