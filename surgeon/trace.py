@@ -91,13 +91,20 @@ class SurgeonTracer(fx.Tracer):
         self.failed_in: list[tuple[str, str]] | None = None
 
     def is_leaf_module(self, m: torch.nn.Module, module_qualified_name: str) -> bool:
-        if id(m) in self._leaf_ids or (self._leaf_types and isinstance(m, self._leaf_types)):
+        if self._user_leaf(m):
             return True
         return super().is_leaf_module(m, module_qualified_name)
+
+    def _user_leaf(self, m: torch.nn.Module) -> bool:
+        return id(m) in self._leaf_ids or bool(self._leaf_types and isinstance(m, self._leaf_types))
 
     def call_module(self, m, forward, args, kwargs):  # noqa: ANN001 - fx's signature
         self._stack.append((self.path_of_module(m), type(m).__name__))
         try:
+            if not self._user_leaf(m):
+                expanded = _expand(self, m, args, kwargs)
+                if expanded is not NotImplemented:
+                    return expanded
             return super().call_module(m, forward, args, kwargs)
         except Exception:
             if self.failed_in is None:
@@ -105,6 +112,28 @@ class SurgeonTracer(fx.Tracer):
             raise
         finally:
             self._stack.pop()
+
+
+def _expand(tracer: fx.Tracer, m: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
+    """Trace a library module fx keeps opaque (``nn.MultiheadAttention``) as what it computes
+    (:data:`surgeon.rules.attention.EXPANSIONS`); NotImplemented where that does not apply.
+    Nodes of an attempt that fails are taken out again, and the module is called as it is."""
+    from surgeon.rules.attention import expansion_for
+
+    fn = expansion_for(m)
+    if fn is None:
+        return NotImplemented
+    before = set(tracer.graph.nodes)
+    try:
+        out = fn(m, *args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - any failure: the module stays one call
+        log.info("surgeon: %s is called as it is (%s)", type(m).__name__, exc)
+        out = NotImplemented
+    if out is NotImplemented:
+        for node in reversed(list(tracer.graph.nodes)):
+            if node not in before:
+                tracer.graph.erase_node(node)
+    return out
 
 
 def _user_frame(exc: BaseException) -> traceback.FrameSummary | None:

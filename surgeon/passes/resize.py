@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections import defaultdict
 from typing import Any
 
@@ -53,6 +54,7 @@ class ResizePass(SurgeryPass):
         for rec in state.graph.records.values():
             for fn in rec.resize_fns:
                 fn(sizes)
+        _pin_size_reads(gm, state)
         gm.graph.lint()
         gm.recompile()
         try:
@@ -84,6 +86,47 @@ class ResizePass(SurgeryPass):
                         "ignore=(...) to leave its channels alone",
                         node=name,
                     )
+
+
+def _pin_size_reads(gm: fx.GraphModule, state: SurgeryState) -> None:
+    """A size read of a dim that changed (``B, N, C = x.shape`` and then ``C // heads``)
+    becomes the original size. What is left reading it is a size argument of a dim that keeps
+    its size: the rules rewrote the arguments of changed dims, and any other use of the read
+    blocked the group. A changed dim is a channel dim, the same for every input, so the
+    constant is exact."""
+    for node in list(gm.graph.nodes):
+        space = _size_read(node)
+        if space is None or space not in state.graph.sizes:
+            continue
+        old = state.graph.sizes[space]
+        if state.new_size(space) == old:
+            continue
+        for user in list(node.users):
+            user.args = fx.node.map_arg(user.args, lambda a, n=node, v=old: v if a is n else a)
+            user.kwargs = fx.node.map_arg(user.kwargs, lambda a, n=node, v=old: v if a is n else a)
+        gm.graph.erase_node(node)
+
+
+def _size_read(node: fx.Node) -> tuple[str, int] | None:
+    """``(tensor, dim)`` when ``node`` is ``x.size(d)``, ``x.shape[d]`` or ``x.size()[d]``."""
+    if node.op == "call_method" and node.target == "size" and len(node.args) == 2:
+        x, d = node.args
+    elif node.op == "call_function" and node.target is operator.getitem:
+        src, d = node.args
+        if not isinstance(src, fx.Node):
+            return None
+        shape_of = (src.op == "call_method" and src.target == "size" and len(src.args) == 1) or (
+            src.op == "call_function" and src.target is getattr and src.args[1] == "shape"
+        )
+        if not shape_of:
+            return None
+        x = src.args[0]
+    else:
+        return None
+    meta = x.meta.get("tensor_meta") if isinstance(x, fx.Node) else None
+    if not isinstance(d, int) or meta is None or not hasattr(meta, "shape"):
+        return None
+    return x.name, d % len(meta.shape)
 
 
 def _cuts(state: SurgeryState) -> dict[tuple[str, str], dict[int, np.ndarray]]:

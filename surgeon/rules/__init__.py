@@ -7,6 +7,7 @@ and one module per op family:
 ``params``     parameters and buffers read directly in ``forward``
 ``conv``       ``nn.Conv*`` (ungrouped, grouped, depthwise), ``nn.ConvTranspose*``
 ``linear``     ``nn.Linear``, ``nn.Embedding``, ``matmul``
+``attention``  ``F.scaled_dot_product_attention``; ``nn.MultiheadAttention`` traced through
 ``norm``       batch, layer and group norms
 ``elementwise`` activations, dropout, PReLU, unary math, dtype / device moves
 ``broadcast``  add / sub / mul / div with broadcasting
@@ -26,6 +27,7 @@ rule does not describe is blocked by :mod:`surgeon.graph`: unknown is never elem
 from __future__ import annotations
 
 from surgeon.rules import (  # noqa: F401  (importing a family registers its rules)
+    attention,
     broadcast,
     conv,
     elementwise,
