@@ -51,8 +51,17 @@ def count_macs(model: torch.nn.Module, example_inputs: Any) -> int:
     for matmul / convolution), so only the ops torch knows a formula for are counted.
     """
     args, kwargs = as_args(example_inputs)
+    try:
+        return _count(model, args, kwargs, torch.no_grad())
+    except (AssertionError, AttributeError):
+        # FlopCounterMode's module tracker hooks the grad of a module's inputs, and a
+        # parameter handed to a submodule as input (CaiT's class token) has none under no_grad
+        return _count(model, args, kwargs, torch.enable_grad())
+
+
+def _count(model: torch.nn.Module, args: tuple, kwargs: dict, grad: Any) -> int:
     counter = FlopCounterMode(display=False)
-    with torch.no_grad(), _mha_fastpath_off(), counter:
+    with grad, _mha_fastpath_off(), counter:
         model(*args, **kwargs)
     return counter.get_total_flops() // 2
 
