@@ -44,6 +44,15 @@ class ConcreteTracer(fx.Tracer):
         self._values: dict[fx.Node, Any] = {}
         self._inputs = _bind_inputs(root, args, kwargs)
         self.specialised: list[str] = []
+        self._through: list[fx.Node] = []
+
+    def trace(self, root: Any, concrete_args: Any = None) -> fx.Graph:
+        graph = super().trace(root, concrete_args)
+        # fx's wrapper marks what it gets back as a wrapped call, and codegen would then
+        # register the body's last op (torch.cat) as a wrapped global for every later trace
+        for node in self._through:
+            node.meta.pop("is_wrapped", None)
+        return graph
 
     # -- values -------------------------------------------------------------------------
     def value_of(self, a: Any) -> Any:
@@ -54,10 +63,31 @@ class ConcreteTracer(fx.Tracer):
     def create_proxy(
         self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None
     ):  # noqa: ANN001, E501 - fx's signature
+        if kind == "call_function" and hasattr(self, "_values") and wrapped_without_rule(target):
+            through = self._trace_through(target, args, kwargs)
+            if through is not None:
+                return through
         proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
         if hasattr(self, "_values") and proxy.node not in self._values:
             self._values[proxy.node] = self._compute(kind, target, args, kwargs)
         return proxy
+
+    def _trace_through(self, fn: Any, args: tuple, kwargs: dict) -> Proxy | None:
+        """Trace the body of a library function fx keeps as one call (``torch.fx.wrap``) and
+        that has no rule, so its ops get theirs; None (its nodes taken out again) where the
+        body cannot be traced or does not return one tensor."""
+        before = set(self.graph.nodes)
+        try:
+            out = fn(*args, **kwargs)
+        except Exception:  # noqa: BLE001 - the function stays one opaque call
+            out = None
+        if isinstance(out, Proxy):
+            self._through.append(out.node)
+            return out
+        for node in reversed(list(self.graph.nodes)):
+            if node not in before:
+                self.graph.erase_node(node)
+        return None
 
     def _compute(self, kind: str, target: Any, args: tuple, kwargs: dict) -> Any:
         if kind == "placeholder":
@@ -92,6 +122,13 @@ class ConcreteTracer(fx.Tracer):
         except Exception:  # noqa: BLE001 - a value we cannot compute only answers nothing
             return _UNKNOWN
         return _UNKNOWN
+
+    def owns_storage_of(self, t: torch.Tensor) -> bool:
+        """Whether ``t`` shares memory with a parameter or buffer of the traced model."""
+        ptr = t.untyped_storage().data_ptr()
+        with _unpatched():
+            tensors = [*self.root.parameters(), *self.root.buffers()]
+        return any(p.untyped_storage().data_ptr() == ptr for p in tensors)
 
     def _answer(self, obj: Proxy, why: str) -> Any:
         """The value of ``obj`` for Python control flow; refuses tensor values."""
@@ -168,9 +205,36 @@ class ConcreteProxy(_Answers, Proxy):
     def __getattr__(self, k: str) -> Attribute:
         return ConcreteAttribute(self, k)
 
+    def __setitem__(self, index: Any, value: Any) -> None:
+        """``t[index] = value`` (a mask filled region by region, as shifted-window attention
+        builds it): recorded as an ``operator.setitem`` node, and done on the carried value
+        too, so later size questions and values see the write."""
+        tracer = self.tracer
+        target = tracer.value_of(self)
+        if isinstance(target, torch.Tensor) and tracer.owns_storage_of(target):
+            raise TraceError(
+                "an in-place write (t[index] = value) into a parameter or buffer of the model "
+                "cannot be captured; make it out of place (torch.where, index_put)"
+            )
+        tracer.create_proxy("call_function", operator.setitem, (self, index, value), {})
+
 
 class ConcreteAttribute(_Answers, Attribute):
     pass
+
+
+def wrapped_without_rule(fn: Any) -> bool:
+    """A function fx records as one call only because a library wrapped it (not a torch op,
+    an operator or a builtin), and that has no rule: its body is traced instead."""
+    from surgeon.rules.registry import has_function_rule
+
+    module = getattr(fn, "__module__", None) or ""
+    if not callable(fn) or module.split(".")[0] in _NATIVE or has_function_rule(fn):
+        return False
+    return inspect.isfunction(fn)
+
+
+_NATIVE = {"torch", "operator", "builtins", "math", "_operator", "numpy"}
 
 
 def _bind_inputs(root: torch.nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:

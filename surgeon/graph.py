@@ -497,10 +497,25 @@ def _size_reads(gm: fx.GraphModule, shapes) -> NodeRecord:  # noqa: ANN001
             n.op == "call_function" and n.target in _RESHAPE_FUNCTIONS
         ):
             continue  # size arguments of a changed dim are rewritten by the reshape's rule
+        if _scales(n):
+            continue  # a tensor times a number made from sizes: resize pins the original
         for u in used:
             for space in flat(deps[u.name]):
                 rec.blocks.append((space, f"its size is read and used by node '{n.name}'"))
     return rec
+
+
+_SCALINGS = {operator.mul, operator.truediv, torch.mul, torch.div, operator.add, operator.sub}
+_SCALING_METHODS = {"mul", "div", "add", "sub", "__mul__", "__truediv__", "__add__", "__sub__"}
+
+
+def _scales(n: fx.Node) -> bool:
+    """``q * (C // heads) ** -0.5``: a tensor scaled or shifted by a number computed from
+    sizes. ResizePass pins every such read to its original value, so the number is the
+    original one and the op computes what it computed (a removed channel changes nothing)."""
+    if n.op == "call_function":
+        return n.target in _SCALINGS
+    return n.op == "call_method" and n.target in _SCALING_METHODS
 
 
 def _is_tuple(n: fx.Node, shapes) -> bool:  # noqa: ANN001

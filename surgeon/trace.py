@@ -22,7 +22,7 @@ import torch.fx as fx
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.utils import _pytree as pytree
 
-from surgeon.capture import SPECIALISED_KEY, ConcreteTracer
+from surgeon.capture import SPECIALISED_KEY, ConcreteTracer, wrapped_without_rule
 from surgeon.errors import SurgeonInputError, SurgeonTraceError
 
 __all__ = [
@@ -172,6 +172,12 @@ def trace(
             graph = tracer.trace(
                 model, concrete_args=_defaults_not_given(model, example_inputs) or None
             )
+            if not specialise and _has_wrapped_without_rule(graph):
+                # library functions fx keeps opaque: the specialising tracer traces their
+                # bodies (they often branch on sizes); where it cannot, this graph stands
+                specialised = _try_specialised(model, example_inputs, leaves)
+                if specialised is not None:
+                    tracer, graph = specialised
             break
         except Exception as exc:
             error = _trace_error(model, tracer, exc)
@@ -212,6 +218,25 @@ def trace(
 
 
 MAX_RECORDED = 8
+
+
+def _has_wrapped_without_rule(graph: fx.Graph) -> bool:
+    return any(n.op == "call_function" and wrapped_without_rule(n.target) for n in graph.nodes)
+
+
+def _try_specialised(
+    model: torch.nn.Module, example_inputs: Any, leaves: list
+) -> tuple[fx.Tracer, fx.Graph] | None:
+    tracer = SpecialisingTracer(leaves)
+    tracer.concrete_setup(model, *as_args(example_inputs))
+    try:
+        graph = tracer.trace(
+            model, concrete_args=_defaults_not_given(model, example_inputs) or None
+        )
+    except Exception as exc:  # noqa: BLE001 - the plain graph stands
+        log.info("surgeon: tracing through wrapped functions failed: %s", exc)
+        return None
+    return tracer, graph
 
 
 class SpecialisingTracer(ConcreteTracer, SurgeonTracer):

@@ -94,14 +94,17 @@ class SizeArithmetic(nn.Module):
         return self.fc((y.sum(1) / y.size(1)).flatten(1))
 
 
-def test_size_used_in_arithmetic_blocks_the_dim():
-    """(A review regression: it once slimmed wrongly.)"""
+def test_size_used_in_arithmetic_keeps_its_original_value():
+    """(A review regression: it once slimmed wrongly, dividing by the new size.) A size read
+    that scales a tensor is pinned to its original value: the removed constant channel is
+    folded and the division still divides by 8, so the slim model is exact."""
     torch.manual_seed(0)
     net = SizeArithmetic()
     constant_channels(net.conv, 3)
     slim = assert_exact(net, torch.randn(2, 3, 4, 4))
-    assert slim.conv.out_channels == 8
-    assert surgeon.slim(net, 0.5, torch.randn(2, 3, 4, 4)).conv.out_channels == 8
+    assert slim.conv.out_channels == 7
+    half = surgeon.slim(net, 0.5, torch.randn(2, 3, 4, 4))
+    assert half.conv.out_channels == 4 and "/ 8" in half.code
 
 
 class InPlace(nn.Module):

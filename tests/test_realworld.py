@@ -11,14 +11,23 @@ import torch
 from surgeon.cost import count_macs
 from tests.helpers import assert_exact_at_zero, assert_slims_at_half
 
-# (library, name, the least MAC drop at 0.5 on a 64x64 input, what it exercises)
+# (library, name, the least MAC drop at 0.5, what it exercises, input side)
 MODELS = [
-    ("torchvision", "resnet18", 3.5, "the classics"),
-    ("torchvision", "efficientnet_b0", 3.0, "torchvision.ops.stochastic_depth"),
-    ("torchvision", "convnext_tiny", 3.5, "F.layer_norm (LayerNorm2d), layer scale"),
-    ("timm", "repvgg_a0", 3.5, "F.batch_norm in timm's norm-act layers"),
-    ("timm", "ghostnet_100", 2.5, "index slicing x[:, :k]"),
-    ("timm", "tf_efficientnet_lite0", 2.0, "an untraceable layer becomes a leaf"),
+    ("torchvision", "resnet18", 3.5, "the classics", 64),
+    ("torchvision", "efficientnet_b0", 3.0, "torchvision.ops.stochastic_depth", 64),
+    ("torchvision", "convnext_tiny", 3.5, "F.layer_norm (LayerNorm2d), layer scale", 64),
+    ("torchvision", "densenet121", 3.6, "concatenated inputs pruned alike (local scope)", 64),
+    (
+        "torchvision",
+        "swin_t",
+        3.0,
+        "a wrapped function traced through, a mask built in place, a gathered bias table",
+        224,
+    ),
+    ("timm", "repvgg_a0", 3.5, "F.batch_norm in timm's norm-act layers", 64),
+    ("timm", "ghostnet_100", 2.5, "index slicing x[:, :k]", 64),
+    ("timm", "tf_efficientnet_lite0", 3.0, "same-padding arithmetic, specialised capture", 64),
+    ("timm", "cait_xxs24_224", 3.0, "a reshape size computed from a pruned dim", 224),
 ]
 
 
@@ -31,9 +40,9 @@ def _build(lib, name):
     return timm.create_model(name, pretrained=False).eval()
 
 
-@pytest.mark.parametrize("lib, name, least, what", MODELS, ids=[m[1] for m in MODELS])
-def test_real_model(lib, name, least, what, tmp_path, caplog):
-    model, x = _build(lib, name), torch.randn(1, 3, 64, 64)
+@pytest.mark.parametrize("lib, name, least, what, side", MODELS, ids=[m[1] for m in MODELS])
+def test_real_model(lib, name, least, what, side, tmp_path, caplog):
+    model, x = _build(lib, name), torch.randn(1, 3, side, side)
     assert_exact_at_zero(model, x)
     with caplog.at_level(logging.WARNING):
         slim = assert_slims_at_half(model, x, tmp_path)

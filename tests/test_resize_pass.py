@@ -21,8 +21,9 @@ from surgeon.passes import (
     begin,
     state_of,
 )
+from surgeon.passes import resize as resize_module
 from surgeon.trace import trace
-from tests.helpers import traced_with_state
+from tests.helpers import assert_exact_at_zero, traced_with_state
 
 
 def test_resize_pass_slices_and_is_a_no_op_the_second_time():
@@ -93,8 +94,7 @@ def test_resize_failure_names_the_pass():
 
 class SizeFromPruned(nn.Module):
     """A reshape size computed in the graph from a dim that prunes (``C // 4`` read from
-    ``y.shape``, as timm's TalkingHeadAttn does): resizing y's group breaks the reshape, so
-    that group is blocked and slim retries; the rest still prunes."""
+    ``y.shape``, as timm's TalkingHeadAttn does)."""
 
     def __init__(self):
         super().__init__()
@@ -110,7 +110,23 @@ class SizeFromPruned(nn.Module):
         return self.out(torch.relu(self.mlp(y))) + q.sum((2, 3, 4)).unsqueeze(-1)
 
 
-def test_a_group_whose_resize_fails_is_blocked_and_slim_retries(caplog):
+def test_a_size_read_from_a_pruned_dim_keeps_the_original_size():
+    """The size read (``c``) is pinned to its original value in the resized graph, so the
+    reshape stays right and every group prunes, with no retry."""
+    torch.manual_seed(0)
+    net, x = SizeFromPruned().eval(), torch.randn(2, 5, 8)
+    slim = surgeon.slim(net, 0.5, x)
+    assert slim.a.out_features == 8 and slim.mlp.out_features == 16
+    assert not slim.meta["surgeon.plan"]["blocked"]
+    with torch.no_grad():
+        assert slim(x).shape == net(x).shape
+    assert_exact_at_zero(net, x)
+
+
+def test_a_group_whose_resize_fails_is_blocked_and_slim_retries(caplog, monkeypatch):
+    """Without the pinning (as a rule that sized something wrongly would leave it), the
+    reshape breaks after resizing: that group is blocked, slim retries, the rest prunes."""
+    monkeypatch.setattr(resize_module, "_pin_size_reads", lambda gm, state: None)
     torch.manual_seed(0)
     net, x = SizeFromPruned().eval(), torch.randn(2, 5, 8)
     slim = surgeon.slim(net, 0.5, x)

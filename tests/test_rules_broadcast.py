@@ -27,7 +27,28 @@ class SENet(nn.Module):
         return self.out(y * s)
 
 
-NETS = {"se_gate": (SENet, lambda: torch.randn(2, 3, 8, 8))}
+class MaskNet(nn.Module):
+    """``torch.where`` and ``masked_fill`` with a broadcast mask (a padding mask over
+    positions): the channels pass through both and prune; the mask's size-1 dim stays."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(6, 12)
+        self.b = nn.Linear(12, 12)
+        self.o = nn.Linear(12, 3)
+        self.register_buffer("keep", torch.tensor([1, 1, 0, 1, 0]).bool().view(5, 1))
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        h = torch.where(self.keep, h, torch.zeros_like(h))
+        g = torch.relu(self.b(h)).masked_fill(~self.keep, 0.0)
+        return self.o(g + h)
+
+
+NETS = {
+    "se_gate": (SENet, lambda: torch.randn(2, 3, 8, 8)),
+    "where_masked_fill": (MaskNet, lambda: torch.randn(2, 5, 6)),
+}
 
 
 class TestNets(NetHarnesses):
@@ -40,3 +61,9 @@ def test_train_mode_model_slims():
     slim = surgeon.slim(net, 0.5, x)
     assert slim.training
     slim(x).sum().backward()
+
+
+def test_where_and_masked_fill_prune_the_channels():
+    slim = TestNets.slim("where_masked_fill")
+    assert (slim.a.out_features, slim.b.out_features) == (6, 6)
+    assert tuple(slim.keep.shape) == (5, 1)

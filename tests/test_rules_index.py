@@ -49,7 +49,23 @@ class SplitNet(nn.Module):
         return self.pair(torch.cat([h1 * h2, h1 + h2], dim=1))
 
 
+class GatherNet(nn.Module):
+    """A table read by an index buffer (a relative-position table, ``table[index]``): the
+    gathered dim and the index's dims stay, the table's other dim prunes with the channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(9, 16))
+        self.register_buffer("index", torch.randint(0, 9, (5,)))
+        self.q = nn.Linear(8, 16)
+        self.o = nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.o(torch.relu(self.q(x)) * self.table[self.index])
+
+
 NETS = {
+    "gather": (GatherNet, lambda: torch.randn(2, 5, 8)),
     "cat": (CatNet, lambda: torch.randn(2, 3, 8, 8)),
     "split_chunk": (SplitNet, lambda: torch.randn(2, 3, 8, 8)),
 }
@@ -192,3 +208,10 @@ def test_overlapping_slices_couple_what_they_share():
     # y[:, 2:8] and y.narrow(1, 6, 10) share channels 6 and 7 of mid's 16 outputs
     assert slim.a.in_channels + slim.b.in_channels >= slim.mid.out_channels
     assert slim.a.in_channels < 6 and slim.b.in_channels < 10
+
+
+def test_a_gathered_dim_stays_and_the_others_prune():
+    net, x = seeded(GatherNet, lambda: torch.randn(2, 5, 8))
+    slim = surgeon.slim(net, 0.5, x)
+    assert slim.q.out_features == 8 and tuple(slim.table.shape) == (9, 8)
+    assert tuple(slim.index.shape) == (5,)

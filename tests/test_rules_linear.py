@@ -25,8 +25,33 @@ class TokenNet(nn.Module):
         return self.out(att @ h).mean(1)
 
 
+class EinsumNet(nn.Module):
+    """Attention written with ``einsum``: heads (``h``) pass, the head dim (``d``) is
+    contracted in the scores and kept in the values, positions are contracted."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv = nn.Linear(8, 3 * 16)
+        self.proj = nn.Linear(16, 8)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, 4, 4).unbind(2)
+        att = torch.einsum("bqhd,bkhd->bhqk", q, k).softmax(-1)
+        y = torch.einsum("bhqk,bkhd->bqhd", att, v)
+        return self.proj(y.reshape(b, n, 16))
+
+
 class TestNets(NetHarnesses):
-    nets = {"tokens": (TokenNet, lambda: torch.randint(0, 20, (2, 7)))}
+    nets = {
+        "tokens": (TokenNet, lambda: torch.randint(0, 20, (2, 7))),
+        "einsum_attention": (EinsumNet, lambda: torch.randn(2, 5, 8)),
+    }
+
+
+def test_einsum_heads_prune_whole():
+    slim = TestNets.slim("einsum_attention")
+    assert slim.qkv.out_features == 24 and slim.proj.in_features == 8
 
 
 class FoldIntoNoBias(nn.Module):

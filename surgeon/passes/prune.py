@@ -37,6 +37,60 @@ def _keep_one_per_space(group: Group, mask: np.ndarray, score: np.ndarray) -> No
             mask[cls[np.argmax(score[cls])]] = False
 
 
+def segments(group: Group) -> list[np.ndarray]:
+    """The group's classes split by the producers that make them: one segment for a group
+    every producer writes whole (a residual sum), one per input for a concatenation (a dense
+    block's features, an inception module's branches). Classes no producer makes form one
+    more segment."""
+    by_maker: dict[tuple[int, ...], list[int]] = {}
+    makers = np.zeros((group.n_classes, 0), dtype=bool)
+    columns: list[np.ndarray] = []
+    for sl in group.params:
+        if sl.role == "producer" and sl.space in group.class_of:
+            col = np.zeros(group.n_classes, dtype=bool)
+            col[np.unique(group.class_of[sl.space])] = True
+            columns.append(col)
+    if columns:
+        makers = np.stack(columns, axis=1)
+    for c in range(group.n_classes):
+        by_maker.setdefault(tuple(np.flatnonzero(makers[c])), []).append(c)
+    return [np.asarray(v) for v in by_maker.values()]
+
+
+def _spread(group: Group, mask: np.ndarray, order: list[int], want: int) -> int:
+    """Remove ``want`` classes in ``order`` (least important first), each segment of the group
+    first losing its own share of them, so that every concatenated input shrinks alike
+    (``scope="local"`` means the same ratio for every layer, also inside a concatenation);
+    what rounding leaves is taken in ``order``. Returns how many were removed."""
+    parts = segments(group) if want else []
+    done = 0
+    if len(parts) > 1:
+        frac = (want + int(mask.sum())) / group.n_classes
+        rank = {c: i for i, c in enumerate(order)}
+        for part in parts:
+            quota = int(frac * len(part) + 1e-9) - int(mask[part].sum())
+            for c in sorted((c for c in part if c in rank), key=rank.__getitem__):
+                if quota <= 0 or done == want:
+                    break
+                if not mask[c]:
+                    mask[c] = True
+                    quota -= 1
+                    done += 1
+    return done + _take(mask, order, want - done)
+
+
+def _take(mask: np.ndarray, order: list[int], want: int) -> int:
+    """Mark the first ``want`` classes of ``order`` not yet removed; returns how many."""
+    done = 0
+    for c in order:
+        if done == want:
+            break
+        if not mask[c]:
+            mask[c] = True
+            done += 1
+    return done
+
+
 class ChannelPrunePass(SurgeryPass):
     """Marks the least important channel classes of every prunable group as removed.
 
@@ -91,12 +145,10 @@ class ChannelPrunePass(SurgeryPass):
                 c for c in np.argsort(scores[g.index], kind="stable") if not protect[g.index][c]
             ]
             want = max(0, target[g.index] - before)
-            for c in order:
-                if want == 0:
-                    break
-                if not mask[c]:
-                    mask[c] = True
-                    want -= 1
+            if self.options.scope == "local":
+                _spread(g, mask, order, want)
+            else:
+                _take(mask, order, want)
             _keep_one_per_space(g, mask, scores[g.index])
             removed += int(mask.sum()) - before
             removed_masks[g.index] = mask

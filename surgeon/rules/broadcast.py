@@ -1,4 +1,5 @@
-"""Binary arithmetic with broadcasting: add, sub, mul, div (residuals, gates, scales)."""
+"""Elementwise ops with broadcasting: add, sub, mul, div (residuals, gates, scales), and
+``torch.where`` / ``masked_fill`` (masks)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from surgeon.rules.base import (
     block_all,
 )
 from surgeon.rules.registry import register
-from surgeon.spaces import RuleContext
+from surgeon.spaces import RuleContext, Space
 
 _ADD = (operator.add, operator.iadd, torch.add)
 _SUB = (operator.sub, operator.isub, torch.sub, torch.subtract)
@@ -144,3 +145,72 @@ def _combine(op: str, x: np.ndarray, y: np.ndarray, alpha: float) -> np.ndarray:
         else:
             r = np.where((x == 0) & ~np.isnan(y) & (y != 0), 0.0, x / y)
     return np.where(np.isfinite(r), r, NAN)
+
+
+def _couple_broadcast(ctx: RuleContext, operands: list[fx.Node]) -> dict[int, list[Space]]:
+    """Every tensor operand against the output, numpy-broadcast: a dim of the output's size
+    is the output's dim (identity), a size-1 dim broadcast against it is blocked. Returns,
+    per output dim, the operand spaces that are that dim."""
+    ys = ctx.out_shape
+    out, spaces = ctx.out, {d: [] for d in range(len(ys))}
+    for v in operands:
+        vs = ctx.shape(v)
+        lead = len(ys) - len(vs)
+        for di, n in enumerate(vs):
+            if n == ys[di + lead]:
+                ctx.identity((v.name, di), (out, di + lead))
+                spaces[di + lead].append((v.name, di))
+            else:
+                ctx.block((v.name, di), "size-1 dim broadcast by an elementwise op")
+    for d in range(len(ys)):
+        ctx.passes((out, d))
+    return spaces
+
+
+@register(torch.where)
+def where_rule(ctx: RuleContext) -> None:
+    """``torch.where(cond, a, b)``: elementwise with broadcasting over all three. A channel is
+    constant where ``a`` and ``b`` are the same constant on it (whatever ``cond`` says)."""
+    args = [ctx.arg(0, "condition"), ctx.arg(1, "input"), ctx.arg(2, "other")]
+    if ctx.out_shape is None or any(
+        not isinstance(v, (fx.Node, int, float, bool))
+        or (isinstance(v, fx.Node) and ctx.shape(v) is None)
+        for v in args
+    ):
+        return block_all(ctx)
+    _select(ctx, [v for v in args if isinstance(v, fx.Node)], args[1], args[2])
+
+
+@register(torch.masked_fill, "masked_fill")
+def masked_fill_rule(ctx: RuleContext) -> None:
+    """``x.masked_fill(mask, value)``: ``torch.where(mask, value, x)``."""
+    x, mask, value = ctx.arg(0, "input"), ctx.arg(1, "mask"), ctx.arg(2, "value")
+    if (
+        ctx.out_shape is None
+        or ctx.shape(x) is None
+        or ctx.shape(mask) is None
+        or not isinstance(value, (int, float, bool))
+    ):
+        return block_all(ctx)
+    _select(ctx, [x, mask], value, x)
+
+
+def _select(ctx: RuleContext, tensors: list[fx.Node], a: Any, b: Any) -> None:
+    spaces = _couple_broadcast(ctx, tensors)
+    ys, out = ctx.out_shape, ctx.out
+
+    def value(c: Callable, v: Any, d: int) -> np.ndarray:
+        if not isinstance(v, fx.Node):
+            return np.full(ys[d], float(v))
+        lead = len(ys) - len(ctx.shape(v))
+        space = (v.name, d - lead)
+        return c(space) if d >= lead and space in spaces[d] else _nan(ys[d])
+
+    def transfer(c):
+        res = {}
+        for d in range(len(ys)):
+            x, y = value(c, a, d), value(c, b, d)
+            res[(out, d)] = np.where(x == y, x, NAN)
+        return res
+
+    ctx.transfer(transfer)

@@ -180,6 +180,8 @@ def _tensor_index(ctx: RuleContext, x: fx.Node, idx: Any) -> None:
     goes before and inside them; an int index fixes its dim."""
     xs, ys = ctx.shape(x), ctx.out_shape
     items = list(idx) if isinstance(idx, tuple) else [idx]
+    if ys is not None and xs is not None and _gather(ctx, x, xs, items):
+        return
     if any(isinstance(i, (fx.Node, list, torch.Tensor, bool)) for i in items) or ys is None:
         return block_all(ctx, f"{ctx.describe_name()}: advanced or traced indexing")
     if items.count(Ellipsis) > 1:
@@ -226,6 +228,44 @@ def _tensor_index(ctx: RuleContext, x: fx.Node, idx: Any) -> None:
         ctx.on_resize(_rewrite_slices(ctx.node, x, items, sliced))
 
 
+def _gather(ctx: RuleContext, x: fx.Node, xs: tuple[int, ...], items: list[Any]) -> bool:
+    """``x[:, idx]`` / ``x[idx]`` / ``x[..., idx, :]``: one integer index tensor among full
+    slices (a relative-position table read by an index buffer). The indexed dim is gathered
+    (blocked: the index's values point into it), the index's dims become the output's dims
+    there (blocked), every other dim passes as identity. False where the index is not that."""
+    nodes = [k for k, i in enumerate(items) if isinstance(i, fx.Node)]
+    if len(nodes) != 1 or items.count(Ellipsis) > 1:
+        return False
+    index = items[nodes[0]]
+    meta = index.meta.get("tensor_meta")
+    dtype = getattr(meta, "dtype", None)
+    if dtype is None or dtype.is_floating_point or dtype == torch.bool or dtype.is_complex:
+        return False
+    rest = [i for k, i in enumerate(items) if k != nodes[0]]
+    if any(i is not Ellipsis and i != slice(None) for i in rest):
+        return False
+    if Ellipsis in items:
+        e = items.index(Ellipsis)
+        items = items[:e] + [slice(None)] * (len(xs) - len(items) + 1) + items[e + 1 :]
+    items = items + [slice(None)] * (len(xs) - len(items))
+    at, nd = items.index(index), len(meta.shape)
+    ys = ctx.out_shape
+    if len(ys) != len(xs) - 1 + nd:
+        return False
+    why = f"dim gathered by an index tensor at {ctx.describe_name()}"
+    ctx.block((x.name, at), why)
+    for d in range(nd):
+        ctx.block((index.name, d), why)
+    for j in range(at, at + nd):
+        ctx.block((ctx.out, j), why)
+    pairs = [(d, d if d < at else d - 1 + nd) for d in range(len(xs)) if d != at]
+    for d, j in pairs:
+        ctx.identity((x.name, d), (ctx.out, j))
+    out = ctx.out
+    ctx.transfer(lambda c: {(out, j): c((x.name, d)) for d, j in pairs})
+    return True
+
+
 def _literal(s: slice) -> bool:
     return all(
         v is None or (isinstance(v, int) and not isinstance(v, bool))
@@ -249,6 +289,13 @@ def _rewrite_slices(
             node.args = (node.args[0], tuple(new))
 
     return resize
+
+
+@register(operator.setitem)
+def setitem_rule(ctx: RuleContext) -> None:
+    """``t[index] = value``, in place (a mask filled region by region): every dim of ``t`` and
+    of ``value`` keeps its size."""
+    block_all(ctx, f"in-place write into a tensor ({ctx.describe_name()})")
 
 
 @register(torch.narrow, "narrow")

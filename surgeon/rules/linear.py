@@ -174,7 +174,7 @@ def _embedding(ctx: RuleContext, x: fx.Node, m: Any) -> Space:
     return yc
 
 
-@register(torch.matmul, operator.matmul, torch.bmm)
+@register(torch.matmul, operator.matmul, torch.bmm, "matmul", "bmm")
 def matmul_rule(ctx: RuleContext) -> None:
     """a @ b: batch dims broadcast; the contracted dims are one space (a statistic sink)."""
     a, b = ctx.arg(0, "input"), ctx.arg(1, "other")
@@ -194,3 +194,69 @@ def matmul_rule(ctx: RuleContext) -> None:
                 ctx.identity((v.name, di), (out, di + lead))
             else:
                 ctx.block((v.name, di), "size-1 dim broadcast by matmul")
+
+
+@register(torch.einsum)
+def einsum_rule(ctx: RuleContext) -> None:
+    """``torch.einsum(equation, *operands)``, driven by the equation: a letter kept in the
+    output is that output dim in every operand that has it (identity); a contracted letter
+    couples the operands' dims that carry it into one space (a statistic sink, as matmul's
+    inner dim). Ellipsis, a letter repeated within one operand (a diagonal) and implicit
+    output are blocked."""
+    eq = ctx.node.args[0] if ctx.node.args else ctx.node.kwargs.get("equation")
+    ops = list(ctx.node.args[1:])
+    if len(ops) == 1 and isinstance(ops[0], (list, tuple)):
+        ops = list(ops[0])
+    ys = ctx.out_shape
+    if (
+        not isinstance(eq, str)
+        or "->" not in eq
+        or "." in eq
+        or ys is None
+        or not all(isinstance(v, fx.Node) and ctx.shape(v) is not None for v in ops)
+    ):
+        return block_all(ctx, f"{ctx.describe_name()} with an equation it cannot follow")
+    lhs, rhs = eq.replace(" ", "").split("->")
+    terms = lhs.split(",")
+    if len(terms) != len(ops) or any(
+        len(t) != len(ctx.shape(v)) or len(set(t)) != len(t)
+        for t, v in zip(terms, ops, strict=False)
+    ):
+        return block_all(ctx, f"{ctx.describe_name()} with repeated or mismatched letters")
+    out = ctx.out
+    first: dict[str, Space] = {}
+    for letter, d in ((letter, d) for d, letter in enumerate(rhs)):
+        first[letter] = (out, d)
+    for t, v in zip(terms, ops, strict=True):
+        vs = ctx.shape(v)
+        for d, letter in enumerate(t):
+            here = (v.name, d)
+            if letter in rhs and vs[d] != ys[rhs.index(letter)]:
+                ctx.block(here, f"size-1 dim broadcast by {ctx.describe_name()}")
+            elif letter in first and ctx.shapes[first[letter][0]][first[letter][1]] != vs[d]:
+                ctx.block(here, f"size-1 dim broadcast by {ctx.describe_name()}")
+                ctx.block(first[letter], f"size-1 dim broadcast by {ctx.describe_name()}")
+            elif letter in first:
+                ctx.couple(first[letter], here)
+            else:
+                first[letter] = here
+            if letter not in rhs:
+                ctx.sink(here, "stat")
+    carriers = {
+        d: [(v.name, k) for t, v in zip(terms, ops, strict=True) for k, m in enumerate(t) if m == L]
+        for d, L in enumerate(rhs)
+    }
+
+    def transfer(c):
+        """Each term of the sum is a product holding every operand: an index that is zero in
+        one operand's kept dim is zero in the output (other constants are not followed)."""
+        res = {}
+        for d, spaces in carriers.items():
+            zero = np.zeros(ys[d], dtype=bool)
+            for sp in spaces:
+                if ctx.shapes[sp[0]][sp[1]] == ys[d]:
+                    zero |= c(sp) == 0
+            res[(out, d)] = np.where(zero, 0.0, NAN)
+        return res
+
+    ctx.transfer(transfer)

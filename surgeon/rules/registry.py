@@ -34,6 +34,7 @@ __all__ = [
     "Rule",
     "register",
     "lookup",
+    "has_function_rule",
     "traits",
     "modules_with",
     "strict",
@@ -82,6 +83,11 @@ def lookup(ctx: RuleContext) -> Rule:
         return _MODULES[key]
     table = _FUNCTIONS if ctx.node.op == "call_function" else _METHODS
     return table.get(key, block_all)
+
+
+def has_function_rule(fn: Any) -> bool:
+    """Whether a rule is registered for the function ``fn``."""
+    return fn in _FUNCTIONS
 
 
 def traits(node: fx.Node, module: nn.Module | None = None) -> frozenset[str]:

@@ -16,6 +16,7 @@ from surgeon.rules.base import (
     _nan,
     _shape_args,
     block_all,
+    output_spaces,
 )
 from surgeon.rules.registry import register
 from surgeon.spaces import FactorSite, RuleContext, Space
@@ -222,6 +223,43 @@ def size_rule(ctx: RuleContext) -> None:
     for n in ctx.tensor_inputs():
         for d in range(len(ctx.shape(n))):
             ctx.passes((n.name, d))
+
+
+@register("new_zeros", "new_ones", "new_full", "new_empty", "new_tensor")
+def new_tensor_rule(ctx: RuleContext) -> None:
+    """``x.new_zeros(sizes)``: a fresh tensor that takes only ``x``'s dtype and device; its
+    own dims keep their (literal) sizes, ``x``'s dims are untouched."""
+    x = ctx.arg(0, "self")
+    for n in ctx.tensor_inputs():
+        for d in range(len(ctx.shape(n))):
+            if n is x:
+                ctx.passes((n.name, d))
+            else:
+                ctx.block((n.name, d), f"read by {ctx.describe_name()}")
+    for name, shape in output_spaces(ctx):
+        for d in range(len(shape)):
+            ctx.block((name, d), f"size given to {ctx.describe_name()}")
+
+
+_FILLS = {torch.zeros_like: 0.0, torch.ones_like: 1.0, torch.full_like: None}
+
+
+@register(*_FILLS, torch.empty_like, torch.rand_like, torch.randn_like)
+def like_rule(ctx: RuleContext) -> None:
+    """``torch.zeros_like(x)`` and friends: the shape of ``x`` (every dim identity), the
+    values a constant (zeros, ones, the fill) or unknown (empty, random)."""
+    x, ys = ctx.arg(0, "input"), ctx.out_shape
+    if ctx.shape(x) is None or ys is None or len(ctx.tensor_inputs()) != 1:
+        return block_all(ctx)
+    fill = _FILLS.get(ctx.node.target)
+    if fill is None and ctx.node.target is torch.full_like:
+        value = ctx.arg(1, "fill_value")
+        fill = float(value) if isinstance(value, (int, float)) else None
+    out = ctx.out
+    for d in range(len(ys)):
+        ctx.identity((x.name, d), (out, d))
+    value = NAN if fill is None else fill
+    ctx.transfer(lambda c: {(out, d): np.full(ys[d], value) for d in range(len(ys))})
 
 
 @register(getattr)
