@@ -14,6 +14,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from surgeon.adopt import adopt, int_args
 from surgeon.capture import SPECIALISED_KEY
 from surgeon.diagnose import REPORT_KEY, dense_macs, diagnose
 from surgeon.errors import SurgeonInputError, SurgeonPassError
@@ -109,6 +110,7 @@ def slim(
     data: Iterable[Any] | None = None,
     loss_fn: Callable[..., torch.Tensor] | None = None,
     compensate: bool = True,
+    returns: str = "auto",
 ) -> nn.Module:
     """Remove ``ratio`` of the channels of every prunable group, physically.
 
@@ -143,10 +145,16 @@ def slim(
             and ``W_R A`` is added to the kept weights, and afterwards the batch norms'
             running statistics are re-estimated on it (one pass, no gradients). Off:
             ``compensate=False``.
+        returns: ``"auto"``: the model's own class (its methods, attributes and state-dict
+            names), its modules cut as the graph's, when its own ``forward`` then computes
+            what the slim graph computes on ``example_inputs`` (to 1e-5 of the output scale);
+            else the graph, with the reason logged and kept in ``meta["surgeon.plan"]``
+            (``form``, ``form_reason``). ``"module"``: that, or ``SurgeonPassError`` with the
+            reason. ``"graph"``: always the ``torch.fx.GraphModule``.
 
     Returns:
-        a ``torch.fx.GraphModule`` with the same inputs and output shapes that trains like any
-        module.
+        the slim model, with the same inputs and output shapes, that trains like any module;
+        in either form it carries its plan in ``meta["surgeon.plan"]``.
     """
     settings = dict(locals())
     for name in ("model", "ratio", "example_inputs"):
@@ -186,7 +194,7 @@ def _slim(
     example_inputs: Any,
     options: SlimOptions,
     original: dict[int, int] | None = None,
-) -> tuple[fx.GraphModule, SurgeryState]:
+) -> tuple[nn.Module, SurgeryState]:
     """``slim`` with its settings in ``options``; returns the slim model and the final
     decision. ``original`` (class counts per group of the model before earlier prune steps;
     an empty dict is filled with this model's) makes the ratio cumulative over those steps."""
@@ -201,6 +209,7 @@ def _slim(
         while True:
             work = model if options.inplace else copy.deepcopy(model)
             gm = trace(work, example_inputs, leaf_modules=options.leaf_modules)
+            sizes_before = int_args(gm)
             expected = _output_shapes(gm)
             graph = block_groups(build_channel_graph(gm), blocked)
             macs_before = dense_macs(gm)
@@ -228,7 +237,44 @@ def _slim(
         }
         _warn_if_little(gm, graph, macs_before, options.ratio)
         log.info("slim: %s", result.stats)
-        return gm, state
+        return _as_returned(model, work, gm, example_inputs, sizes_before, options), state
+
+
+def _as_returned(
+    model: nn.Module,
+    work: nn.Module,
+    gm: fx.GraphModule,
+    example_inputs: Any,
+    sizes_before: dict[str, list[Any]],
+    options: SlimOptions,
+) -> nn.Module:
+    """The form ``options.returns`` asks for: the user's own model (``work``, its modules cut
+    like the graph's, verified by :func:`~surgeon.adopt.adopt`) or the graph; the plan
+    records which (``form``) and, for a graph in ``"auto"``, why (``form_reason``)."""
+    plan = gm.meta[PLAN_KEY]
+    why = "returns='graph' was asked for"
+    if options.returns != "graph":
+        meta = getattr(work, "meta", None)
+        if meta is not None and not (isinstance(meta, dict) and PLAN_KEY in meta):
+            why = f"{type(model).__name__} has an attribute 'meta' of its own"
+        else:
+            module, why, changes = adopt(work, gm, example_inputs, sizes_before)
+            if module is not None:
+                plan.update(form="module", form_reason="", sized=changes)
+                module.meta = {k: v for k, v in gm.meta.items() if k.startswith("surgeon.")}
+                return module
+        if options.returns == "module":
+            raise SurgeonPassError(
+                f"returns='module': the slim {type(model).__name__} cannot be given back as its "
+                f"own class: {why}; pass returns='auto' (the graph form then) or 'graph'"
+            )
+        log.warning(
+            "surgeon: the slim model is a torch.fx.GraphModule, not a %s: %s",
+            type(model).__name__,
+            why,
+        )
+    plan.update(form="graph", form_reason=why, sized=[])
+    return gm
 
 
 MAX_BLOCK_RETRIES = 16
@@ -328,8 +374,8 @@ def _plan_record(
 ) -> dict[str, Any]:
     """What ``gm.meta[PLAN_KEY]`` keeps: the decision, the model, inputs and leaf modules
     (and the plan of the model this one was slimmed from, if it was a slim model)."""
-    meta = getattr(model, "meta", {}) if isinstance(model, fx.GraphModule) else {}
-    previous = meta.get(PLAN_KEY)
+    meta = getattr(model, "meta", None)
+    previous = meta.get(PLAN_KEY) if isinstance(meta, dict) else None
     record = {
         **state.to_record(),
         "model": previous["model"] if previous else type(model).__name__,

@@ -452,6 +452,16 @@ def _print_diagnosis(found: dict[str, Any] | None) -> None:
         )
 
 
+def _form(slim_model: nn.Module) -> str:
+    """Which form slim returned: the model's own class, or the graph and why."""
+    from surgeon.api import PLAN_KEY
+
+    plan = slim_model.meta.get(PLAN_KEY, {})
+    if plan.get("form") == "module":
+        return f"{type(slim_model).__name__} (the model's own class, verified against the graph)"
+    return f"torch.fx.GraphModule ({plan.get('form_reason') or 'the graph form'})"
+
+
 def _print_specialised(found: dict[str, Any] | None) -> None:
     """The model branches on sizes: say that the slim model holds for these sizes only."""
     if not found:
@@ -609,6 +619,7 @@ def export_command(
         "onnx": str(out),
         "little_pruned": slim_model.meta.get(REPORT_KEY),
         "specialised": slim_model.meta.get(PLAN_KEY, {}).get("specialised"),
+        "form": _form(slim_model),
     }
     result = _export_and_compare(
         name, original, slim_model, example, settings, out, opset=opset, dynamic_batch=dynamic_batch
@@ -617,6 +628,7 @@ def export_command(
     console.print(result.render())
     _print_diagnosis(settings["little_pruned"])
     _print_specialised(settings["specialised"])
+    console.print(f"form: {escape(settings['form'])}")
     console.print(f"wrote {out}")
     if report_path is not None:
         console.print(f"wrote {report_path}")

@@ -18,10 +18,11 @@ import torch.nn as nn
 from surgeon.errors import SurgeonInputError
 from surgeon.importance import check_criterion
 
-__all__ = ["SlimOptions", "Leaf", "SCOPES"]
+__all__ = ["SlimOptions", "Leaf", "SCOPES", "RETURNS"]
 
 Leaf = type[nn.Module] | nn.Module
 SCOPES = ("local", "global")
+RETURNS = ("auto", "module", "graph")
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,10 @@ class SlimOptions:
         data: ``(input, target)`` batches for the data criteria and measured compensation.
         loss_fn: ``loss_fn(output, target) -> scalar`` for ``taylor`` and ``grad``.
         compensate: fold removed channels' expected values into their consumers.
+        returns: ``"auto"`` (the user's own model, its class and state-dict names, when its
+            own ``forward`` verifiably computes what the slim graph computes, else the
+            graph), ``"module"`` (that, or an error saying why not) or ``"graph"`` (the
+            ``torch.fx.GraphModule``).
     """
 
     ratio: float
@@ -54,6 +59,7 @@ class SlimOptions:
     data: Iterable[Any] | None = field(default=None, compare=False, repr=False)
     loss_fn: Callable[..., torch.Tensor] | None = field(default=None, compare=False, repr=False)
     compensate: bool = True
+    returns: str = "auto"
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise through the back door, once
@@ -64,6 +70,11 @@ class SlimOptions:
         r = self.round_to
         if r is not None and (isinstance(r, bool) or not isinstance(r, int) or r < 1):
             raise SurgeonInputError(f"round_to={r!r}: use None or a whole number >= 1 (e.g. 8)")
+        if self.returns not in RETURNS:
+            raise SurgeonInputError(
+                f"returns={self.returns!r}: use 'auto' (the model's own class where it verifies, "
+                "else the graph), 'module' or 'graph'"
+            )
         for name in ("compensate", "inplace"):
             if not isinstance(getattr(self, name), bool):
                 raise SurgeonInputError(f"{name}={getattr(self, name)!r}: use True or False")
@@ -91,6 +102,7 @@ class SlimOptions:
             "ignore": [i if isinstance(i, str) else type(i).__name__ for i in self.ignore],
             "leaf_modules": sorted(leaf_name(m) for m in self.leaf_modules),
             "data": self.data is not None,
+            "returns": self.returns,
         }
 
 

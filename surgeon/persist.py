@@ -34,6 +34,7 @@ import copy
 import io
 import itertools
 import json
+import logging
 import os
 import zipfile
 from collections.abc import Iterable
@@ -46,6 +47,7 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 import surgeon
+from surgeon.adopt import adopt, int_args
 from surgeon.api import PLAN_KEY, block_groups, gc_paused
 from surgeon.errors import SurgeonError, SurgeonInputError, SurgeonLoadError, SurgeonPassError
 from surgeon.files import check_output_path, write_atomic
@@ -55,6 +57,8 @@ from surgeon.passes import STATE_KEY, ResizePass, SurgeryState
 from surgeon.trace import inputs_from_spec, trace
 
 __all__ = ["SurgeonLoadError", "save", "load", "FORMAT", "FORMAT_VERSION"]
+
+log = logging.getLogger(__name__)
 
 FORMAT = "surgeon.slim"
 FORMAT_VERSION = 1
@@ -189,7 +193,7 @@ def load(
     model: nn.Module | None = None,
     *,
     leaf_modules: Iterable[Leaf] = (),
-) -> fx.GraphModule:
+) -> nn.Module:
     """Rebuild the slim model saved at ``path`` from ``model``, a fresh original instance.
 
     Args:
@@ -200,9 +204,10 @@ def load(
         leaf_modules: the ``leaf_modules`` given to ``surgeon.slim``, when there were any.
 
     Returns:
-        the slim ``torch.fx.GraphModule``, with the saved weights, on ``model``'s device and in
-        its train / eval mode, carrying its plan in ``meta["surgeon.plan"]`` (it can be saved
-        again).
+        the slim model in the form it was saved in — a copy of ``model``'s own class cut by
+        the plan (verified as ``slim`` verified it), or a ``torch.fx.GraphModule`` — with the
+        saved weights, on ``model``'s device and in its train / eval mode, carrying its plan
+        in ``meta["surgeon.plan"]`` (it can be saved again).
 
     Raises:
         SurgeonLoadError: the file is missing, not a surgeon file, or damaged; ``model`` is
@@ -363,11 +368,10 @@ def _inputs_desc(plan: dict[str, Any]) -> str:
     return ", ".join(shapes) or "no tensors"
 
 
-def _rebuild(
-    model: nn.Module, plan: dict[str, Any], leaves: list[Leaf], source: str
-) -> fx.GraphModule:
+def _rebuild(model: nn.Module, plan: dict[str, Any], leaves: list[Leaf], source: str) -> nn.Module:
     """Trace a copy of ``model`` on zero inputs of the recorded shapes and cut its classes
-    (after cutting, first, the plans of earlier steps an iterative schedule recorded)."""
+    (after cutting, first, the plans of earlier steps an iterative schedule recorded); a plan
+    slimmed into the model's own class (``form: module``) gives that class back again."""
     previous = plan.get("previous")
     if previous is not None:
         if not isinstance(previous, dict):
@@ -385,7 +389,9 @@ def _rebuild(
     name, made_from = type(model).__name__, plan["model"]
     made = f"it was made from a {made_from} on inputs {_inputs_desc(plan)}"
     try:
-        gm = trace(copy.deepcopy(model), inputs, leaf_modules=leaves)
+        work = copy.deepcopy(model)
+        gm = trace(work, inputs, leaf_modules=leaves)
+        before = int_args(gm)
         graph = block_groups(build_channel_graph(gm), plan.get("blocked", {}))
         state = SurgeryState.start(graph, inputs)
     except (SurgeonError, RuntimeError, TypeError, ValueError) as exc:
@@ -415,6 +421,12 @@ def _rebuild(
             f"cutting this {name} by the plan in {source!r} failed ({made}): {exc}; load it onto "
             "a fresh instance of the model it was made from"
         ) from exc
+    if plan.get("form") == "module":  # it was slimmed into its own class: so is the copy
+        module, why, _ = adopt(work, gm, inputs, before)
+        if module is not None:
+            module.meta = {}
+            return module
+        log.warning("surgeon: %s is loaded as a torch.fx.GraphModule: %s", name, why)
     return gm
 
 

@@ -66,6 +66,7 @@ def assert_slims_at_half(
     *,
     export: bool = True,
     deterministic: bool = False,
+    **slim_kwargs: Any,
 ) -> nn.Module:
     """The ratio-0.5 harness: the slim model keeps the output shape, trains (backward reaches
     every parameter), has fewer parameters, and exports to ONNX with onnxruntime parity
@@ -73,21 +74,35 @@ def assert_slims_at_half(
     with ``export=False``). With ``deterministic``, a second ``slim`` gives the same tensors.
     Returns the slim model (its parameters keep their gradients)."""
     args, kwargs = as_args(x)
-    slim = surgeon.slim(model, 0.5, x)
+    slim = surgeon.slim(model, 0.5, x, **slim_kwargs)
     with torch.no_grad():
         ref = model(*args, **kwargs)
     out = slim(*args, **kwargs)
     assert out.shape == ref.shape
     out.float().pow(2).mean().backward()
-    assert all(p.grad is not None for p in slim.parameters() if p.requires_grad)
+    unused = _unused_parameters(model, x)  # the model's own form keeps what forward never reads
+    assert all(
+        p.grad is not None
+        for n, p in slim.named_parameters()
+        if p.requires_grad and n not in unused
+    )
     assert count_params(slim) < count_params(model)
     if deterministic:
-        again = surgeon.slim(model, 0.5, x)
+        again = surgeon.slim(model, 0.5, x, **slim_kwargs)
         assert_same_tensors(slim, again)
     if export:
         assert tmp_path is not None, "export needs tmp_path"
         surgeon.export(slim.eval(), x, tmp_path / "slim.onnx")
     return slim
+
+
+def _unused_parameters(model: nn.Module, x: Any) -> set[str]:
+    """Names of the parameters that ``model``'s forward does not reach (no gradient)."""
+    probe = copy.deepcopy(model)
+    args, kwargs = as_args(x)
+    out = probe(*args, **kwargs)
+    torch.utils._pytree.tree_leaves(out)[0].float().pow(2).mean().backward()
+    return {n for n, p in probe.named_parameters() if p.requires_grad and p.grad is None}
 
 
 class NetHarnesses:

@@ -52,7 +52,8 @@ def test_exactness_dead_channels_removed(zoo):
 def test_ratio_half(zoo):
     name, model, x = zoo
     graph = surgeon.analyze(model, x)
-    slim = assert_slims_at_half(model, x, export=False)  # (the zoo's exports: test_export.py)
+    # (the zoo's exports: test_export.py); the graph form, whose shapes are read below
+    slim = assert_slims_at_half(model, x, export=False, returns="graph")
     grads = [p.grad for p in slim.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     # every prunable group keeps 50% ± 1 of its channels, in every one of its spaces

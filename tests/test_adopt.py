@@ -1,0 +1,168 @@
+"""The slim model is the user's own model (surgeon/adopt.py): same class, attributes and
+state-dict names where its own forward verifiably computes what the slim graph computes; the
+graph form, with the reason, where it does not."""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import pytest
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+import surgeon
+from surgeon.errors import SurgeonPassError
+from surgeon.models import ZOO, create
+from tests.helpers import assert_same, randomize_norms
+
+# every zoo model, on inputs small enough for CI (ViT-Ti keeps its 224 x 224 patch grid);
+# LeNet-5 flattens with a literal on purpose (``view(N, 16 * 5 * 5)``): the graph form
+SIDES = {"vit_tiny": 224, "digits_cnn": 16}
+OWN_CLASS = sorted(set(ZOO) - {"lenet5"})
+
+
+@pytest.mark.parametrize("name", OWN_CLASS)
+def test_every_zoo_model_comes_back_as_its_own_class(name):
+    side = SIDES.get(name, 64)
+    channels = create(name)[1].shape[1]
+    model, x = create(name, input_shape=(1, channels, side, side))
+    randomize_norms(model)
+    keys = list(model.state_dict())
+    slim = surgeon.slim(model, 0.5, x)
+    graph = surgeon.slim(model, 0.5, x, returns="graph")
+    assert type(slim) is type(model) and isinstance(graph, fx.GraphModule)
+    assert slim.meta["surgeon.plan"]["form"] == "module"
+    # the original's names, in order; compensation may add a bias to a conv that had none
+    added = [k for k in slim.state_dict() if k not in keys]
+    assert [k for k in slim.state_dict() if k in keys] == keys
+    assert all(
+        k.endswith(".bias") and model.get_submodule(k[: -len(".bias")]).bias is None for k in added
+    )
+    with torch.no_grad():
+        assert_same(slim(x), graph(x), 1e-5)
+    assert list(model.state_dict()) == keys and all(  # the input model is not mutated
+        model.state_dict()[k].shape == v.shape for k, v in create(name)[0].state_dict().items()
+    )
+
+
+def test_heads_pruned_whole_set_the_head_count_attribute():
+    model, x = create("vit_tiny")
+    slim = surgeon.slim(model, 0.5, x)
+    assert slim.blocks[0].attn.num_heads == 2 and slim.blocks[0].attn.head_dim == 64
+    assert "blocks.0.attn.num_heads: 3 -> 2" in slim.meta["surgeon.plan"]["sized"]
+
+
+def test_lenet_with_its_literal_flatten_comes_back_as_the_graph():
+    model, x = create("lenet5")
+    slim = surgeon.slim(model, 0.5, x)
+    assert isinstance(slim, fx.GraphModule)
+    assert "shape '[1, 400]' is invalid" in slim.meta["surgeon.plan"]["form_reason"]
+
+
+def test_the_returned_module_fine_tunes_and_compiles():
+    model, x = create("digits_cnn")
+    slim = surgeon.slim(model, 0.5, x)
+    before = [p.detach().clone() for p in slim.parameters()]
+    opt = torch.optim.SGD(slim.parameters(), lr=0.1)
+    slim.train()
+    assert type(slim) is type(model)
+    slim(torch.randn(4, 1, 16, 16)).pow(2).mean().backward()
+    opt.step()
+    assert all(not torch.equal(a, b) for a, b in zip(before, slim.parameters(), strict=True))
+    slim.eval()
+    compiled = torch.compile(slim, backend="aot_eager")
+    with torch.no_grad():
+        assert_same(compiled(x), slim(x), 1e-5)
+
+
+def test_save_and_load_keep_the_form(tmp_path):
+    model, x = create("resnet18", input_shape=(1, 3, 64, 64))
+    for returns in ("auto", "graph"):
+        slim = surgeon.slim(model, 0.5, x, returns=returns)
+        path = surgeon.save(slim, tmp_path / f"{returns}.surgeon")
+        back = surgeon.load(path, create("resnet18")[0])
+        assert isinstance(back, fx.GraphModule) == (returns == "graph")
+        assert returns == "graph" or type(back) is type(model)
+        assert list(back.state_dict()) == list(slim.state_dict())
+        with torch.no_grad():
+            assert_same(back(x), slim(x), 1e-6)
+
+
+def test_inplace_returns_the_model_itself():
+    model, x = create("resnet18", input_shape=(1, 3, 64, 64))
+    slim = surgeon.slim(model, 0.5, x, inplace=True)
+    assert slim is model and model.conv1.out_channels == 32
+
+
+class LiteralWidth(nn.Module):
+    """A literal channel count in forward (``view(-1, 16)``): only the graph can be rewritten."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 16)
+        self.b = nn.Linear(16, 2)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)).view(-1, 16))
+
+
+class OwnMeta(nn.Module):
+    meta = "the user's own attribute"
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 16)
+        self.b = nn.Linear(16, 2)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+@pytest.mark.parametrize(
+    "net, why",
+    [
+        (LiteralWidth, "its forward fails once resized"),
+        (OwnMeta, "has an attribute 'meta' of its own"),
+    ],
+)
+def test_fallbacks_give_the_graph_with_the_reason(net, why, caplog):
+    torch.manual_seed(0)
+    model, x = net().eval(), torch.randn(3, 4)
+    with caplog.at_level(logging.WARNING):
+        slim = surgeon.slim(model, 0.5, x)
+    assert isinstance(slim, fx.GraphModule) and slim.a.out_features == 8
+    plan = slim.meta["surgeon.plan"]
+    assert plan["form"] == "graph" and why in plan["form_reason"]
+    assert why in caplog.text
+    with pytest.raises(SurgeonPassError, match=why):
+        surgeon.slim(model, 0.5, x, returns="module")
+
+
+class WrongValues(nn.Module):
+    """A forward that runs once resized but computes something else: it divides by the width
+    it reads, where the graph keeps dividing by the original width."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 16)
+        self.b = nn.Linear(16, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        return self.b(h) + h.sum(-1, keepdim=True) / h.shape[-1]
+
+
+def test_a_forward_that_computes_something_else_is_not_given_back():
+    torch.manual_seed(0)
+    model, x = WrongValues().eval(), torch.randn(3, 4)
+    slim = surgeon.slim(model, 0.5, x)
+    assert isinstance(slim, fx.GraphModule) and slim.a.out_features == 8
+    assert "differs from the slim graph's" in slim.meta["surgeon.plan"]["form_reason"]
+
+
+def test_returns_is_validated():
+    model, x = create("lenet5")
+    with pytest.raises(surgeon.SurgeonInputError, match="returns='modul'"):
+        surgeon.slim(copy.deepcopy(model), 0.5, x, returns="modul")
