@@ -30,7 +30,7 @@ import torch.fx as fx
 import torch.nn as nn
 from torch.utils import _pytree as pytree
 
-from surgeon.trace import as_args, eval_mode
+from surgeon.trace import as_args, capture_defaults, eval_mode
 
 __all__ = ["adopt", "int_args", "MODULE_TOLERANCE"]
 
@@ -180,12 +180,14 @@ def _differs(work: nn.Module, gm: fx.GraphModule, example_inputs: Any) -> str:
 
     with torch.no_grad(), eval_mode(gm), eval_mode(work):
         args, kwargs = fresh()
-        want = pytree.tree_flatten(gm(*args, **kwargs))
+        want = pytree.tree_leaves(gm(*args, **kwargs))
         args, kwargs = fresh()
-        got = pytree.tree_flatten(work(*args, **kwargs))
-    if got[1] != want[1]:
+        # what the graph was captured with (no generation cache)
+        kwargs.update(capture_defaults(type(work), kwargs) if kwargs else {})
+        got = pytree.tree_leaves(work(*args, **kwargs))
+    if len(got) != len(want):  # a ModelOutput and the graph's dict differ in type alone
         return "its forward returns another structure than the slim graph"
-    for i, (a, b) in enumerate(zip(got[0], want[0], strict=True)):
+    for i, (a, b) in enumerate(zip(got, want, strict=True)):
         if not isinstance(b, torch.Tensor):
             if a != b:
                 return f"its output {i} differs from the slim graph's ({a!r} vs {b!r})"

@@ -277,31 +277,52 @@ def _export_onnx(job: _Job, exporter: Literal["torchscript", "dynamo"]) -> None:
         logger.debug("torch.onnx (%s): %s: %s", exporter, item.category.__name__, item.message)
 
 
-def _export_with_fallback(job: _Job, exporter: Exporter) -> str:
-    """Export with the chosen exporter (``auto``: TorchScript, then dynamo); return its name."""
+def _export_checked(
+    job: _Job, exporter: Exporter, *, rtol: float, atol: float
+) -> tuple[str, float]:
+    """Export with the chosen exporter (``auto``: TorchScript, then dynamo), check the file
+    and its onnxruntime parity; a TorchScript file that fails the check (a size baked in as a
+    constant breaks the second batch) is exported again by dynamo. Returns the exporter used
+    and the worst parity difference."""
     order: tuple[Literal["torchscript", "dynamo"], ...] = (
         ("torchscript", "dynamo") if exporter == "auto" else (exporter,)
     )
     failures: list[str] = []
+    checked: SurgeonExportError | None = None  # the first file that exported but failed
     for name in order:
         try:
             _export_onnx(job, name)
         except Exception as exc:  # torch.onnx raises many unrelated types
             failures.append(f"{name} exporter: {_first_line(exc)}")
-            if name != order[-1]:
-                logger.warning(
-                    "the %s exporter failed (%s); trying the %s exporter",
-                    name,
-                    _first_line(exc, limit=200),
-                    order[-1],
-                )
+            _warn_next(name, order, exc)
             continue
-        return name
+        try:
+            _check_model(job.temp)
+            session = _session(job.temp)
+            worst = _check_parity(job, session, rtol=rtol, atol=atol)
+            del session
+        except SurgeonExportError as exc:
+            checked = checked or exc
+            _warn_next(name, order, exc)
+            continue
+        return name, worst
+    if checked is not None:
+        raise checked
     raise SurgeonExportError(
         "torch.onnx could not export the model - "
         + " | ".join(failures)
         + "; rewrite the op it names, or try another opset"
     )
+
+
+def _warn_next(name: str, order: tuple[str, ...], exc: BaseException) -> None:
+    if name != order[-1]:
+        logger.warning(
+            "the %s exporter failed (%s); trying the %s exporter",
+            name,
+            _first_line(exc, limit=200),
+            order[-1],
+        )
 
 
 def _check_model(temp: Path) -> None:
@@ -576,11 +597,7 @@ def export(
     with eval_mode(adapter), temp_sibling(target, what="ONNX file") as temp:
         expected = _expected_outputs(adapter, signature)
         job = _Job(adapter, signature, expected, temp, opset, dynamic_batch)
-        used = _export_with_fallback(job, exporter)
-        _check_model(temp)
-        session = _session(temp)
-        worst = _check_parity(job, session, rtol=rtol, atol=atol)
-        del session
+        used, worst = _export_checked(job, exporter, rtol=rtol, atol=atol)
         publish(temp, target, what="ONNX file")
     logger.info(
         "exported %s to %s in %.2fs (%s exporter); onnxruntime parity max abs diff %.3g",

@@ -529,6 +529,7 @@ def _shared_tensor_couplings(
     slices the same dim of the same tensor is coupled through the tensor index."""
     rec = NodeRecord()
     seen: dict[tuple[int, int], tuple[Space, np.ndarray]] = {}
+    _block_dims_used_whole(gm, records, rec)
     for r in list(records.values()):
         for sl in r.params:
             t = rules.attr_tensor(gm, f"{sl.owner}.{sl.name}" if sl.owner else sl.name)
@@ -553,6 +554,28 @@ def _shared_tensor_couplings(
                 continue
             rec.couplings.append((first, sl.space, rep[tidx], np.arange(size)))
     return rec
+
+
+def _block_dims_used_whole(gm: fx.GraphModule, records, rec: NodeRecord) -> None:  # noqa: ANN001
+    """A tensor a called module owns (a conv's weight) and that ``forward`` also reads directly
+    (``self.projection.weight.dtype``): the dims the module's rule does not slice (kernel
+    dims) are used whole by the module, so the direct read must not cut them."""
+    sliced: dict[int, set[int]] = defaultdict(set)
+    direct: list[ParamSlice] = []
+    for r in records.values():
+        for sl in r.params:
+            t = rules.attr_tensor(gm, f"{sl.owner}.{sl.name}" if sl.owner else sl.name)
+            if t is None:
+                continue
+            if sl.role in ("param", "buffer"):
+                direct.append(sl)
+            else:
+                sliced[id(t)].add(sl.dim)
+    for sl in direct:
+        t = rules.attr_tensor(gm, f"{sl.owner}.{sl.name}" if sl.owner else sl.name)
+        if id(t) in sliced and sl.dim not in sliced[id(t)]:
+            why = f"dim {sl.dim} of {sl.owner}.{sl.name}, which its module uses whole"
+            rec.blocks.append((sl.space, why))
 
 
 def _tuple_pieces(node: fx.Node, shapes: dict[str, tuple[int, ...]]) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import io
+import keyword
 import logging
 import os
 import sys
@@ -161,42 +162,8 @@ def trace(
     """
     if not isinstance(model, torch.nn.Module):
         raise SurgeonInputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    leaves = list(leaf_modules)
-    auto: list[str] = []
-    specialise = False  # plain symbolic tracing first; sizes specialised only where it fails
-    while True:
-        tracer = SpecialisingTracer(leaves) if specialise else SurgeonTracer(leaves)
-        if specialise:
-            tracer.concrete_setup(model, *as_args(example_inputs))
-        try:
-            graph = tracer.trace(
-                model, concrete_args=_defaults_not_given(model, example_inputs) or None
-            )
-            if not specialise and _has_wrapped_without_rule(graph):
-                # library functions fx keeps opaque: the specialising tracer traces their
-                # bodies (they often branch on sizes); where it cannot, this graph stands
-                specialised = _try_specialised(model, example_inputs, leaves)
-                if specialised is not None:
-                    tracer, graph = specialised
-            break
-        except Exception as exc:
-            error = _trace_error(model, tracer, exc)
-            if not specialise:
-                log.info(
-                    "surgeon: symbolic tracing failed (%s); capturing with sizes "
-                    "specialised to the example inputs",
-                    _one_line(error),
-                )
-                specialise = True
-                continue
-            culprit = _failing_submodule(model, tracer)
-            if culprit is None or len(auto) >= MAX_AUTO_LEAVES:
-                raise error from exc
-            # block the part, not the model: that submodule becomes one opaque call
-            qualname, module = culprit
-            leaves.append(module)
-            auto.append(f"{qualname} ({type(module).__name__}): {_one_line(error)}")
-            log.warning("surgeon: %s is traced as a leaf (its channels stay): %s", qualname, exc)
+    with explicit_forward(model, example_inputs):
+        tracer, graph, auto = _capture(model, example_inputs, list(leaf_modules))
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
     gm.meta[AUTO_LEAVES_KEY] = auto
     specialised = getattr(tracer, "specialised", [])
@@ -217,7 +184,102 @@ def trace(
     return gm
 
 
+def _capture(
+    model: torch.nn.Module, example_inputs: Any, leaves: list
+) -> tuple[fx.Tracer, fx.Graph, list[str]]:
+    """Plain symbolic tracing first; sizes specialised to the example where it fails; then a
+    submodule that still fails becomes a leaf. Returns the tracer, the graph and the leaves
+    made automatically (with their reasons)."""
+    auto: list[str] = []
+    specialise = False
+    while True:
+        tracer = SpecialisingTracer(leaves) if specialise else SurgeonTracer(leaves)
+        if specialise:
+            tracer.concrete_setup(model, *as_args(example_inputs))
+        try:
+            graph = tracer.trace(
+                model, concrete_args=_defaults_not_given(model, example_inputs) or None
+            )
+            if not specialise and _has_wrapped_without_rule(graph):
+                # library functions fx keeps opaque: the specialising tracer traces their
+                # bodies (they often branch on sizes); where it cannot, this graph stands
+                specialised = _try_specialised(model, example_inputs, leaves)
+                if specialised is not None:
+                    tracer, graph = specialised
+            return tracer, graph, auto
+        except Exception as exc:
+            error = _trace_error(model, tracer, exc)
+            if not specialise:
+                log.info(
+                    "surgeon: symbolic tracing failed (%s); capturing with sizes "
+                    "specialised to the example inputs",
+                    _one_line(error),
+                )
+                specialise = True
+                continue
+            culprit = _failing_submodule(model, tracer)
+            if culprit is None or len(auto) >= MAX_AUTO_LEAVES:
+                raise error from exc
+            # block the part, not the model: that submodule becomes one opaque call
+            qualname, module = culprit
+            leaves.append(module)
+            auto.append(f"{qualname} ({type(module).__name__}): {_one_line(error)}")
+            log.warning("surgeon: %s is traced as a leaf (its channels stay): %s", qualname, exc)
+
+
 MAX_RECORDED = 8
+
+
+# keyword arguments a captured forward gets unless the example gives them: a key-value cache
+# for generation is state carried between calls, not part of the function being slimmed
+CAPTURE_DEFAULTS = {"use_cache": False}
+
+
+def capture_defaults(cls: type, keys: Iterable[str]) -> dict[str, Any]:
+    """The :data:`CAPTURE_DEFAULTS` that ``cls.forward`` takes and ``keys`` do not give."""
+    try:
+        known = inspect.signature(inspect.unwrap(cls.forward)).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {k: v for k, v in CAPTURE_DEFAULTS.items() if k in known and k not in set(keys)}
+
+
+@contextlib.contextmanager
+def explicit_forward(model: torch.nn.Module, example_inputs: Any):
+    """Give ``model`` a ``forward`` with an explicit signature, one parameter per key of dict
+    ``example_inputs``, for the duration (by a subclass of its own class): a decorated
+    ``forward(self, input_ids=None, **kwargs)`` (Hugging Face's) is then traced through, where
+    fx would read the unwrapped signature and patch the wrapper's code. Nothing changes for
+    tensor and tuple inputs, or a plain forward whose parameters name every key."""
+    cls = type(model)
+    keys = list(example_inputs) if isinstance(example_inputs, dict) else []
+    if not keys or not _needs_adapter(cls, keys):
+        yield
+        return
+    params = ", ".join(keys)
+    fixed = capture_defaults(cls, keys)
+    scope: dict[str, Any] = {"_forward": cls.forward}
+    call = [f"{k}={k}" for k in keys] + [f"{k}={v!r}" for k, v in fixed.items()]
+    exec(  # noqa: S102 - the keys are checked identifiers
+        f"def forward(self, {params}):\n    return _forward(self, {', '.join(call)})\n",
+        scope,
+    )
+    model.__class__ = type(cls.__name__, (cls,), {"forward": scope["forward"]})
+    try:
+        yield
+    finally:
+        model.__class__ = cls
+
+
+def _needs_adapter(cls: type, keys: list[str]) -> bool:
+    if not all(k.isidentifier() and not keyword.iskeyword(k) for k in keys):
+        return False
+    forward = cls.forward
+    if inspect.unwrap(forward) is not forward:
+        return True
+    params = inspect.signature(forward).parameters.values()
+    named = {p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    return not set(keys) <= named
 
 
 def _has_wrapped_without_rule(graph: fx.Graph) -> bool:
@@ -240,7 +302,11 @@ def _try_specialised(
 
 
 class SpecialisingTracer(ConcreteTracer, SurgeonTracer):
-    """:class:`SurgeonTracer` whose size queries answer with the example's integers."""
+    """:class:`SurgeonTracer` whose size queries answer with the example's integers. Buffers
+    read in ``forward`` are traced too (``self.position_ids[:, :n]``): sliced by a size this
+    tracer answers, a buffer would otherwise become a plain tensor the graph cannot follow."""
+
+    proxy_buffer_attributes = True
 
 
 AUTO_LEAVES_KEY = "surgeon.auto_leaves"

@@ -37,9 +37,16 @@ def assert_exact(model: nn.Module, x: Any, *, tol: float = 1e-5, **slim_kwargs: 
     slim = surgeon.slim(model, 0.0, x, **slim_kwargs)
     with torch.no_grad():
         got = slim(*args, **kwargs)
+    got, want = main_output(got), main_output(want)
     assert got.shape == want.shape
     assert_same(got, want, tol)
     return slim
+
+
+def main_output(out: Any) -> torch.Tensor:
+    """The first tensor of a model's output (a Hugging Face ModelOutput or dict: its logits
+    or last hidden state)."""
+    return next(t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor))
 
 
 def assert_exact_at_zero(
@@ -76,8 +83,8 @@ def assert_slims_at_half(
     args, kwargs = as_args(x)
     slim = surgeon.slim(model, 0.5, x, **slim_kwargs)
     with torch.no_grad():
-        ref = model(*args, **kwargs)
-    out = slim(*args, **kwargs)
+        ref = main_output(model(*args, **kwargs))
+    out = main_output(slim(*args, **kwargs))
     assert out.shape == ref.shape
     out.float().pow(2).mean().backward()
     unused = _unused_parameters(model, x)  # the model's own form keeps what forward never reads
@@ -100,8 +107,7 @@ def _unused_parameters(model: nn.Module, x: Any) -> set[str]:
     """Names of the parameters that ``model``'s forward does not reach (no gradient)."""
     probe = copy.deepcopy(model)
     args, kwargs = as_args(x)
-    out = probe(*args, **kwargs)
-    torch.utils._pytree.tree_leaves(out)[0].float().pow(2).mean().backward()
+    main_output(probe(*args, **kwargs)).float().pow(2).mean().backward()
     return {n for n, p in probe.named_parameters() if p.requires_grad and p.grad is None}
 
 

@@ -122,6 +122,9 @@ def test_bare_export_writes_onnx_and_report(tmp_path: Path) -> None:
         report["measured_speedup"]["cpu"] / report["theoretical_speedup"]
     )
     assert "compression" in result.stdout and "theoretical" in result.stdout
+    # the form slim gave back: the zoo's ResNet as its own class
+    assert report["settings"]["form"].startswith("ResNet (the model's own class")
+    assert "form: ResNet (the model's own class" in result.stdout
 
 
 def test_export_factory_file_with_options(workdir: Path) -> None:

@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import surgeon
-from tests.helpers import NetHarnesses, seeded
+from tests.helpers import NetHarnesses, assert_exact, seeded
 from tests.test_rules_shape import NETS as SHAPE_NETS
 
 
@@ -42,3 +42,27 @@ def test_layer_scale_parameter_is_sliced():
     slim = surgeon.slim(net, 0.5, x)
     assert slim.gamma.shape == (slim.conv.out_channels,) == (6,)
     assert slim.ln.normalized_shape == (6,)
+
+
+class ReadsItsConvWeight(nn.Module):
+    """A patch embedding that reads its conv's weight directly (``.dtype``), as Hugging
+    Face's ViT does: the conv's kernel dims must not become channels of their own."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Conv2d(3, 8, 4, stride=4)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        y = self.proj(x.to(self.proj.weight.dtype))
+        return self.head(y.flatten(2).mean(-1))
+
+
+def test_a_weight_read_directly_keeps_the_dims_its_module_uses_whole():
+    """(A regression: the kernel dims were pruned as unused channels, silently.)"""
+    net, x = seeded(ReadsItsConvWeight, lambda: torch.randn(2, 3, 8, 8))
+    graph = surgeon.analyze(net, x)
+    assert [g.n_classes for g in graph.prunable_groups()] == [8]
+    slim = assert_exact(net, x)
+    assert tuple(slim.proj.weight.shape) == (8, 3, 4, 4)
+    assert tuple(surgeon.slim(net, 0.5, x).proj.weight.shape) == (4, 3, 4, 4)

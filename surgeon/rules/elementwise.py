@@ -117,7 +117,13 @@ _UNARY_FUNCTIONS = (
     torch.sqrt,
     torch.rsqrt,
     torch.erf,
+    torch.sin,
+    torch.cos,
+    torch.pow,
+    torch.log,
+    torch.reciprocal,
     operator.neg,
+    operator.pow,
     torch.nn.functional.relu_,
     torch.relu_,
     torch.nn.functional.hardtanh_,
@@ -142,6 +148,11 @@ _UNARY_METHODS = (
     "rsqrt",
     "erf",
     "hardtanh",
+    "sin",
+    "cos",
+    "pow",
+    "log",
+    "reciprocal",
 )
 _PASS_METHODS = (
     "contiguous",
@@ -167,6 +178,8 @@ def _const_args(ctx: RuleContext) -> tuple[tuple, dict]:
 @register(*_UNARY_FUNCTIONS, traits=("elementwise",))
 def unary_function_rule(ctx: RuleContext) -> None:
     x = ctx.arg(0, "input")
+    if not isinstance(x, fx.Node):  # 2 ** t: the tensor is the exponent
+        return block_all(ctx, f"{ctx.describe_name()} of a number by a tensor")
     args, kwargs = _const_args(ctx)
     if any(isinstance(a, fx.Node) for a in (*args, *kwargs.values())):
         return block_all(ctx, f"{ctx.describe_name()} takes a traced value as a parameter")

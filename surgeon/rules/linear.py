@@ -129,6 +129,20 @@ def linear_function_rule(ctx: RuleContext) -> None:
     _contraction(ctx, view, (x.name, last), (out, last), in_dim=1, out_dim=0, fold=None)
 
 
+@register(torch.addmm)
+def addmm_rule(ctx: RuleContext) -> None:
+    """``torch.addmm(bias, x, weight)`` = ``bias + x @ weight`` with a ``(in, out)`` weight
+    (GPT-2's Conv1D): the Linear rule with the weight transposed."""
+    b, x, w = ctx.arg(0, "input"), ctx.arg(1, "mat1"), ctx.arg(2, "mat2")
+    xs, ws, bs = ctx.shape(x), ctx.shape(w), ctx.shape(b)
+    scaled = any(ctx.node.kwargs.get(k, 1) != 1 for k in ("beta", "alpha"))
+    if xs is None or ws is None or bs is None or len(bs) != 1 or scaled:
+        return block_all(ctx, f"{ctx.describe_name()} with a scaled or 2-D bias")
+    ctx.identity((x.name, 0), (ctx.out, 0))
+    view = FunctionalWeights(ctx.gm, w, b)
+    _contraction(ctx, view, (x.name, 1), (ctx.out, 1), in_dim=0, out_dim=1, fold=None)
+
+
 @register(nn.Embedding)
 def embedding_rule(ctx: RuleContext) -> None:
     m: nn.Embedding = ctx.module  # type: ignore[assignment]

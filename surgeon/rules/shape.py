@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 
 import numpy as np
@@ -110,6 +111,9 @@ def _rewrite_sizes(ctx: RuleContext, start: int) -> Callable[[Callable[[Space], 
 
     def resize(size):
         sizes, packed = _shape_args(node, start)
+        if len(sizes) == 1 and isinstance(sizes[0], fx.Node):
+            _rewrite_tail(sizes[0], size, out, old)
+            return
         new = [
             size((out, d))
             if not (isinstance(s, int) and s == -1) and size((out, d)) != old[d]
@@ -120,6 +124,25 @@ def _rewrite_sizes(ctx: RuleContext, start: int) -> Callable[[Callable[[Space], 
         node.args = tuple(rest + ([tuple(new)] if packed else new))
 
     return resize
+
+
+def _rewrite_tail(shape: fx.Node, size: Callable[[Space], int], out: str, old: tuple) -> None:
+    """``x.view(x.size()[:-1] + (heads, head_dim))``: the shape is a traced prefix plus a
+    tuple of literals or size reads; the entries of dims that changed take their new sizes
+    (the prefix, batch and sequence dims read from the input, keeps its traced sizes)."""
+    if not (shape.op == "call_function" and shape.target is operator.add and len(shape.args) == 2):
+        return
+    head, tail = shape.args
+    if not isinstance(tail, (tuple, list)) or not all(isinstance(v, (int, fx.Node)) for v in tail):
+        return
+    k = len(old) - len(tail)
+    new = [
+        size((out, k + i))
+        if not (v == -1 and isinstance(v, int)) and size((out, k + i)) != old[k + i]
+        else v
+        for i, v in enumerate(tail)
+    ]
+    shape.args = (head, type(tail)(new))
 
 
 @register("view", "reshape")

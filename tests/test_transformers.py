@@ -1,0 +1,101 @@
+"""Hugging Face transformers models, built from tiny configs (random weights, no download):
+decorated ``**kwargs`` forwards captured through an explicit signature, sizes specialised to
+the example, attention heads pruned whole, and the user's own class given back (a causal LM
+still generates)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import surgeon
+from surgeon.cost import count_macs
+from tests.helpers import assert_exact_at_zero, assert_slims_at_half
+
+transformers = pytest.importorskip("transformers")
+transformers.logging.set_verbosity_error()
+
+IDS = {"input_ids": torch.randint(0, 100, (1, 8), generator=torch.Generator().manual_seed(0))}
+PIXELS = {"pixel_values": torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))}
+
+
+def _bert():
+    cfg = transformers.BertConfig(
+        vocab_size=100,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        num_labels=3,
+    )
+    return transformers.BertForSequenceClassification(cfg), IDS, "attention.self.query"
+
+
+def _gpt2():
+    cfg = transformers.GPT2Config(
+        vocab_size=100, n_embd=64, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0
+    )
+    return transformers.GPT2LMHeadModel(cfg), IDS, None
+
+
+def _llama():
+    cfg = transformers.LlamaConfig(
+        vocab_size=100,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        num_key_value_heads=4,  # grouped-query attention
+        intermediate_size=128,
+    )
+    return transformers.LlamaForCausalLM(cfg), IDS, "self_attn.q_proj"
+
+
+def _vit():
+    cfg = transformers.ViTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        num_labels=5,
+    )
+    return transformers.ViTForImageClassification(cfg), PIXELS, None
+
+
+MODELS = {"bert": _bert, "gpt2": _gpt2, "llama": _llama, "vit": _vit}
+
+
+def _build(name):
+    torch.manual_seed(0)
+    model, x, q = MODELS[name]()
+    return model.eval(), x, q
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_hugging_face_model_slims_exactly(name, tmp_path):
+    model, x, q = _build(name)
+    assert_exact_at_zero(model, x)
+    slim = assert_slims_at_half(model, x, tmp_path)  # onnxruntime parity included
+    assert type(slim) is type(model), slim.meta["surgeon.plan"]["form_reason"]
+    assert count_macs(model, x) / count_macs(slim, x) >= 3.0
+    if q is not None:  # heads prune whole: the query projection loses half its width
+        (name_q, proj), *_ = [(n, m) for n, m in slim.named_modules() if n.endswith(q)]
+        assert proj.out_features == dict(model.named_modules())[name_q].out_features // 2
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_causal_lm_still_generates(name):
+    model, x, _ = _build(name)
+    slim = surgeon.slim(model, 0.5, x)
+    out = slim.generate(x["input_ids"], max_new_tokens=8, do_sample=False, pad_token_id=0)
+    assert out.shape == (1, 16)
+    with torch.no_grad():  # with and without the generation cache: the same logits
+        torch.testing.assert_close(slim(**x).logits, slim(**x, use_cache=False).logits)
+
+
+def test_tied_input_and_output_embeddings_stay_tied():
+    model, x, _ = _build("gpt2")
+    slim = surgeon.slim(model, 0.5, x)
+    assert slim.lm_head.weight is slim.transformer.wte.weight
+    assert slim.lm_head.weight.shape[0] == 100  # the vocabulary is never pruned
