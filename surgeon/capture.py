@@ -202,7 +202,11 @@ class _Answers:
 
 
 class ConcreteProxy(_Answers, Proxy):
-    def __getattr__(self, k: str) -> Attribute:
+    def __getattr__(self, k: str) -> Any:
+        if k in _STATIC:  # torch.finfo(x.dtype) needs a real dtype; it never depends on sizes
+            value = self.tracer.value_of(self)
+            if isinstance(value, torch.Tensor):
+                return getattr(value, k)
         return ConcreteAttribute(self, k)
 
     def __setitem__(self, index: Any, value: Any) -> None:
@@ -217,6 +221,9 @@ class ConcreteProxy(_Answers, Proxy):
                 "cannot be captured; make it out of place (torch.where, index_put)"
             )
         tracer.create_proxy("call_function", operator.setitem, (self, index, value), {})
+
+
+_STATIC = frozenset({"dtype", "device", "layout", "is_cuda", "ndim"})
 
 
 class ConcreteAttribute(_Answers, Attribute):

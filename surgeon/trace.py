@@ -100,7 +100,11 @@ class SurgeonTracer(fx.Tracer):
         return id(m) in self._leaf_ids or bool(self._leaf_types and isinstance(m, self._leaf_types))
 
     def call_module(self, m, forward, args, kwargs):  # noqa: ANN001 - fx's signature
-        self._stack.append((self.path_of_module(m), type(m).__name__))
+        try:
+            path = self.path_of_module(m)
+        except NameError:  # made inside forward (``nn.ReLU()(x)``): traced as what it does
+            return forward(*args, **kwargs)
+        self._stack.append((path, type(m).__name__))
         try:
             if not self._user_leaf(m):
                 expanded = _expand(self, m, args, kwargs)
