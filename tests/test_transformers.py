@@ -153,7 +153,9 @@ def test_hugging_face_model_slims_exactly(name, tmp_path):
 def test_causal_lm_still_generates(name):
     model, x, _ = _build(name)
     slim = surgeon.slim(model, 0.5, x)
-    out = slim.generate(x["input_ids"], max_new_tokens=8, do_sample=False, pad_token_id=0)
+    out = slim.generate(
+        x["input_ids"], max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0
+    )
     assert out.shape == (1, 16)
     with torch.no_grad():  # with and without the generation cache: the same logits
         torch.testing.assert_close(slim(**x).logits, slim(**x, use_cache=False).logits)
