@@ -106,11 +106,9 @@ def _peer(model: torch.nn.Module, x: dict[str, torch.Tensor]) -> str:
 
 
 def row(name: str) -> list[str]:
-    from tests.test_transformers import MODELS
+    from tests.test_transformers import build
 
-    torch.manual_seed(0)
-    model, x, q = MODELS[name][0]()
-    model.eval()
+    model, x, q = build(name)
     try:
         start = time.perf_counter()
         slim = surgeon.slim(model, 0.5, x)

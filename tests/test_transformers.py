@@ -19,131 +19,142 @@ IDS = {"input_ids": torch.randint(0, 100, (1, 8), generator=torch.Generator().ma
 PIXELS = {"pixel_values": torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))}
 
 
-def _bert():
-    cfg = transformers.BertConfig(
-        vocab_size=100,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=128,
-        num_labels=3,
-    )
-    return transformers.BertForSequenceClassification(cfg), IDS, "attention.self.query"
+_TEXT = dict(vocab_size=100, hidden_size=64, num_hidden_layers=2, intermediate_size=128)
+_MEL = {"input_features": torch.randn(1, 16, 64, generator=torch.Generator().manual_seed(0))}
 
-
-def _gpt2():
-    cfg = transformers.GPT2Config(
-        vocab_size=100, n_embd=64, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0
-    )
-    return transformers.GPT2LMHeadModel(cfg), IDS, None
-
-
-def _llama():
-    cfg = transformers.LlamaConfig(
-        vocab_size=100,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=8,
-        num_key_value_heads=4,  # grouped-query attention
-        intermediate_size=128,
-    )
-    return transformers.LlamaForCausalLM(cfg), IDS, "self_attn.q_proj"
-
-
-def _vit():
-    cfg = transformers.ViTConfig(
-        image_size=32,
-        patch_size=8,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=128,
-        num_labels=5,
-    )
-    return transformers.ViTForImageClassification(cfg), PIXELS, "attention.q_proj"
-
-
-def _qwen2():
-    cfg = transformers.Qwen2Config(
-        vocab_size=100,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=8,
-        num_key_value_heads=4,
-        intermediate_size=128,
-    )
-    return transformers.Qwen2ForCausalLM(cfg), IDS, "self_attn.q_proj"
-
-
-def _t5_encoder():
-    cfg = transformers.T5Config(
-        vocab_size=100, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4
-    )
-    return transformers.T5EncoderModel(cfg), IDS, "SelfAttention.q"
-
-
-def _swin():
-    cfg = transformers.SwinConfig(
-        image_size=32,
-        patch_size=4,
-        embed_dim=16,
-        depths=[1, 1],
-        num_heads=[2, 4],
-        window_size=4,
-        num_labels=5,
-    )
-    return transformers.SwinForImageClassification(cfg), PIXELS, "attention.q_proj"
-
-
-def _whisper_encoder():
-    cfg = transformers.WhisperConfig(
-        d_model=64,
-        encoder_layers=2,
-        encoder_attention_heads=4,
-        encoder_ffn_dim=128,
-        num_mel_bins=16,
-        max_source_positions=32,
-        num_labels=3,
-    )
-    mel = torch.randn(1, 16, 64, generator=torch.Generator().manual_seed(0))
-    return transformers.WhisperForAudioClassification(cfg), {"input_features": mel}, "q_proj"
-
-
-def _distilbert():
-    cfg = transformers.DistilBertConfig(
-        vocab_size=100, dim=64, n_layers=2, n_heads=4, hidden_dim=128
-    )
-    return transformers.DistilBertForSequenceClassification(cfg), IDS, "attention.q_lin"
-
-
-# name -> (builder, the least MAC drop at 0.5): an encoder whose output is its hidden state
-# keeps that width (T5EncoderModel), so only its heads and MLP prune
+# name -> (config class, its arguments, model class, example inputs, the query projection's
+# name suffix, the least MAC drop at 0.5). An encoder whose output is its hidden state keeps
+# that width (T5EncoderModel), so only its heads and MLP prune there.
 MODELS = {
-    "bert": (_bert, 3.0),
-    "distilbert": (_distilbert, 3.0),
-    "gpt2": (_gpt2, 3.0),
-    "llama": (_llama, 3.0),
-    "qwen2": (_qwen2, 3.0),
-    "t5_encoder": (_t5_encoder, 1.9),
-    "vit": (_vit, 3.0),
-    "swin": (_swin, 3.0),
-    "whisper_encoder": (_whisper_encoder, 3.0),
+    "bert": (
+        "BertConfig",
+        {**_TEXT, "num_attention_heads": 4, "num_labels": 3},
+        "BertForSequenceClassification",
+        IDS,
+        "attention.self.query",
+        3.0,
+    ),
+    "distilbert": (
+        "DistilBertConfig",
+        {"vocab_size": 100, "dim": 64, "n_layers": 2, "n_heads": 4, "hidden_dim": 128},
+        "DistilBertForSequenceClassification",
+        IDS,
+        "attention.q_lin",
+        3.0,
+    ),
+    "gpt2": (  # its heads are packed in one c_attn
+        "GPT2Config",
+        {
+            "vocab_size": 100,
+            "n_embd": 64,
+            "n_layer": 2,
+            "n_head": 4,
+            "bos_token_id": 0,
+            "eos_token_id": 0,
+        },
+        "GPT2LMHeadModel",
+        IDS,
+        None,
+        3.0,
+    ),
+    "llama": (  # grouped-query attention: 8 query heads, 4 kv heads
+        "LlamaConfig",
+        {**_TEXT, "num_attention_heads": 8, "num_key_value_heads": 4},
+        "LlamaForCausalLM",
+        IDS,
+        "self_attn.q_proj",
+        3.0,
+    ),
+    "qwen2": (
+        "Qwen2Config",
+        {**_TEXT, "num_attention_heads": 8, "num_key_value_heads": 4},
+        "Qwen2ForCausalLM",
+        IDS,
+        "self_attn.q_proj",
+        3.0,
+    ),
+    "t5_encoder": (
+        "T5Config",
+        {
+            "vocab_size": 100,
+            "d_model": 64,
+            "d_kv": 16,
+            "d_ff": 128,
+            "num_layers": 2,
+            "num_heads": 4,
+        },
+        "T5EncoderModel",
+        IDS,
+        "SelfAttention.q",
+        1.9,
+    ),
+    "vit": (
+        "ViTConfig",
+        {
+            "image_size": 32,
+            "patch_size": 8,
+            "hidden_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "intermediate_size": 128,
+            "num_labels": 5,
+        },
+        "ViTForImageClassification",
+        PIXELS,
+        "attention.q_proj",
+        3.0,
+    ),
+    "swin": (
+        "SwinConfig",
+        {
+            "image_size": 32,
+            "patch_size": 4,
+            "embed_dim": 16,
+            "depths": [1, 1],
+            "num_heads": [2, 4],
+            "window_size": 4,
+            "num_labels": 5,
+        },
+        "SwinForImageClassification",
+        PIXELS,
+        "attention.q_proj",
+        3.0,
+    ),
+    "whisper_encoder": (
+        "WhisperConfig",
+        {
+            "d_model": 64,
+            "encoder_layers": 2,
+            "encoder_attention_heads": 4,
+            "encoder_ffn_dim": 128,
+            "num_mel_bins": 16,
+            "max_source_positions": 32,
+            "num_labels": 3,
+        },
+        "WhisperForAudioClassification",
+        _MEL,
+        "q_proj",
+        3.0,
+    ),
 }
 
 
-def _build(name):
+def build(name: str) -> tuple[torch.nn.Module, dict[str, torch.Tensor], str | None]:
+    """Model ``name`` (random weights, seeded, eval mode), its example inputs and the name
+    suffix of its query projections."""
+    config, kwargs, cls, x, q, _ = MODELS[name]
     torch.manual_seed(0)
-    model, x, q = MODELS[name][0]()
+    model = getattr(transformers, cls)(getattr(transformers, config)(**kwargs))
     return model.eval(), x, q
 
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_hugging_face_model_slims_exactly(name, tmp_path):
-    model, x, q = _build(name)
+    model, x, q = build(name)
     assert_exact_at_zero(model, x)
     slim = assert_slims_at_half(model, x, tmp_path)  # onnxruntime parity included
     assert type(slim) is type(model), slim.meta["surgeon.plan"]["form_reason"]
-    assert count_macs(model, x) / count_macs(slim, x) >= MODELS[name][1]
+    assert count_macs(model, x) / count_macs(slim, x) >= MODELS[name][5]
     if q is not None:  # heads prune whole: the query projection loses half its width
         (name_q, proj), *_ = [(n, m) for n, m in slim.named_modules() if n.endswith(q)]
         assert proj.out_features == dict(model.named_modules())[name_q].out_features // 2
@@ -151,7 +162,7 @@ def test_hugging_face_model_slims_exactly(name, tmp_path):
 
 @pytest.mark.parametrize("name", ["gpt2", "llama"])
 def test_causal_lm_still_generates(name):
-    model, x, _ = _build(name)
+    model, x, _ = build(name)
     slim = surgeon.slim(model, 0.5, x)
     out = slim.generate(
         x["input_ids"], max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0
@@ -162,7 +173,7 @@ def test_causal_lm_still_generates(name):
 
 
 def test_tied_input_and_output_embeddings_stay_tied():
-    model, x, _ = _build("gpt2")
+    model, x, _ = build("gpt2")
     slim = surgeon.slim(model, 0.5, x)
     assert slim.lm_head.weight is slim.transformer.wte.weight
     assert slim.lm_head.weight.shape[0] == 100  # the vocabulary is never pruned
