@@ -92,16 +92,25 @@ def all_specs() -> list[str]:
 
 
 def build(spec: str) -> torch.nn.Module:
+    """The model of ``spec`` with random weights, in eval mode. A weight matrix initialised
+    to zero (torchvision's ViT head) is drawn at random too: an all-zero output would make the
+    exactness check prove nothing."""
     lib, name = spec.split(":")
     torch.manual_seed(0)
     if lib in ("tv", "tvseg"):
         import torchvision
 
         kw = {"weights_backbone": None, "aux_loss": False} if lib == "tvseg" else {}
-        return torchvision.models.get_model(name, weights=None, **kw).eval()
-    import timm
+        model = torchvision.models.get_model(name, weights=None, **kw)
+    else:
+        import timm
 
-    return timm.create_model(name, pretrained=False).eval()
+        model = timm.create_model(name, pretrained=False)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2 and not p.any():
+                torch.nn.init.normal_(p, std=0.02)
+    return model.eval()
 
 
 def example(model: torch.nn.Module, spec: str, size: int) -> torch.Tensor:
