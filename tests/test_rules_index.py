@@ -4,6 +4,8 @@ channels before or inside them go)."""
 
 from __future__ import annotations
 
+import operator
+
 import pytest
 import torch
 import torch.nn as nn
@@ -64,8 +66,26 @@ class GatherNet(nn.Module):
         return self.o(torch.relu(self.q(x)) * self.table[self.index])
 
 
+class InPlaceMask(nn.Module):
+    """A mask made with ``new_zeros`` and filled region by region in place (as shifted-window
+    attention builds it), added to the channels through ``zeros_like``: the mask's dims keep
+    their size, the channels prune."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(6, 12)
+        self.o = nn.Linear(12, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        mask = x.new_zeros((x.shape[1], 1))
+        mask[:2] = 1.0
+        return self.o(h * mask + torch.zeros_like(h))
+
+
 NETS = {
     "gather": (GatherNet, lambda: torch.randn(2, 5, 8)),
+    "in_place_mask": (InPlaceMask, lambda: torch.randn(2, 5, 6)),
     "cat": (CatNet, lambda: torch.randn(2, 3, 8, 8)),
     "split_chunk": (SplitNet, lambda: torch.randn(2, 3, 8, 8)),
 }
@@ -215,3 +235,11 @@ def test_a_gathered_dim_stays_and_the_others_prune():
     slim = surgeon.slim(net, 0.5, x)
     assert slim.q.out_features == 8 and tuple(slim.table.shape) == (9, 8)
     assert tuple(slim.index.shape) == (5,)
+
+
+def test_an_in_place_mask_keeps_its_size_and_the_channels_prune():
+    net, x = TestNets.build("in_place_mask")
+    slim = surgeon.slim(net, 0.5, x, returns="graph")
+    assert slim.a.out_features == 6
+    assert any(n.target is operator.setitem for n in slim.graph.nodes)
+    assert type(surgeon.slim(net, 0.5, x)) is InPlaceMask  # its own forward verifies too
