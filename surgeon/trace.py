@@ -163,9 +163,15 @@ def trace(
     tensors. ``leaf_modules`` are module types or instances fx must not trace into: their
     output dims are then blocked by the channel analysis, which is always safe.
     The returned GraphModule shares submodules with ``model``; copy first to keep it intact.
+    A ``GraphModule`` is used as it is, never traced again (its shapes are propagated).
     """
     if not isinstance(model, torch.nn.Module):
         raise SurgeonInputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(model, fx.GraphModule):  # already a graph (a slim model, a user's capture)
+        model.meta.setdefault(AUTO_LEAVES_KEY, [])
+        model.meta.setdefault(SPECIALISED_KEY, None)
+        propagate_shapes(model, example_inputs)
+        return model
     with explicit_forward(model, example_inputs):
         tracer, graph, auto = _capture(model, example_inputs, list(leaf_modules))
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
@@ -279,11 +285,15 @@ def _needs_adapter(cls: type, keys: list[str]) -> bool:
     if not all(k.isidentifier() and not keyword.iskeyword(k) for k in keys):
         return False
     forward = cls.forward
-    if inspect.unwrap(forward) is not forward:
-        return True
-    params = inspect.signature(forward).parameters.values()
+    try:
+        params = inspect.signature(inspect.unwrap(forward)).parameters.values()
+    except (TypeError, ValueError):
+        return False
     named = {p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
-    return not set(keys) <= named
+    var_kw = any(p.kind == p.VAR_KEYWORD for p in params)
+    if not set(keys) <= named and not var_kw:
+        return False  # an unknown key: refused later, by name
+    return inspect.unwrap(forward) is not forward or var_kw
 
 
 def _has_wrapped_without_rule(graph: fx.Graph) -> bool:

@@ -80,6 +80,7 @@ for name, case in cases.items():
             "params": sum(p.numel() for p in gm.parameters()),
             "plan": gm.meta[PLAN_KEY],
             "is_graph_module": isinstance(gm, torch.fx.GraphModule),
+            "keys": list(gm.state_dict()),
         },
         folder / f"{name}.out.pt",
     )
@@ -104,6 +105,8 @@ def zoo_round_trip(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[s
             "params": n_params(gm),
             "original_params": n_params(model),
             "plan": json.loads(json.dumps(gm.meta[PLAN_KEY])),
+            "is_graph_module": isinstance(gm, torch.fx.GraphModule),
+            "keys": list(gm.state_dict()),
         }
         del model, gm
     (folder / "cases.json").write_text(json.dumps({name: zoo_case(name) for name in ZOO}))
@@ -129,7 +132,9 @@ def test_zoo_model_round_trips_in_a_new_process(
     assert want["params"] < want["original_params"], "slim removed nothing: the test proves little"
     assert got["params"] == want["params"]
     assert got["plan"] == want["plan"]
-    assert got["is_graph_module"]
+    # the form is kept: the model's own class (every zoo model but LeNet-5) or the graph
+    assert got["is_graph_module"] == want["is_graph_module"] == (name == "lenet5")
+    assert got["keys"] == want["keys"]
     assert_same(got["out"], want["out"], tol=1e-6)
 
 

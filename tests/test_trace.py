@@ -243,3 +243,16 @@ def test_specialised_capture_keeps_the_users_inputs_and_statistics():
     trace(net, x)
     assert_same_tensors(net.state_dict(), before)
     assert torch.equal(x, x0) and net.training
+
+
+def test_a_graph_module_is_used_as_it_is():
+    """An fx.GraphModule (a user's own capture, a slim model) is not traced again: its own
+    graph is what slims."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+    gm = torch.fx.symbolic_trace(net)
+    x = torch.randn(3, 4)
+    assert trace(gm, x) is gm
+    slim = surgeon.slim(gm, 0.5, x)
+    assert isinstance(slim, torch.fx.GraphModule) and slim.get_submodule("0").out_features == 4
+    assert_exact_at_zero(gm, x)
