@@ -32,7 +32,7 @@ from torch.utils import _pytree as pytree
 
 from surgeon.trace import as_args, capture_defaults, eval_mode
 
-__all__ = ["adopt", "int_args", "MODULE_TOLERANCE"]
+__all__ = ["adopt", "differs", "int_args", "MODULE_TOLERANCE"]
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def adopt(
             _sync_sizes(module)
     changes = _take_ints(work, gm, before)
     try:
-        why = _differs(work, gm, example_inputs)
+        why = differs(work, gm, example_inputs)
     except Exception as exc:  # noqa: BLE001 - any failure of the user's forward is a reason
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         return None, f"its forward fails once resized ({type(exc).__name__}: {first})", changes
@@ -170,21 +170,23 @@ def _plain_int(v: Any) -> bool:
     return type(v) is int
 
 
-def _differs(work: nn.Module, gm: fx.GraphModule, example_inputs: Any) -> str:
-    """'' when ``work`` and ``gm`` give the same outputs on the example, else why not."""
+def differs(work: nn.Module, gm: nn.Module, example_inputs: Any) -> str:
+    """'' when ``work`` and ``gm`` (the slim graph, or another module) give the same outputs
+    on the example, else why not."""
 
     def fresh() -> tuple[tuple, dict]:  # a forward may work in place on its inputs
         return pytree.tree_map(
             lambda v: v.clone() if isinstance(v, torch.Tensor) else v, as_args(example_inputs)
         )
 
+    def call(m: nn.Module) -> list[Any]:
+        args, kwargs = fresh()
+        if kwargs and not isinstance(m, fx.GraphModule):  # what the graph was captured with
+            kwargs.update(capture_defaults(type(m), kwargs))
+        return pytree.tree_leaves(m(*args, **kwargs))
+
     with torch.no_grad(), eval_mode(gm), eval_mode(work):
-        args, kwargs = fresh()
-        want = pytree.tree_leaves(gm(*args, **kwargs))
-        args, kwargs = fresh()
-        # what the graph was captured with (no generation cache)
-        kwargs.update(capture_defaults(type(work), kwargs) if kwargs else {})
-        got = pytree.tree_leaves(work(*args, **kwargs))
+        want, got = call(gm), call(work)
     if len(got) != len(want):  # a ModelOutput and the graph's dict differ in type alone
         return "its forward returns another structure than the slim graph"
     for i, (a, b) in enumerate(zip(got, want, strict=True)):

@@ -20,6 +20,7 @@ from surgeon.diagnose import REPORT_KEY, dense_macs, diagnose
 from surgeon.errors import SurgeonInputError, SurgeonPassError
 from surgeon.graph import ChannelGraph, build_channel_graph
 from surgeon.importance import DATA_CRITERIA, DataStats, collect_stats, iter_batches
+from surgeon.modelconfig import update_config
 from surgeon.options import Leaf, SlimOptions, leaf_name
 from surgeon.passes import (
     STATE_KEY,
@@ -237,7 +238,24 @@ def _slim(
         }
         _warn_if_little(gm, graph, macs_before, options.ratio)
         log.info("slim: %s", result.stats)
-        return _as_returned(model, work, gm, example_inputs, sizes_before, options), state
+        out = _as_returned(model, work, gm, example_inputs, sizes_before, options)
+        if out is not gm and hasattr(getattr(out, "config", None), "to_dict"):
+            # the model's own class, built from a config: the config follows the sizes
+            why = update_config(out, _changed_sizes(state), example_inputs)
+            out.meta[PLAN_KEY]["config"] = why or "updated"
+            if why:
+                log.warning("surgeon: %s keeps its original config: %s", type(model).__name__, why)
+        return out, state
+
+
+def _changed_sizes(state: SurgeryState) -> dict[int, set[int]]:
+    """Original class count -> new class counts, over the groups that lost classes."""
+    out: dict[int, set[int]] = {}
+    for gi, mask in state.removed.items():
+        if mask.any():
+            n = state.graph.groups[gi].n_classes
+            out.setdefault(n, set()).add(n - int(mask.sum()))
+    return out
 
 
 def _as_returned(

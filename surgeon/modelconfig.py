@@ -1,0 +1,139 @@
+"""A model built from a config (Hugging Face's ``PreTrainedModel``) keeps a config that builds
+its slim shapes, so ``save_pretrained`` -> ``from_pretrained`` gives the slim model back.
+
+The config's int fields are matched to the channel groups that changed size: a field that
+counts the classes of such a group, or a multiple of them, scales with it (``hidden_size`` 64
+-> 32; ``num_key_value_heads`` 4 -> 2 and, over those kv groups, ``num_attention_heads`` 8 ->
+4). The candidates are checked by building the model class on the ``meta`` device from the new
+config (no memory, no weights): its state-dict shapes must be the slim model's. Fields are put
+back, best first, while that fits the shapes better (``head_dim`` 8 is no head count). Then
+the model built from the new config with the slim weights must compute what the slim model
+computes on the example: first with only the fields the shapes need (a rotary model's
+``max_position_embeddings`` keeps its value), else with the shape-neutral ones that scaled too
+(BERT's head count splits a width no shape shows). Where no config passes, it is left alone
+and the reason is returned.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from surgeon.adopt import differs
+
+__all__ = ["update_config"]
+
+
+def update_config(model: nn.Module, changed: dict[int, set[int]], example_inputs: Any) -> str:
+    """Give ``model.config`` the slim sizes; ``changed``: original class count -> new counts
+    of the groups that lost classes. The model built from the new config, with the slim
+    weights, must compute what the slim model computes on ``example_inputs`` (shapes alone
+    could match with 8 heads of 4 where there are 4 heads of 8). Returns ``""`` when done or
+    when the model has no such config, else why the config cannot describe the slim model."""
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "to_dict"):
+        return ""
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    fields = {}
+    for k, v in config.to_dict().items():
+        found = _scaled(v, changed) if type(v) is int else set()
+        if len(found) == 1:
+            fields[k] = found.pop()
+    try:
+        fitted, got = _fit(model, config, fields, want)
+    except Exception as exc:  # noqa: BLE001 - a class that cannot be built from its config
+        return f"{type(model).__name__} cannot be built from a changed config ({exc})"
+    if got != want:
+        off = sorted(k for k in want if got.get(k) != want[k])[:3]
+        return f"no config of {type(config).__name__} builds the slim shapes (first: {off})"
+    # the fields the shapes need; then with one shape-neutral field that scaled too (a head
+    # count splits a width no shape shows); never all of them (token ids, decoder sizes)
+    needed = _needed(model, config, fitted, want)
+    neutral = [k for k in fitted if k not in needed]
+    first = ""
+    for extra in [None, *neutral]:
+        changes = {**needed, **({extra: fitted[extra]} if extra else {})}
+        why = _computes_the_same(model, _changed(config, changes), example_inputs)
+        if not why:
+            model.config = _changed(config, changes)
+            return ""
+        first = first or why
+    return f"the config that builds the slim shapes computes something else: {first}"
+
+
+def _computes_the_same(model: nn.Module, cfg: Any, example_inputs: Any) -> str:
+    try:
+        rebuilt = type(model)(cfg)
+        rebuilt.load_state_dict(model.state_dict(), strict=True)
+        return differs(rebuilt, model, example_inputs)
+    except Exception as exc:  # noqa: BLE001 - a rebuilt model that does not run is a reason
+        return f"the model rebuilt from it fails ({type(exc).__name__}: {exc})"[:300]
+
+
+def _scaled(value: int, changed: dict[int, set[int]]) -> set[int]:
+    """What ``value`` becomes if it counts whole classes of a group that changed (``hidden``
+    64 -> 32), or a multiple of them (8 query heads over 4 kv-head groups that went to 2)."""
+    return {
+        value * new // old
+        for old, news in changed.items()
+        for new in news
+        if old > 1 and value > 0 and value % old == 0 and value * new % old == 0
+    }
+
+
+def _fit(
+    model: nn.Module, config: Any, fields: dict[str, int], want: dict[str, tuple]
+) -> tuple[dict[str, int], dict[str, tuple]]:
+    """All candidate fields; then, while the shapes do not fit, the one field whose putting
+    back fits them best is put back (best first, so ``head_dim`` goes back rather than the
+    head counts around it)."""
+    current = dict(fields)
+    got = _shapes(model, config, current)[1]
+    while got != want and current:
+        best = None
+        for size in (1, 2):  # one field put back, else two (image and patch size together)
+            for names in itertools.combinations(current, size):
+                trial = {k: v for k, v in current.items() if k not in names}
+                got2 = _shapes(model, config, trial)[1]
+                if best is None or _misfit(got2, want) < _misfit(best[1], want):
+                    best = (trial, got2)
+            if best is not None and _misfit(best[1], want) < _misfit(got, want):
+                break
+        if best is None or _misfit(best[1], want) >= _misfit(got, want):
+            break
+        current, got = best
+    return current, got
+
+
+def _needed(
+    model: nn.Module, config: Any, fields: dict[str, int], want: dict[str, tuple]
+) -> dict[str, int]:
+    """``fields`` less those the shapes do not need (they keep their values)."""
+    current = dict(fields)
+    for name in list(current):
+        trial = {k: v for k, v in current.items() if k != name}
+        if _shapes(model, config, trial)[1] == want:
+            current = trial
+    return current
+
+
+def _changed(config: Any, changes: dict[str, int]) -> Any:
+    cfg = copy.deepcopy(config)
+    for k, v in changes.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def _shapes(model: nn.Module, config: Any, changes: dict[str, int]) -> tuple[Any, dict]:
+    cfg = _changed(config, changes)
+    with torch.device("meta"):
+        fresh = type(model)(cfg)
+    return cfg, {k: tuple(v.shape) for k, v in fresh.state_dict().items()}
+
+
+def _misfit(got: dict[str, tuple], want: dict[str, tuple]) -> int:
+    return sum(got.get(k) != v for k, v in want.items()) + len(set(got) - set(want))
