@@ -94,7 +94,10 @@ class SurgeonTracer(fx.Tracer):
     def is_leaf_module(self, m: torch.nn.Module, module_qualified_name: str) -> bool:
         if self._user_leaf(m):
             return True
-        return super().is_leaf_module(m, module_qualified_name)
+        leaf = super().is_leaf_module(m, module_qualified_name)
+        if leaf and _composite_without_rule(m):
+            return False  # nn.TransformerEncoderLayer: its parts have rules, so trace them
+        return leaf
 
     def _user_leaf(self, m: torch.nn.Module) -> bool:
         return id(m) in self._leaf_ids or bool(self._leaf_types and isinstance(m, self._leaf_types))
@@ -117,6 +120,17 @@ class SurgeonTracer(fx.Tracer):
             raise
         finally:
             self._stack.pop()
+
+
+def _composite_without_rule(m: torch.nn.Module) -> bool:
+    """A torch.nn module made of submodules, with no rule of its own and no traced-through
+    form (``nn.TransformerEncoderLayer``, ``nn.TransformerDecoder``): fx keeps every torch.nn
+    module whole, but this one is better traced into."""
+    from surgeon.rules.attention import expansion_for
+    from surgeon.rules.registry import has_module_rule
+
+    has_parts = next(m.children(), None) is not None
+    return has_parts and not has_module_rule(m) and expansion_for(m) is None
 
 
 def _expand(tracer: fx.Tracer, m: torch.nn.Module, args: tuple, kwargs: dict) -> Any:

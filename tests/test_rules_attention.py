@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import surgeon
 from surgeon.cost import count_macs
 from surgeon.trace import trace
-from tests.helpers import NetHarnesses, assert_exact_at_zero
+from tests.helpers import NetHarnesses, assert_exact_at_zero, assert_slims_at_half, seeded
 
 
 class Attention(nn.Module):
@@ -125,3 +125,27 @@ def test_multihead_attention_with_a_mask_is_called_as_it_is():
     with torch.no_grad():
         torch.testing.assert_close(surgeon.slim(net, 0.0, x)(x), net(x))
         assert slim(x).shape == net(x).shape
+
+
+class EncoderDecoder(nn.Module):
+    """PyTorch's own transformer layers (torch.nn modules fx would keep whole)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(8, 32)
+        layer = nn.TransformerEncoderLayer(32, 4, 64, batch_first=True)
+        self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.dec = nn.TransformerDecoderLayer(32, 4, 64, batch_first=True)
+        self.out = nn.Linear(32, 3)
+
+    def forward(self, x):
+        h = self.inp(x)
+        return self.out(self.dec(h, self.enc(h)))
+
+
+def test_transformer_encoder_and_decoder_layers_are_traced_into_and_prune(tmp_path):
+    net, x = seeded(EncoderDecoder, lambda: torch.randn(2, 5, 8))
+    assert_exact_at_zero(net, x)
+    slim = assert_slims_at_half(net, x, tmp_path)
+    assert count_macs(net, x) / count_macs(slim, x) > 3.5
+    assert slim.enc.layers[0].self_attn.in_proj_weight.shape == (48, 16)

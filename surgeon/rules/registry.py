@@ -35,6 +35,7 @@ __all__ = [
     "register",
     "lookup",
     "has_function_rule",
+    "has_module_rule",
     "traits",
     "modules_with",
     "strict",
@@ -83,6 +84,11 @@ def lookup(ctx: RuleContext) -> Rule:
         return _MODULES[key]
     table = _FUNCTIONS if ctx.node.op == "call_function" else _METHODS
     return table.get(key, block_all)
+
+
+def has_module_rule(m: nn.Module) -> bool:
+    """Whether a rule is registered for ``m``'s class or one of its bases."""
+    return any(base in _MODULES for base in type(m).__mro__)
 
 
 def has_function_rule(fn: Any) -> bool:

@@ -285,9 +285,23 @@ def like_rule(ctx: RuleContext) -> None:
     ctx.transfer(lambda c: {(out, d): np.full(ys[d], value) for d in range(len(ys))})
 
 
+_METADATA = {
+    "shape",
+    "dtype",
+    "device",
+    "ndim",
+    "is_cuda",
+    "requires_grad",
+    "is_nested",
+    "is_sparse",
+    "is_quantized",
+    "layout",
+}
+
+
 @register(getattr)
 def getattr_rule(ctx: RuleContext) -> None:
-    if ctx.arg(1, "name") in ("shape", "dtype", "device", "ndim", "is_cuda", "requires_grad"):
+    if ctx.arg(1, "name") in _METADATA:
         return size_rule(ctx)
     block_all(ctx, f"getattr {ctx.arg(1, 'name')!r} of a traced tensor")
 
