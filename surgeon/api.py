@@ -64,7 +64,11 @@ def gc_paused():
 
 
 def analyze(
-    model: nn.Module, example_inputs: Any, *, leaf_modules: Iterable[Leaf] = ()
+    model: nn.Module,
+    example_inputs: Any,
+    *,
+    leaf_modules: Iterable[Leaf] = (),
+    attention: str = "heads",
 ) -> ChannelGraph:
     """Trace ``model`` and return its channel graph (groups, classes, blocked reasons).
 
@@ -73,7 +77,7 @@ def analyze(
     """
     with gc_paused():
         gm = trace(copy.deepcopy(model), example_inputs, leaf_modules=leaf_modules)
-        return build_channel_graph(gm)
+        return build_channel_graph(gm, attention=attention)
 
 
 def _ignore_names(model: nn.Module, ignore: Iterable[nn.Module | str]) -> list[str]:
@@ -112,6 +116,7 @@ def slim(
     loss_fn: Callable[..., torch.Tensor] | None = None,
     compensate: bool = True,
     returns: str = "auto",
+    attention: str = "heads",
 ) -> nn.Module:
     """Remove ``ratio`` of the channels of every prunable group, physically.
 
@@ -146,6 +151,10 @@ def slim(
             and ``W_R A`` is added to the kept weights, and afterwards the batch norms'
             running statistics are re-estimated on it (one pass, no gradients). Off:
             ``compensate=False``.
+        attention: where a width is split into heads x head_dim (attention), what prunes:
+            ``"heads"`` (whole heads across q, k, v and the output projection; the default) or
+            ``"head_dim"`` (every head keeps its count and loses the same offsets of its width;
+            rotary embeddings keep their rotated halves paired). The plan records which.
         returns: ``"auto"``: the model's own class (its methods, attributes and state-dict
             names), its modules cut as the graph's, when its own ``forward`` then computes
             what the slim graph computes on ``example_inputs`` (to 1e-5 of the output scale);
@@ -212,7 +221,7 @@ def _slim(
             gm = trace(work, example_inputs, leaf_modules=options.leaf_modules)
             sizes_before = int_args(gm)
             expected = _output_shapes(gm)
-            graph = block_groups(build_channel_graph(gm), blocked)
+            graph = block_groups(build_channel_graph(gm, attention=options.attention), blocked)
             macs_before = dense_macs(gm)
             _check_original(graph, original)
             stats = _measure(gm, graph, options)
@@ -399,6 +408,7 @@ def _plan_record(
         "model": previous["model"] if previous else type(model).__name__,
         "inputs": input_spec(example_inputs),
         "leaf_modules": sorted(leaf_name(m) for m in options.leaf_modules),
+        "attention": options.attention,
     }
     if previous:
         record["previous"] = copy.deepcopy(previous)

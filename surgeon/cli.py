@@ -65,6 +65,13 @@ class Scope(str, Enum):
     global_ = "global"
 
 
+class Attention(str, Enum):
+    """What prunes where a width is split into heads x head_dim."""
+
+    heads = "heads"
+    head_dim = "head-dim"
+
+
 class Device(str, Enum):
     """Where latency is measured (the onnxruntime execution provider)."""
 
@@ -352,6 +359,9 @@ CompensateOption = Annotated[
     ),
 ]
 ScopeOption = Annotated[Scope, typer.Option(help="local: ratio per group; global: one threshold.")]
+AttentionOption = Annotated[
+    Attention, typer.Option(help="heads: whole attention heads prune; head-dim: each head's width.")
+]
 RoundToOption = Annotated[int | None, typer.Option(help="Keep a multiple of N channels per group.")]
 DeviceOption = Annotated[
     Device, typer.Option(help="Where latency is measured (onnxruntime provider).")
@@ -570,6 +580,7 @@ def export_command(
     importance: ImportanceOption = "l2",
     compensate: CompensateOption = True,
     scope: ScopeOption = Scope.local,
+    attention: AttentionOption = Attention.heads,
     round_to: RoundToOption = None,
     device: DeviceOption = Device.cpu,
     no_bench: NoBenchOption = False,
@@ -605,6 +616,7 @@ def export_command(
             scope=scope.value,
             round_to=round_to,
             compensate=compensate,
+            attention=attention.value.replace("-", "_"),
         )
         slim_model = _slim(original, example, opts)
     settings = {
@@ -628,7 +640,7 @@ def export_command(
     console.print(result.render())
     _print_diagnosis(settings["little_pruned"])
     _print_specialised(settings["specialised"])
-    console.print(f"form: {escape(settings['form'])}")
+    console.print(f"form: {escape(settings['form'])}; attention prunes: {opts.attention}")
     console.print(f"wrote {out}")
     if report_path is not None:
         console.print(f"wrote {report_path}")

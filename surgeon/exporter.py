@@ -529,6 +529,13 @@ def _check_one_batch(signature: _Signature) -> None:
         )
 
 
+def _specialised(model: nn.Module) -> bool:
+    """A slim graph captured with sizes specialised to the example (the plan says where)."""
+    meta = getattr(model, "meta", None)
+    plan = meta.get("surgeon.plan") if isinstance(meta, dict) else None
+    return isinstance(model, torch.fx.GraphModule) and bool(plan and plan.get("specialised"))
+
+
 def _expected_outputs(adapter: nn.Module, signature: _Signature) -> tuple[torch.Tensor, ...]:
     """PyTorch's outputs on the example inputs (what onnxruntime must reproduce)."""
     try:
@@ -565,7 +572,8 @@ def export(
             file is replaced only once the new one has passed every check.
         opset: ONNX opset version; ``None`` takes the exporter's default.
         dynamic_batch: make dim 0 of every input (and of outputs that carry the batch) dynamic,
-            and check parity at a second batch size (3, or 2 when the example batch is 3).
+            and check parity at a second batch size (3, or 2 when the example batch is 3). A
+            slim graph specialised to its example's sizes is exported with a fixed batch.
         rtol, atol: parity tolerance, per output tensor:
             ``max |ort - torch| <= atol + rtol * max |torch|``. The relative part is scaled by the
             output's largest magnitude rather than element-wise (numpy ``allclose``): fp32 sums
@@ -587,6 +595,13 @@ def export(
     _check_arguments(model, opset, rtol, atol, exporter)
     target = check_output_path(path, what="ONNX file")
     signature = _signature(example_inputs)
+    if dynamic_batch and _specialised(model):
+        logger.warning(
+            "%s is a graph specialised to its example inputs' sizes (batch included): exported "
+            "with a fixed batch size",
+            type(model).__name__,
+        )
+        dynamic_batch = False
     if dynamic_batch:
         _check_one_batch(signature)
 

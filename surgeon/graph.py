@@ -307,10 +307,20 @@ def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         labels = new
 
 
+ATTENTION = ("heads", "head_dim")
+
+
 def build_channel_graph(
-    gm: fx.GraphModule, rule_lookup: Callable[[RuleContext], rules.Rule] = rules.lookup
+    gm: fx.GraphModule,
+    rule_lookup: Callable[[RuleContext], rules.Rule] = rules.lookup,
+    *,
+    attention: str = "heads",
 ) -> ChannelGraph:
-    """Run every node's rule over a shape-annotated GraphModule and build its ChannelGraph."""
+    """Run every node's rule over a shape-annotated GraphModule and build its ChannelGraph.
+
+    ``attention``: where a dim is split into factors (a qkv width into 3 x heads x head_dim),
+    ``"heads"`` makes the outermost free factor the one that prunes (whole heads), and
+    ``"head_dim"`` the innermost (every head loses the same offsets in its width)."""
     rules.clear_caches()
     shapes: dict[str, tuple[int, ...]] = {}
     for node in gm.graph.nodes:
@@ -368,7 +378,7 @@ def build_channel_graph(
         records[node.name] = ctx.record
     records["<size reads>"] = _size_reads(gm, shapes)
     records["<shared parameters>"] = _shared_tensor_couplings(gm, records, shapes)
-    records["<factor sites>"] = _resolve_factor_sites(gm, records, shapes)
+    records["<factor sites>"] = _resolve_factor_sites(gm, records, shapes, attention)
     return ChannelGraph(gm, shapes, records)
 
 
@@ -401,12 +411,18 @@ class _SpaceUnion:
         return self.find(s) in self.blocked
 
 
-def _resolve_factor_sites(gm: fx.GraphModule, records: dict[str, NodeRecord], shapes) -> NodeRecord:  # noqa: ANN001
+def _resolve_factor_sites(
+    gm: fx.GraphModule,
+    records: dict[str, NodeRecord],
+    shapes,
+    attention: str = "heads",  # noqa: ANN001
+) -> NodeRecord:
     """Choose each reshape factor site's carrier, last site first.
 
-    The carrier is the outermost factor whose group is not already blocked (by spatial dims,
-    indexing, model outputs, or a later site's fixed factors); the whole dim is coupled to it
-    through its digit and the other factors are fixed. With no free factor, all are fixed.
+    The carrier is the outermost factor (the innermost with ``attention="head_dim"``) whose
+    group is not already blocked (by spatial dims, indexing, model outputs, or a later site's
+    fixed factors); the whole dim is coupled to it through its digit and the other factors are
+    fixed. With no free factor, all are fixed.
     """
     rec = NodeRecord()
     uf = _SpaceUnion()
@@ -427,7 +443,7 @@ def _resolve_factor_sites(gm: fx.GraphModule, records: dict[str, NodeRecord], sh
                 )
                 uf.block(s)
             continue
-        k = free[0]
+        k = free[0] if attention == "heads" else free[-1]
         site.carrier = k
         n = len(site.digit(k))
         if site.kind == "split":

@@ -46,6 +46,8 @@ class SlimOptions:
             own ``forward`` verifiably computes what the slim graph computes, else the
             graph), ``"module"`` (that, or an error saying why not) or ``"graph"`` (the
             ``torch.fx.GraphModule``).
+        attention: where a width is split into heads x head_dim, what prunes: ``"heads"``
+            (whole heads, the default) or ``"head_dim"`` (the same offsets in every head).
     """
 
     ratio: float
@@ -60,6 +62,7 @@ class SlimOptions:
     loss_fn: Callable[..., torch.Tensor] | None = field(default=None, compare=False, repr=False)
     compensate: bool = True
     returns: str = "auto"
+    attention: str = "heads"
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise through the back door, once
@@ -70,6 +73,11 @@ class SlimOptions:
         r = self.round_to
         if r is not None and (isinstance(r, bool) or not isinstance(r, int) or r < 1):
             raise SurgeonInputError(f"round_to={r!r}: use None or a whole number >= 1 (e.g. 8)")
+        if self.attention not in ("heads", "head_dim"):
+            raise SurgeonInputError(
+                f"attention={self.attention!r}: use 'heads' (whole heads prune) or 'head_dim' "
+                "(every head loses the same part of its width)"
+            )
         if self.returns not in RETURNS:
             raise SurgeonInputError(
                 f"returns={self.returns!r}: use 'auto' (the model's own class where it verifies, "
@@ -103,6 +111,7 @@ class SlimOptions:
             "leaf_modules": sorted(leaf_name(m) for m in self.leaf_modules),
             "data": self.data is not None,
             "returns": self.returns,
+            "attention": self.attention,
         }
 
 

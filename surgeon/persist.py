@@ -392,7 +392,8 @@ def _rebuild(model: nn.Module, plan: dict[str, Any], leaves: list[Leaf], source:
         work = copy.deepcopy(model)
         gm = trace(work, inputs, leaf_modules=leaves)
         before = int_args(gm)
-        graph = block_groups(build_channel_graph(gm), plan.get("blocked", {}))
+        graph = build_channel_graph(gm, attention=plan.get("attention", "heads"))
+        graph = block_groups(graph, plan.get("blocked", {}))
         state = SurgeryState.start(graph, inputs)
     except (SurgeonError, RuntimeError, TypeError, ValueError) as exc:
         raise SurgeonLoadError(

@@ -50,18 +50,23 @@ def main_output(out: Any) -> torch.Tensor:
 
 
 def assert_exact_at_zero(
-    model: nn.Module, x: Any, *, tol: float = 1e-5, return_zeroed: bool = False
+    model: nn.Module,
+    x: Any,
+    *,
+    tol: float = 1e-5,
+    return_zeroed: bool = False,
+    attention: str = "heads",
 ) -> Any:
     """The exactness harness: zero about a third of every prunable group's channels by hand
     (:func:`zero_thirds`), then ``slim(model, 0.0, x)`` must compute the same outputs (to
     ``tol`` of their scale) with fewer parameters. ``model`` is not changed; returns the slim
     model, or ``(slim, zeroed)`` with ``return_zeroed`` (``zeroed``: what :func:`zero_thirds`
     returned, per producer module the number of output channels it zeroed)."""
-    graph = surgeon.analyze(model, x)
+    graph = surgeon.analyze(model, x, attention=attention)
     assert graph.prunable_groups(), "nothing to prune: the harness would prove nothing"
     zeroed_model = copy.deepcopy(model)
     zeroed = zero_thirds(zeroed_model, graph)
-    slim = assert_exact(zeroed_model, x, tol=tol)
+    slim = assert_exact(zeroed_model, x, tol=tol, attention=attention)
     assert count_params(slim) < count_params(model)
     return (slim, zeroed) if return_zeroed else slim
 

@@ -198,3 +198,17 @@ def test_a_config_that_cannot_hold_the_slim_sizes_is_left_alone_with_the_reason(
     slim = surgeon.slim(model, 0.5, x)
     assert "no config of SwinConfig builds the slim shapes" in slim.meta["surgeon.plan"]["config"]
     assert slim.config.to_dict() == model.config.to_dict()
+
+
+@pytest.mark.parametrize("name, halves", [("bert", True), ("llama", False)])
+def test_the_head_dim_can_prune_instead_of_whole_heads(name, halves, tmp_path):
+    """``attention="head_dim"``: every head keeps its count and loses the same offsets of its
+    width (BERT). LLaMA's rotary embeddings split the head width in halves at a size read
+    (``x[..., : x.shape[-1] // 2]``), so its head width stays; the rest still prunes, exactly."""
+    model, x, q = build(name)
+    assert_exact_at_zero(model, x, attention="head_dim")
+    slim = assert_slims_at_half(model, x, tmp_path, attention="head_dim")
+    assert slim.meta["surgeon.plan"]["attention"] == "head_dim"
+    (name_q, proj), *_ = [(n, m) for n, m in slim.named_modules() if n.endswith(q)]
+    width = dict(model.named_modules())[name_q].out_features
+    assert proj.out_features == (width // 2 if halves else width)
