@@ -242,7 +242,8 @@ def measure(spec: str, size: int, peer_limit: int) -> dict[str, Any]:
         res["status"] = "refused" if type(exc).__module__.startswith("surgeon") else "failed"
         res["error"] = f"{type(exc).__name__}: {first[:160]}"
         return res
-    res["peer"] = peer_drop(model, x, peer_limit)
+    if peer_limit > 0:
+        res["peer"] = peer_drop(model, x, peer_limit)
     return res
 
 
@@ -306,7 +307,8 @@ def main() -> None:
     ap.add_argument("--models", default=None, help="comma-separated specs (tv:, tvseg:, timm:)")
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--limit", type=int, default=1200, help="seconds per model")
-    ap.add_argument("--peer-limit", type=int, default=300, help="seconds for the peer")
+    ap.add_argument("--peer-limit", type=int, default=300, help="seconds for the peer (0: not run)")
+    ap.add_argument("--peer-from", default=None, help="JSON-lines file to take peer rows from")
     ap.add_argument("--out", default=None, help="JSON-lines file of rows (resumed)")
     ap.add_argument("--markdown", action="store_true")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
@@ -335,6 +337,14 @@ def main() -> None:
             with out.open("a") as f:
                 f.write(json.dumps(done[spec]) + "\n")
     rows = [done[s] for s in specs]
+    if args.peer_from:  # the peer's figures do not depend on surgeon: reuse a run's
+        peers = {}
+        for line in Path(args.peer_from).read_text().splitlines():
+            row = json.loads(line)
+            if "peer" in row:
+                peers[row["model"]] = row["peer"]
+        for r in rows:
+            r.setdefault("peer", peers.get(r["model"], "n/a"))
     if args.markdown:
         print("| " + " | ".join(HEAD) + " |")
         print("|" + "---|" * len(HEAD))
