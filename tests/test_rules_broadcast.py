@@ -45,8 +45,23 @@ class MaskNet(nn.Module):
         return self.o(g + h)
 
 
+class AffineNet(nn.Module):
+    """timm's Affine layer: ``torch.addcmul(beta, alpha, x)``, a per-channel scale and shift."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(6, 12)
+        self.alpha = nn.Parameter(torch.randn(12))
+        self.beta = nn.Parameter(torch.randn(12))
+        self.o = nn.Linear(12, 3)
+
+    def forward(self, x):
+        return self.o(torch.relu(torch.addcmul(self.beta, self.alpha, self.a(x))))
+
+
 NETS = {
     "se_gate": (SENet, lambda: torch.randn(2, 3, 8, 8)),
+    "addcmul": (AffineNet, lambda: torch.randn(2, 5, 6)),
     "where_masked_fill": (MaskNet, lambda: torch.randn(2, 5, 6)),
 }
 
@@ -67,3 +82,8 @@ def test_where_and_masked_fill_prune_the_channels():
     slim = TestNets.slim("where_masked_fill")
     assert (slim.a.out_features, slim.b.out_features) == (6, 6)
     assert tuple(slim.keep.shape) == (5, 1)
+
+
+def test_addcmul_scale_and_shift_prune_with_the_channels():
+    slim = TestNets.slim("addcmul")
+    assert slim.a.out_features == 6 and tuple(slim.alpha.shape) == tuple(slim.beta.shape) == (6,)

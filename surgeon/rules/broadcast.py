@@ -214,3 +214,36 @@ def _select(ctx: RuleContext, tensors: list[fx.Node], a: Any, b: Any) -> None:
         return res
 
     ctx.transfer(transfer)
+
+
+@register(torch.addcmul, "addcmul")
+def addcmul_rule(ctx: RuleContext) -> None:
+    """``torch.addcmul(b, a, x, value=v)`` = ``b + v * a * x`` with broadcasting (timm's
+    Affine layer: a per-channel scale and shift)."""
+    ops = [ctx.arg(0, "input"), ctx.arg(1, "tensor1"), ctx.arg(2, "tensor2")]
+    value = ctx.node.kwargs.get("value", 1)
+    if (
+        ctx.out_shape is None
+        or not isinstance(value, (int, float))
+        or any(not isinstance(v, fx.Node) or ctx.shape(v) is None for v in ops)
+    ):
+        return block_all(ctx)
+    spaces = _couple_broadcast(ctx, ops)
+    ys, out = ctx.out_shape, ctx.out
+
+    def const(c: Callable, v: fx.Node, d: int) -> np.ndarray:
+        lead = len(ys) - len(ctx.shape(v))
+        space = (v.name, d - lead)
+        if d < lead:
+            return _nan(ys[d])
+        return c(space) if space in spaces[d] else _nan(ys[d])
+
+    def transfer(c):
+        res = {}
+        for d in range(len(ys)):
+            b, a, x = (const(c, v, d) for v in ops)
+            prod = _combine("mul", _combine("mul", a, x, 1), np.full(ys[d], float(value)), 1)
+            res[(out, d)] = _combine("add", b, prod, 1)
+        return res
+
+    ctx.transfer(transfer)
