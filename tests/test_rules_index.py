@@ -83,7 +83,22 @@ class InPlaceMask(nn.Module):
         return self.o(h * mask + torch.zeros_like(h))
 
 
+class StackNet(nn.Module):
+    """Two branches stacked on a new dim and summed over it (timm's selective kernels)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(6, 12)
+        self.b = nn.Linear(6, 12)
+        self.o = nn.Linear(12, 3)
+
+    def forward(self, x):
+        s = torch.stack([torch.relu(self.a(x)), torch.relu(self.b(x))], dim=1)
+        return self.o(s.sum(1))
+
+
 NETS = {
+    "stack": (StackNet, lambda: torch.randn(2, 5, 6)),
     "gather": (GatherNet, lambda: torch.randn(2, 5, 8)),
     "in_place_mask": (InPlaceMask, lambda: torch.randn(2, 5, 6)),
     "cat": (CatNet, lambda: torch.randn(2, 3, 8, 8)),

@@ -49,7 +49,22 @@ class FlattenNet(nn.Module):
         return self.fc3(y.sigmoid())
 
 
+class ReshapeAsNet(nn.Module):
+    """``view`` into groups and ``reshape_as`` back (LeViT's residual shapes)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(6, 12)
+        self.o = nn.Linear(12, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        g = (h.view(x.shape[0], x.shape[1], 3, 4) * 2.0).reshape_as(h)
+        return self.o(g + h)
+
+
 NETS = {
+    "reshape_as": (ReshapeAsNet, lambda: torch.randn(2, 5, 6)),
     "channels_last": (ChannelsLast, lambda: torch.randn(2, 3, 6, 6)),
     "flatten_view": (FlattenNet, lambda: torch.randn(2, 3, 16, 16)),
 }

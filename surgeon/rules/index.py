@@ -54,6 +54,37 @@ def cat_rule(ctx: RuleContext) -> None:
     ctx.transfer(transfer)
 
 
+@register(torch.stack)
+def stack_rule(ctx: RuleContext) -> None:
+    """stack: a new dim (fixed) in front of position ``dim``; every other dim of every input
+    is the output's dim (the inputs change size together)."""
+    tensors, dim = ctx.arg(0, "tensors"), ctx.arg(1, "dim", 0)
+    ys = ctx.out_shape
+    if (
+        not isinstance(tensors, (list, tuple))
+        or not all(isinstance(t, fx.Node) and ctx.shape(t) is not None for t in tensors)
+        or not isinstance(dim, int)
+        or ys is None
+    ):
+        return block_all(ctx, f"{ctx.describe_name()} of a non-list")
+    dim, out = _dim(dim, len(ys)), ctx.out
+    ctx.block((out, dim), f"the dim {ctx.describe_name()} makes")
+    maps = [(d, d if d < dim else d + 1) for d in range(len(ys) - 1)]
+    for t in tensors:
+        for d, j in maps:
+            ctx.identity((t.name, d), (out, j))
+    names = [t.name for t in tensors]
+
+    def transfer(c):
+        res = {}
+        for d, j in maps:
+            vals = np.stack([c((n, d)) for n in names])
+            res[(out, j)] = np.where((vals == vals[0]).all(0), vals[0], NAN)
+        return res
+
+    ctx.transfer(transfer)
+
+
 @register(torch.split, torch.chunk, torch.tensor_split)
 def split_function_rule(ctx: RuleContext) -> None:
     name = getattr(ctx.node.target, "__name__", "")

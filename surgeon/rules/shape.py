@@ -161,6 +161,19 @@ def reshape_function_rule(ctx: RuleContext) -> None:
     _reshape(ctx, ctx.arg(0, "input"), _rewrite_sizes(ctx, 1))
 
 
+@register("reshape_as", "view_as")
+def reshape_as_rule(ctx: RuleContext) -> None:
+    """``x.reshape_as(y)``: a reshape of ``x`` to ``y``'s shape, so every output dim is also
+    ``y``'s dim (they change size together)."""
+    x, y = ctx.arg(0, "self"), ctx.arg(1, "other")
+    ys = ctx.shape(y)
+    if ys is None or tuple(ys) != tuple(ctx.out_shape or ()):
+        return block_all(ctx, f"{ctx.describe_name()} of a non-tensor")
+    _reshape(ctx, x)
+    for d in range(len(ys)):
+        ctx.identity((y.name, d), (ctx.out, d))
+
+
 @register(torch.flatten, torch.unflatten, torch.squeeze, torch.unsqueeze)
 @register(torch.flatten, "flatten", traits=("flatten",))
 @register("flatten", "unflatten", "squeeze", "unsqueeze")
