@@ -108,6 +108,16 @@ def assert_slims_at_half(
     return slim
 
 
+class Widen(nn.Module):
+    """``a``: 6 -> 12 channels, ``o``: 12 -> 3; a rule's test net writes the op under test
+    between them in ``forward``."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(6, 12)
+        self.o = nn.Linear(12, 3)
+
+
 def _unused_parameters(model: nn.Module, x: Any) -> set[str]:
     """Names of the parameters that ``model``'s forward does not reach (no gradient)."""
     probe = copy.deepcopy(model)

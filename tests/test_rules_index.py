@@ -14,6 +14,7 @@ import torch.nn.functional as F
 import surgeon
 from tests.helpers import (
     NetHarnesses,
+    Widen,
     assert_exact,
     assert_exact_at_zero,
     assert_slims_at_half,
@@ -66,15 +67,10 @@ class GatherNet(nn.Module):
         return self.o(torch.relu(self.q(x)) * self.table[self.index])
 
 
-class InPlaceMask(nn.Module):
+class InPlaceMask(Widen):
     """A mask made with ``new_zeros`` and filled region by region in place (as shifted-window
     attention builds it), added to the channels through ``zeros_like``: the mask's dims keep
     their size, the channels prune."""
-
-    def __init__(self):
-        super().__init__()
-        self.a = nn.Linear(6, 12)
-        self.o = nn.Linear(12, 3)
 
     def forward(self, x):
         h = torch.relu(self.a(x))

@@ -8,7 +8,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import surgeon
-from tests.helpers import NetHarnesses, assert_exact_at_zero, assert_slims_at_half, groups_of
+from tests.helpers import (
+    NetHarnesses,
+    Widen,
+    assert_exact_at_zero,
+    assert_slims_at_half,
+    groups_of,
+)
 
 
 class ChannelsLast(nn.Module):
@@ -49,13 +55,8 @@ class FlattenNet(nn.Module):
         return self.fc3(y.sigmoid())
 
 
-class ReshapeAsNet(nn.Module):
+class ReshapeAsNet(Widen):
     """``view`` into groups and ``reshape_as`` back (LeViT's residual shapes)."""
-
-    def __init__(self):
-        super().__init__()
-        self.a = nn.Linear(6, 12)
-        self.o = nn.Linear(12, 3)
 
     def forward(self, x):
         h = torch.relu(self.a(x))
