@@ -270,21 +270,25 @@ def capture_defaults(cls: type, keys: Iterable[str]) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def explicit_forward(model: torch.nn.Module, example_inputs: Any):
-    """Give ``model`` a ``forward`` with an explicit signature, one parameter per key of dict
-    ``example_inputs``, for the duration (by a subclass of its own class): a decorated
-    ``forward(self, input_ids=None, **kwargs)`` (Hugging Face's) is then traced through, where
-    fx would read the unwrapped signature and patch the wrapper's code. Nothing changes for
-    tensor and tuple inputs, or a plain forward whose parameters name every key."""
+    """Give ``model`` a ``forward`` with an explicit signature for the duration (by a subclass
+    of its own class): one parameter per key of dict ``example_inputs``, or per positional
+    input, named as ``forward`` names them. A decorated ``forward(self, input_ids=None,
+    **kwargs)`` (Hugging Face's) or a ``forward(self, x, **kwargs)`` is then traced through,
+    where fx would read the unwrapped signature and patch the wrapper's code. Nothing changes
+    for a plain forward whose parameters name every input."""
     cls = type(model)
-    keys = list(example_inputs) if isinstance(example_inputs, dict) else []
+    args, kwargs = as_args(example_inputs)
+    keys = list(kwargs) if isinstance(example_inputs, dict) else _positional_names(cls, len(args))
     if not keys or not _needs_adapter(cls, keys):
         yield
         return
     params = ", ".join(keys)
     fixed = capture_defaults(cls, keys)
+    by_name = isinstance(example_inputs, dict)
+    call = [f"{k}={k}" if by_name else k for k in keys]
+    call += [f"{k}={v!r}" for k, v in fixed.items()]
     scope: dict[str, Any] = {"_forward": cls.forward}
-    call = [f"{k}={k}" for k in keys] + [f"{k}={v!r}" for k, v in fixed.items()]
-    exec(  # noqa: S102 - the keys are checked identifiers
+    exec(  # noqa: S102 - the names are checked identifiers
         f"def forward(self, {params}):\n    return _forward(self, {', '.join(call)})\n",
         scope,
     )
@@ -293,6 +297,16 @@ def explicit_forward(model: torch.nn.Module, example_inputs: Any):
         yield
     finally:
         model.__class__ = cls
+
+
+def _positional_names(cls: type, n: int) -> list[str]:
+    """The names ``forward`` gives its first ``n`` positional parameters ([] if it has fewer)."""
+    try:
+        params = list(inspect.signature(inspect.unwrap(cls.forward)).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return []
+    named = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return named[:n] if n and len(named) >= n else []
 
 
 def _needs_adapter(cls: type, keys: list[str]) -> bool:

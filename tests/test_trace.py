@@ -256,3 +256,25 @@ def test_a_graph_module_is_used_as_it_is():
     slim = surgeon.slim(gm, 0.5, x)
     assert isinstance(slim, torch.fx.GraphModule) and slim.get_submodule("0").out_features == 4
     assert_exact_at_zero(gm, x)
+
+
+class TakesKwargs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 8)
+        self.b = nn.Linear(8, 2)
+
+    def forward(self, x, **kwargs):
+        return self.b(torch.relu(self.a(x)))
+
+
+@pytest.mark.parametrize("given", ["tensor", "tuple", "dict"])
+def test_a_forward_with_kwargs_slims_when_the_inputs_give_what_it_needs(given):
+    """``forward(self, x, **kwargs)``: captured through an explicit ``forward(self, x)``."""
+    torch.manual_seed(0)
+    net, x = TakesKwargs().eval(), torch.randn(3, 4)
+    inputs = {"tensor": x, "tuple": (x,), "dict": {"x": x}}[given]
+    assert_exact_at_zero(net, inputs)
+    slim = surgeon.slim(net, 0.5, inputs)
+    assert type(slim) is TakesKwargs and slim.a.out_features == 4
+    assert type(net) is TakesKwargs  # the capture's explicit forward is gone again
