@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from tests.helpers import main_output
+
 DEFAULT = [
     "tv:resnet18",
     "tv:resnet50",
@@ -132,15 +134,6 @@ def example(model: torch.nn.Module, spec: str, size: int) -> torch.Tensor:
     return torch.randn(1, 3, sides[1], sides[1])
 
 
-def _first(out: Any) -> torch.Tensor:
-    """The first tensor of a model's output (a segmentation model returns a dict)."""
-    if isinstance(out, dict):
-        out = next(iter(out.values()))
-    if isinstance(out, (tuple, list)):
-        out = out[0]
-    return out
-
-
 class _Limit(Exception):
     pass
 
@@ -182,7 +175,7 @@ def peer_drop(model: torch.nn.Module, x: torch.Tensor, limit: int) -> str:
             )
             pruner.step()
             with torch.no_grad():
-                if _first(m(x)).shape != _first(model(x)).shape:
+                if main_output(m(x)).shape != main_output(model(x)).shape:
                     return "fails (output shape changed)"
             return f"{count_macs(model, x) / count_macs(m, x):.2f}x"
     except _Limit:
@@ -203,7 +196,7 @@ def _parity(slim: torch.nn.Module, x: torch.Tensor, folder: Path) -> float:
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
         with torch.no_grad():
-            want = _first(slim(x)).numpy()
+            want = main_output(slim(x)).numpy()
         return float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-12))
     finally:
         for f in folder.iterdir():

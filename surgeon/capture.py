@@ -25,7 +25,7 @@ import torch.fx as fx
 from torch.fx.proxy import Attribute, Proxy, TraceError
 from torch.utils import _pytree as pytree
 
-__all__ = ["ConcreteTracer", "SPECIALISED_KEY"]
+__all__ = ["ConcreteTracer", "SPECIALISED_KEY", "erase_new_nodes", "wrapped_without_rule"]
 
 SPECIALISED_KEY = "surgeon.specialised"
 _UNKNOWN = object()  # a node whose value could not be computed (it then answers nothing)
@@ -84,9 +84,7 @@ class ConcreteTracer(fx.Tracer):
         if isinstance(out, Proxy):
             self._through.append(out.node)
             return out
-        for node in reversed(list(self.graph.nodes)):
-            if node not in before:
-                self.graph.erase_node(node)
+        erase_new_nodes(self.graph, before)
         return None
 
     def _compute(self, kind: str, target: Any, args: tuple, kwargs: dict) -> Any:
@@ -228,6 +226,13 @@ _STATIC = frozenset({"dtype", "device", "layout", "is_cuda", "ndim"})
 
 class ConcreteAttribute(_Answers, Attribute):
     pass
+
+
+def erase_new_nodes(graph: fx.Graph, before: set[fx.Node]) -> None:
+    """Take out the nodes a failed attempt at tracing added (those not in ``before``)."""
+    for node in reversed(list(graph.nodes)):
+        if node not in before:
+            graph.erase_node(node)
 
 
 def wrapped_without_rule(fn: Any) -> bool:

@@ -92,13 +92,13 @@ def _fit(
     back fits them best is put back (best first, so ``head_dim`` goes back rather than the
     head counts around it)."""
     current = dict(fields)
-    got = _shapes(model, config, current)[1]
+    got = _shapes(model, config, current)
     while got != want and current:
         best = None
         for size in (1, 2):  # one field put back, else two (image and patch size together)
             for names in itertools.combinations(current, size):
                 trial = {k: v for k, v in current.items() if k not in names}
-                got2 = _shapes(model, config, trial)[1]
+                got2 = _shapes(model, config, trial)
                 if best is None or _misfit(got2, want) < _misfit(best[1], want):
                     best = (trial, got2)
             if best is not None and _misfit(best[1], want) < _misfit(got, want):
@@ -116,7 +116,7 @@ def _needed(
     current = dict(fields)
     for name in list(current):
         trial = {k: v for k, v in current.items() if k != name}
-        if _shapes(model, config, trial)[1] == want:
+        if _shapes(model, config, trial) == want:
             current = trial
     return current
 
@@ -128,11 +128,11 @@ def _changed(config: Any, changes: dict[str, int]) -> Any:
     return cfg
 
 
-def _shapes(model: nn.Module, config: Any, changes: dict[str, int]) -> tuple[Any, dict]:
-    cfg = _changed(config, changes)
+def _shapes(model: nn.Module, config: Any, changes: dict[str, int]) -> dict[str, tuple]:
+    """State-dict shapes of ``model``'s class built (on the meta device) from the config."""
     with torch.device("meta"):
-        fresh = type(model)(cfg)
-    return cfg, {k: tuple(v.shape) for k, v in fresh.state_dict().items()}
+        fresh = type(model)(_changed(config, changes))
+    return {k: tuple(v.shape) for k, v in fresh.state_dict().items()}
 
 
 def _misfit(got: dict[str, tuple], want: dict[str, tuple]) -> int:

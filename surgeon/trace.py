@@ -23,7 +23,12 @@ import torch.fx as fx
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.utils import _pytree as pytree
 
-from surgeon.capture import SPECIALISED_KEY, ConcreteTracer, wrapped_without_rule
+from surgeon.capture import (
+    SPECIALISED_KEY,
+    ConcreteTracer,
+    erase_new_nodes,
+    wrapped_without_rule,
+)
 from surgeon.errors import SurgeonInputError, SurgeonTraceError
 
 __all__ = [
@@ -149,9 +154,7 @@ def _expand(tracer: fx.Tracer, m: torch.nn.Module, args: tuple, kwargs: dict) ->
         log.info("surgeon: %s is called as it is (%s)", type(m).__name__, exc)
         out = NotImplemented
     if out is NotImplemented:
-        for node in reversed(list(tracer.graph.nodes)):
-            if node not in before:
-                tracer.graph.erase_node(node)
+        erase_new_nodes(tracer.graph, before)
     return out
 
 
