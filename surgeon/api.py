@@ -360,7 +360,7 @@ def surgery_passes(options: SlimOptions) -> list[Pass]:
     """The passes ``slim`` runs for ``options``: prune, [compensate], propagate, resize."""
     passes: list[Pass] = [ChannelPrunePass(options)]
     if options.compensate:
-        passes.append(CompensatePass())
+        passes.append(CompensatePass(new_bias=options.returns == "graph"))
     ignore = tuple(str(i) for i in options.ignore)
     return passes + [PropagatePass(ignore=ignore), ResizePass()]
 

@@ -30,21 +30,34 @@ def test_every_zoo_model_comes_back_as_its_own_class(name):
     model, x = create(name, input_shape=(1, channels, side, side))
     randomize_norms(model)
     keys = list(model.state_dict())
-    slim = surgeon.slim(model, 0.5, x)
-    graph = surgeon.slim(model, 0.5, x, returns="graph")
+    # compensation off: the graph form would add biases the module form does not (below)
+    slim = surgeon.slim(model, 0.5, x, compensate=False)
+    graph = surgeon.slim(model, 0.5, x, returns="graph", compensate=False)
     assert type(slim) is type(model) and isinstance(graph, fx.GraphModule)
     assert slim.meta["surgeon.plan"]["form"] == "module"
-    # the original's names, in order; compensation may add a bias to a conv that had none
-    added = [k for k in slim.state_dict() if k not in keys]
-    assert [k for k in slim.state_dict() if k in keys] == keys
-    assert all(
-        k.endswith(".bias") and model.get_submodule(k[: -len(".bias")]).bias is None for k in added
-    )
+    assert list(slim.state_dict()) == keys  # the original's names, in order
     with torch.no_grad():
         assert_same(slim(x), graph(x), 1e-5)
     assert list(model.state_dict()) == keys and all(  # the input model is not mutated
         model.state_dict()[k].shape == v.shape for k, v in create(name)[0].state_dict().items()
     )
+
+
+def test_compensation_adds_no_state_dict_key_to_the_module_form():
+    # DenseNet's conv2 has no bias and feeds a concatenation, not a batch norm: the graph form
+    # compensates into a new bias, the module form keeps the original's names (those convs are
+    # then not compensated; a conv followed by its batch norm still is, in running_mean)
+    model, x = create("densenet121", input_shape=(1, 3, 64, 64))
+    randomize_norms(model)
+    keys = list(model.state_dict())
+    slim = surgeon.slim(model, 0.5, x)
+    graph = surgeon.slim(model, 0.5, x, returns="graph")
+    assert type(slim) is type(model) and list(slim.state_dict()) == keys
+    assert "features.denseblock1.layers.0.conv2.bias" in graph.state_dict()
+    assert slim.features.denseblock1.layers[0].conv2.bias is None
+    moved = slim.features.denseblock1.layers[0].norm2.running_mean
+    cut = surgeon.slim(model, 0.5, x, compensate=False).features.denseblock1.layers[0].norm2
+    assert not torch.allclose(moved, cut.running_mean)  # conv1 -> norm2: compensated
 
 
 def test_heads_pruned_whole_set_the_head_count_attribute():

@@ -158,7 +158,9 @@ class CompensatePass(SurgeryPass):
     removed, ``delta = W[:, removed] @ mean[removed]`` is added:
     1. to a batch norm that is the consumer's only user, as ``running_mean -= delta`` (the
        same eval output as a bias, no new parameter; in train mode batch statistics absorb it);
-    2. else to the consumer's bias (created when it has none).
+    2. else to the consumer's bias, created when it has none unless ``new_bias`` is False
+       (the user's own model is to come back with its own state-dict names): such a consumer
+       is then not compensated.
     A conv's kernel taps count by the fraction of output positions where they read inside the
     input (zero padding contributes nothing), so the fold keeps the mean over all positions.
     With measured second moments (``data``), the removed inputs are first regressed on the
@@ -171,6 +173,9 @@ class CompensatePass(SurgeryPass):
     still loses the variance the removed channels carried. Classes already compensated
     (``state.compensated``) are not compensated again, so a second run changes nothing.
     """
+
+    def __init__(self, new_bias: bool = True) -> None:
+        self.new_bias = new_bias
 
     def call(self, gm: fx.GraphModule) -> PassResult:
         state = self.state(gm)
@@ -214,6 +219,8 @@ class CompensatePass(SurgeryPass):
         m, w = found
         if any(_shared(gm, m, t) for t in (m.weight, m.bias)):
             return 0  # a tied weight or bias: changing it would change its other owner
+        if m.bias is None and not self.new_bias and _norm_after(gm, graph, nodes[sink.node], m) is None:
+            return 0  # it would need a bias it does not have
         mean = means.get(edge_of(sink))
         if mean is None:
             mean = expected_mean(gm, nodes[sink.space[0]], sink.space[1])
@@ -257,6 +264,18 @@ def _apply(
 ) -> None:
     """Add ``delta`` to what ``consumer`` (module ``m``) outputs: into a batch norm that is
     its only user, as ``running_mean -= delta``, else into its bias."""
+    bn = _norm_after(gm, graph, consumer, m)
+    if bn is not None:
+        bn.running_mean.sub_(delta.to(bn.running_mean))
+        return
+    add_bias(m, delta)
+
+
+def _norm_after(
+    gm: fx.GraphModule, graph: ChannelGraph, consumer: fx.Node, m: nn.Module
+) -> nn.Module | None:
+    """The batch norm (called once, with running statistics) that is the only user of
+    ``consumer`` (module ``m``) and normalises its channel dim; else None."""
     users = list(consumer.users)
     bn = _module(gm, users[0]) if len(users) == 1 else None
     out = consumer.meta.get("tensor_meta")
@@ -268,9 +287,8 @@ def _apply(
         and graph.calls[str(users[0].target)] == 1
         and users[0].args[0] is consumer
     ):
-        bn.running_mean.sub_(delta.to(bn.running_mean))
-        return
-    add_bias(m, delta)
+        return bn
+    return None
 
 
 def _shared(gm: fx.GraphModule, owner: nn.Module, tensor: torch.Tensor | None) -> bool:
