@@ -34,7 +34,15 @@ from surgeon.passes import (
     begin,
 )
 from surgeon.passes.compensate import recalibrate_norms
-from surgeon.trace import as_args, input_spec, inputs_from_spec, trace
+from surgeon.trace import (
+    FINITE_KEY,
+    as_args,
+    input_spec,
+    inputs_from_spec,
+    nonfinite,
+    resolve_leaves,
+    trace,
+)
 
 __all__ = [
     "slim",
@@ -75,9 +83,25 @@ def analyze(
     ``print(surgeon.analyze(model, x))`` lists every group that holds parameters, with its
     members, channel count and, when blocked, why. The model is not modified.
     """
+    leaves = resolve_leaves(model, leaf_modules)
     with gc_paused():
-        gm = trace(copy.deepcopy(model), example_inputs, leaf_modules=leaf_modules)
+        gm = trace(_copy(model), example_inputs, leaf_modules=leaves)
         return build_channel_graph(gm, attention=attention)
+
+
+def _copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` (slim never mutates its input unless ``inplace=True``)."""
+    try:
+        return copy.deepcopy(model)
+    except RuntimeError as exc:
+        if "deepcopy" not in str(exc):
+            raise
+        raise SurgeonInputError(
+            f"the {type(model).__name__} cannot be copied ({exc.__class__.__name__}: "
+            f"{str(exc).splitlines()[0]}); the usual cause is the deprecated "
+            "torch.nn.utils.weight_norm / spectral_norm, which keep a computed weight: use "
+            "torch.nn.utils.parametrizations.weight_norm / spectral_norm, or pass inplace=True"
+        ) from exc
 
 
 def _ignore_names(model: nn.Module, ignore: Iterable[nn.Module | str]) -> list[str]:
@@ -210,14 +234,24 @@ def _slim(
     an empty dict is filled with this model's) makes the ratio cumulative over those steps."""
     if not isinstance(model, nn.Module):
         raise SurgeonInputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    options = options.replace(ignore=tuple(_ignore_names(model, options.ignore)))
+    options = options.replace(
+        ignore=tuple(_ignore_names(model, options.ignore)),
+        leaf_modules=resolve_leaves(model, options.leaf_modules),
+    )
+    nan = nonfinite(model, example_inputs, nan_only=True)
+    if nan:
+        raise SurgeonInputError(
+            f"NaN values in {', '.join(nan[:3])}{' ...' if len(nan) > 3 else ''}: slim runs the "
+            "model on the example inputs to check every step, and NaN hides every difference; "
+            "pass finite inputs and weights"
+        )
     data = options.data
     if data is not None and iter(data) is data:  # type: ignore[call-overload]
         options = options.replace(data=list(data))  # a one-shot iterator: it is read twice
     blocked: dict[int, str] = {}  # groups whose resizing failed in an earlier attempt
     with gc_paused():
         while True:
-            work = model if options.inplace else copy.deepcopy(model)
+            work = model if options.inplace else _copy(model)
             gm = trace(work, example_inputs, leaf_modules=options.leaf_modules)
             sizes_before = int_args(gm)
             expected = _output_shapes(gm)
@@ -238,7 +272,7 @@ def _slim(
         if options.compensate and options.data is not None and state.n_removed():
             recalibrate_norms(gm, iter_batches(options.data))
             output = _run(gm, example_inputs)
-        _self_check(gm, expected, output)
+        _self_check(gm, expected, output, model, example_inputs)
         gm.meta[PLAN_KEY] = {
             **_plan_record(model, state, example_inputs, options),
             "blocked": blocked,
@@ -460,8 +494,15 @@ def _output_shapes(gm: fx.GraphModule) -> list[tuple[int, ...]]:
     return shapes
 
 
-def _self_check(gm: fx.GraphModule, expected: list[tuple[int, ...]], output: Any) -> None:
-    """The slim model's outputs keep their shapes and are finite (from ResizePass's run)."""
+def _self_check(
+    gm: fx.GraphModule,
+    expected: list[tuple[int, ...]],
+    output: Any,
+    model: nn.Module,
+    example_inputs: Any,
+) -> None:
+    """The slim model's outputs keep their shapes and are finite (from ResizePass's run)
+    where the original's were."""
     got = _output_shapes(gm)
     if got != expected:
         raise SurgeonPassError(
@@ -471,9 +512,24 @@ def _self_check(gm: fx.GraphModule, expected: list[tuple[int, ...]], output: Any
     torch.utils._pytree.tree_map(
         lambda v: tensors.append(v) if isinstance(v, torch.Tensor) else None, output
     )
-    for i, t in enumerate(tensors):
-        if t.is_floating_point() and not torch.isfinite(t).all():
-            raise SurgeonPassError(
-                f"the slim model's output {i} has non-finite values on the example inputs; "
-                "nothing is returned — report the model, or slim with a smaller ratio"
+    finite_before = gm.meta.get(FINITE_KEY, [])
+    floats = [t for t in tensors if t.is_floating_point()]
+    for i, t in enumerate(floats):
+        if torch.isfinite(t).all():
+            continue
+        if i < len(finite_before) and not finite_before[i]:
+            # Infinite buffers are the model's own (a -inf attention mask); infinite inputs
+            # or parameters are the user's to fix.
+            where = [w for w in nonfinite(model, example_inputs) if not w.startswith("buffer")]
+            if not where:
+                continue  # the model's own output holds infinities: as it was
+            raise SurgeonInputError(
+                f"the original model's output {i} is already non-finite on the example inputs "
+                f"(infinite values in {', '.join(where[:3])}), so no slim model can be checked "
+                "against it; pass finite example inputs and weights"
             )
+        raise SurgeonPassError(
+            f"the slim model's output {i} has non-finite values on the example inputs where "
+            "the original's are finite; nothing is returned — report the model, or slim with a "
+            "smaller ratio"
+        )

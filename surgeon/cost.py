@@ -16,17 +16,21 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import logging
 import math
 import numbers
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
 from surgeon import rules
 from surgeon.errors import SurgeonInputError
 from surgeon.trace import as_args
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "count_params",
@@ -45,41 +49,68 @@ def count_params(model: torch.nn.Module) -> int:
 
 
 def count_macs(model: torch.nn.Module, example_inputs: Any) -> int:
-    """Multiply-accumulates of one forward pass on ``example_inputs``.
+    """Multiply-accumulates of one inference forward pass on ``example_inputs``.
 
     Counted with ``torch.utils.flop_counter.FlopCounterMode`` (which reports 2 FLOPs per MAC
-    for matmul / convolution), so only the ops torch knows a formula for are counted.
+    for matmul / convolution / attention), with the model in eval mode and its fused fast
+    paths off (``nn.MultiheadAttention``, ``nn.TransformerEncoder``: one fused op the counter
+    has no formula for); every module's training flag is restored, so norms never move.
+    Where the counter still sees less than the model's Conv / Linear modules compute, their
+    work is counted instead and a warning says so (never zero work for a model that did some).
     """
-    args, kwargs = as_args(example_inputs)
-    try:
-        return _count(model, args, kwargs, torch.no_grad())
-    except (AssertionError, AttributeError):
-        # FlopCounterMode's module tracker hooks the grad of a module's inputs, and a
-        # parameter handed to a submodule as input (CaiT's class token) has none under no_grad
-        return _count(model, args, kwargs, torch.enable_grad())
+    return _count_flops(model, example_inputs)[0] // 2
 
 
-def _count(model: torch.nn.Module, args: tuple, kwargs: dict, grad: Any) -> int:
-    counter = FlopCounterMode(display=False)
-    with grad, _mha_fastpath_off(), counter:
-        model(*args, **kwargs)
-    return counter.get_total_flops() // 2
+def _cpu_flash_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:  # noqa: ANN001
+    """FLOPs of ``aten._scaled_dot_product_flash_attention_for_cpu`` (the CPU kernel behind
+    ``F.scaled_dot_product_attention``), which torch's counter has no formula for."""
+    return flop_counter.sdpa_flop_count(query, key, value)
+
+
+def _extra_formulas() -> dict[Any, Any]:
+    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    return {op: _cpu_flash_flops} if op is not None else {}
 
 
 @contextlib.contextmanager
-def _mha_fastpath_off():
-    """nn.MultiheadAttention's eval fast path is one fused op FlopCounterMode has no formula
-    for: counted with it, an attention model looks cheaper before slimming than after."""
+def _inference(model: nn.Module):
+    """Eval mode (restored afterwards, module by module) with torch's fused attention fast
+    paths off, so every matmul is an op the counter knows."""
+    modes = [(m, m.training) for m in model.modules()]
     mha = getattr(torch.backends, "mha", None)
-    if mha is None:
-        yield
-        return
-    was = mha.get_fastpath_enabled()
-    mha.set_fastpath_enabled(False)
+    was = mha.get_fastpath_enabled() if mha is not None else None
     try:
+        model.eval()
+        if mha is not None:
+            mha.set_fastpath_enabled(False)
         yield
     finally:
-        mha.set_fastpath_enabled(was)
+        if mha is not None:
+            mha.set_fastpath_enabled(was)
+        for m, training in modes:
+            m.training = training
+
+
+def _counted(model: nn.Module, args: tuple, kwargs: dict, calls: list) -> int:
+    """FLOPs FlopCounterMode counts for one call, under no_grad when it can: its module
+    tracker needs a grad function on some inputs (a parameter handed to a submodule, as
+    CaiT's class token; some timm models on torch 2.14), then with grad enabled. ``calls``
+    (what forward hooks record) is emptied before each attempt."""
+    for grad in (torch.no_grad, torch.enable_grad):
+        calls.clear()
+        counter = FlopCounterMode(display=False, custom_mapping=_extra_formulas())
+        try:
+            with grad(), counter:
+                model(*args, **kwargs)
+        except (AssertionError, AttributeError, RuntimeError) as exc:
+            tracker = isinstance(exc, (AssertionError, AttributeError)) or (
+                "gradient function" in str(exc)
+            )
+            if grad is torch.enable_grad or not tracker:
+                raise
+            continue
+        return counter.get_total_flops()
+    raise AssertionError("unreachable")
 
 
 # Modules whose ``weight`` level_prune zeroes and whose FLOPs ``metrics`` discounts: the
@@ -258,8 +289,8 @@ def _ratio(num: int, den: int) -> float:
 def _count_flops(model: nn.Module, example_inputs: Any) -> tuple[int, int]:
     """(FLOPs, FLOPs left when zero weights are skipped) of one inference forward pass.
 
-    The model runs in eval mode under ``torch.no_grad()`` (so norms use, and do not move,
-    their running statistics); every module's training flag is restored afterwards.
+    The model runs in eval mode (so norms use, and do not move, their running statistics)
+    with fused attention fast paths off; every module's training flag is restored afterwards.
     """
     calls: list[tuple[nn.Module, int]] = []
 
@@ -270,30 +301,34 @@ def _count_flops(model: nn.Module, example_inputs: Any) -> tuple[int, int]:
             values, channels = inputs[0], module.weight.shape[0]
         else:
             values, channels = output, module.weight.shape[0]
-        if isinstance(values, torch.Tensor):
-            calls.append((module, values.numel() // channels))
+        if isinstance(values, torch.Tensor) and isinstance(module.weight, torch.Tensor):
+            calls.append((module, values.numel() // max(channels, 1)))
 
-    modes = [(m, m.training) for m in model.modules()]
     handles = [
         m.register_forward_hook(record) for m in model.modules() if isinstance(m, PRUNABLE_TYPES)
     ]
     args, kwargs = as_args(example_inputs)
-    counter = FlopCounterMode(display=False)
     try:
-        model.eval()
-        with torch.no_grad(), counter:
-            model(*args, **kwargs)
+        with _inference(model):
+            flops = _counted(model, args, kwargs, calls)
     finally:
         for handle in handles:
             handle.remove()
-        for m, training in modes:
-            m.training = training
-    flops = counter.get_total_flops()
-    skipped = 0
     with torch.no_grad():
-        for module, positions in calls:
-            weight = module.weight
-            skipped += 2 * (weight.numel() - int(torch.count_nonzero(weight))) * positions
+        modules = 2 * sum(module.weight.numel() * positions for module, positions in calls)
+        skipped = sum(
+            2 * (module.weight.numel() - int(torch.count_nonzero(module.weight))) * positions
+            for module, positions in calls
+        )
+    if flops < modules:
+        log.warning(
+            "surgeon: FlopCounterMode counted %d FLOPs where the %s's Conv / Linear modules "
+            "alone compute %d (an op it has no formula for); counting those modules' work",
+            flops,
+            type(model).__name__,
+            modules,
+        )
+        flops = modules
     return flops, flops - skipped
 
 

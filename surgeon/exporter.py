@@ -292,6 +292,7 @@ def _export_checked(
     for name in order:
         try:
             _export_onnx(job, name)
+            _check_opset(job, name)
         except Exception as exc:  # torch.onnx raises many unrelated types
             failures.append(f"{name} exporter: {_first_line(exc)}")
             _warn_next(name, order, exc)
@@ -313,6 +314,29 @@ def _export_checked(
         + " | ".join(failures)
         + "; rewrite the op it names, or try another opset"
     )
+
+
+def _check_opset(job: _Job, name: str) -> None:
+    """The file has the opset that was asked for (the dynamo exporter silently writes its
+    own minimum, 18, for an older one)."""
+    if job.opset is None:
+        return
+    import onnx
+
+    proto = onnx.load(str(job.temp), load_external_data=False)
+    written = [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")]
+    if written and written[0] != job.opset:
+        raise SurgeonExportError(
+            f"the {name} exporter wrote opset {written[0]} where opset {job.opset} was asked "
+            f"for (it cannot write that opset)"
+        )
+
+
+def max_opset() -> int:
+    """The newest ONNX opset the installed onnx package defines."""
+    import onnx
+
+    return int(onnx.defs.onnx_opset_version())
 
 
 def _warn_next(name: str, order: tuple[str, ...], exc: BaseException) -> None:
@@ -345,10 +369,30 @@ def _session(temp: Path) -> Any:
     try:
         return ort.InferenceSession(str(temp), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own Fail / InvalidGraph / ...
+        if "NOT_IMPLEMENTED" in str(exc) and _uses_float64(temp):
+            raise SurgeonExportError(
+                "the exported model computes in float64, and onnxruntime's CPU build has no "
+                f"float64 kernel for one of its ops ({_first_line(exc, limit=160)}); export a "
+                "float32 copy: model.float() with float32 example inputs"
+            ) from exc
         raise SurgeonExportError(
             f"onnxruntime could not load the exported model: {_first_line(exc)}; "
             "try another opset or a newer onnxruntime"
         ) from exc
+
+
+def _uses_float64(path: Path) -> bool:
+    """Whether the ONNX file's inputs or initializers are float64 (DOUBLE)."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # unreadable: not the float64 case we can name
+        return False
+    double = onnx.TensorProto.DOUBLE
+    return any(i.type.tensor_type.elem_type == double for i in proto.graph.input) or any(
+        t.data_type == double for t in proto.graph.initializer
+    )
 
 
 def _first_line(exc: BaseException, *, limit: int = 400) -> str:
@@ -507,9 +551,14 @@ def _check_arguments(model: Any, opset: Any, rtol: Any, atol: Any, exporter: Any
             f"surgeon.export needs a torch.nn.Module, got {type(model).__name__}"
         )
     if opset is not None and (
-        isinstance(opset, bool) or not isinstance(opset, int) or opset < _MIN_OPSET
+        isinstance(opset, bool)
+        or not isinstance(opset, int)
+        or not _MIN_OPSET <= opset <= max_opset()
     ):
-        raise SurgeonInputError(f"opset must be an int >= {_MIN_OPSET} or None, got {opset!r}")
+        raise SurgeonInputError(
+            f"opset must be an int from {_MIN_OPSET} to {max_opset()} (the newest the installed "
+            f"onnx defines) or None, got {opset!r}"
+        )
     for label, value in (("rtol", rtol), ("atol", atol)):
         if not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
             raise SurgeonInputError(f"{label} must be a finite number >= 0, got {value!r}")

@@ -37,7 +37,8 @@ class SlimOptions:
         round_to: keep a multiple of this many channels per group (``None``: no rounding).
         ignore: modules (or qualified names) whose parameter shapes must not change.
         inplace: resize the model's own submodules instead of a copy.
-        leaf_modules: module types or instances torch.fx must not trace into.
+        leaf_modules: module types, instances or qualified names of submodules torch.fx must
+            not trace into.
         max_group_ratio: with ``scope="global"``, the most any group may lose.
         data: ``(input, target)`` batches for the data criteria and measured compensation.
         loss_fn: ``loss_fn(output, target) -> scalar`` for ``taylor`` and ``grad``.
@@ -56,7 +57,7 @@ class SlimOptions:
     round_to: int | None = None
     ignore: tuple[nn.Module | str, ...] = ()
     inplace: bool = False
-    leaf_modules: tuple[Leaf, ...] = ()
+    leaf_modules: tuple[Leaf | str, ...] = ()
     max_group_ratio: float = 0.9
     data: Iterable[Any] | None = field(default=None, compare=False, repr=False)
     loss_fn: Callable[..., torch.Tensor] | None = field(default=None, compare=False, repr=False)
@@ -115,8 +116,11 @@ class SlimOptions:
         }
 
 
-def leaf_name(m: Leaf) -> str:
-    """``package.module.Class`` of a leaf module type or instance."""
+def leaf_name(m: Leaf | str) -> str:
+    """``package.module.Class`` of a leaf module type or instance; a qualified submodule name
+    as it is."""
+    if isinstance(m, str):
+        return m
     t = m if isinstance(m, type) else type(m)
     return f"{t.__module__}.{t.__qualname__}"
 

@@ -54,7 +54,7 @@ from surgeon.files import check_output_path, write_atomic
 from surgeon.graph import build_channel_graph
 from surgeon.options import Leaf, leaf_name
 from surgeon.passes import STATE_KEY, ResizePass, SurgeryState
-from surgeon.trace import inputs_from_spec, trace
+from surgeon.trace import inputs_from_spec, resolve_leaves, trace
 
 __all__ = ["SurgeonLoadError", "save", "load", "FORMAT", "FORMAT_VERSION"]
 
@@ -238,7 +238,7 @@ def load(
                 f"this {type(model).__name__} is already a slim model; surgeon.load cuts a fresh, "
                 f"unpruned instance of the original architecture ({made_from}): pass that instead"
             )
-        leaves = list(leaf_modules)
+        leaves = list(resolve_leaves(model, leaf_modules))
         _check_leaves(plan, leaves, source)
         state = _read_weights(zf, source)
     with gc_paused():
@@ -333,14 +333,7 @@ def _read_weights(zf: zipfile.ZipFile, source: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def _check_leaves(plan: dict[str, Any], leaves: list[Leaf], source: str) -> None:
-    for leaf in leaves:
-        if not (
-            isinstance(leaf, nn.Module) or (isinstance(leaf, type) and issubclass(leaf, nn.Module))
-        ):
-            raise SurgeonInputError(
-                f"leaf_modules holds {leaf!r}, which is neither a torch.nn.Module type nor instance"
-            )
+def _check_leaves(plan: dict[str, Any], leaves: list[Leaf | str], source: str) -> None:
     given = sorted(leaf_name(m) for m in leaves)
     recorded = sorted(plan["leaf_modules"])
     if given != recorded:

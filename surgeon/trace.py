@@ -87,25 +87,32 @@ class SurgeonTracer(fx.Tracer):
     """An fx tracer that honours user leaf modules and remembers where tracing failed."""
 
     def __init__(
-        self, leaf_modules: Iterable[type[torch.nn.Module] | torch.nn.Module] = ()
+        self, leaf_modules: Iterable[type[torch.nn.Module] | torch.nn.Module | str] = ()
     ) -> None:
         super().__init__()
         leaves = tuple(leaf_modules)
         self._leaf_types = tuple(m for m in leaves if isinstance(m, type))
         self._leaf_ids = {id(m) for m in leaves if isinstance(m, torch.nn.Module)}
+        self._leaf_names = {m for m in leaves if isinstance(m, str)}
         self._stack: list[tuple[str, str]] = []
         self.failed_in: list[tuple[str, str]] | None = None
 
     def is_leaf_module(self, m: torch.nn.Module, module_qualified_name: str) -> bool:
-        if self._user_leaf(m):
+        if self._user_leaf(m, module_qualified_name):
             return True
+        if isinstance(m, torch.jit.ScriptModule):
+            return True  # TorchScript: fx cannot trace into it; one opaque call, params kept
         leaf = super().is_leaf_module(m, module_qualified_name)
         if leaf and _composite_without_rule(m):
             return False  # nn.TransformerEncoderLayer: its parts have rules, so trace them
         return leaf
 
-    def _user_leaf(self, m: torch.nn.Module) -> bool:
-        return id(m) in self._leaf_ids or bool(self._leaf_types and isinstance(m, self._leaf_types))
+    def _user_leaf(self, m: torch.nn.Module, path: str) -> bool:
+        return (
+            id(m) in self._leaf_ids
+            or path in self._leaf_names
+            or bool(self._leaf_types and isinstance(m, self._leaf_types))
+        )
 
     def call_module(self, m, forward, args, kwargs):  # noqa: ANN001 - fx's signature
         try:
@@ -114,7 +121,7 @@ class SurgeonTracer(fx.Tracer):
             return forward(*args, **kwargs)
         self._stack.append((path, type(m).__name__))
         try:
-            if not self._user_leaf(m):
+            if not self._user_leaf(m, path):
                 expanded = _expand(self, m, args, kwargs)
                 if expanded is not NotImplemented:
                     return expanded
@@ -168,17 +175,83 @@ def _user_frame(exc: BaseException) -> traceback.FrameSummary | None:
     return frames[-1] if frames else None
 
 
+def keep_unreached(model: torch.nn.Module, gm: fx.GraphModule) -> list[str]:
+    """Register on ``gm``, under their own names, the parameters and buffers of ``model`` its
+    graph never reads (a head ``forward`` skips in eval, a module only another path uses), so
+    the graph form's ``parameters()``, ``state_dict()`` and counts are the model's. A whole
+    submodule missing from ``gm`` is added as it is. Returns the names added."""
+    added: list[str] = []
+    present = {n for n, _ in gm.named_modules()}
+    for path, mod in model.named_modules():
+        tensors = [
+            (k, v, k in mod._non_persistent_buffers_set if k in mod._buffers else None)
+            for k, v in [*mod._parameters.items(), *mod._buffers.items()]
+            if v is not None
+        ]
+        if not tensors:
+            continue
+        if path not in present:
+            parts = path.split(".")
+            top = next(
+                ".".join(parts[:i])
+                for i in range(1, len(parts) + 1)
+                if ".".join(parts[:i]) not in present
+            )
+            gm.add_submodule(top, model.get_submodule(top))
+            present |= {
+                f"{top}.{n}" if n else top for n, _ in model.get_submodule(top).named_modules()
+            }
+            added.append(top)
+            continue
+        owner = gm.get_submodule(path)
+        for k, v, non_persistent in tensors:
+            if owner is mod or hasattr(owner, k):
+                continue
+            if non_persistent is None:
+                owner.register_parameter(k, v)  # type: ignore[arg-type]
+            else:
+                owner.register_buffer(k, v, persistent=not non_persistent)
+            added.append(f"{path}.{k}" if path else k)
+    return added
+
+
+def resolve_leaves(
+    model: torch.nn.Module, leaf_modules: Iterable[Any]
+) -> tuple[type[torch.nn.Module] | str, ...]:
+    """``leaf_modules`` as module types and qualified names of ``model``'s submodules (an
+    instance becomes its name, so it still matches in a copy of the model); anything else
+    raises :class:`SurgeonInputError`."""
+    names = {id(m): n for n, m in model.named_modules() if n}
+    known = dict(model.named_modules())
+    out: list[type[torch.nn.Module] | str] = []
+    for leaf in leaf_modules:
+        if isinstance(leaf, type) and issubclass(leaf, torch.nn.Module):
+            out.append(leaf)
+        elif isinstance(leaf, str) and leaf and leaf in known:
+            out.append(leaf)
+        elif isinstance(leaf, torch.nn.Module) and id(leaf) in names:
+            out.append(names[id(leaf)])
+        else:
+            what = repr(leaf) if isinstance(leaf, str) else type(leaf).__name__
+            raise SurgeonInputError(
+                f"leaf_modules holds {what}, which is neither a torch.nn.Module type nor a "
+                f"submodule of the {type(model).__name__} (an instance or its qualified name, "
+                "e.g. 'layer4.1'); pass the module types or submodules fx must not trace into"
+            )
+    return tuple(out)
+
+
 def trace(
     model: torch.nn.Module,
     example_inputs: Any,
     *,
-    leaf_modules: Iterable[type[torch.nn.Module] | torch.nn.Module] = (),
+    leaf_modules: Iterable[type[torch.nn.Module] | torch.nn.Module | str] = (),
 ) -> fx.GraphModule:
     """Symbolically trace ``model`` and propagate shapes from ``example_inputs``.
 
     ``example_inputs`` is a tensor, a tuple of tensors (positional) or a dict of keyword
-    tensors. ``leaf_modules`` are module types or instances fx must not trace into: their
-    output dims are then blocked by the channel analysis, which is always safe.
+    tensors. ``leaf_modules`` are module types, instances or qualified submodule names fx
+    must not trace into: their output dims are then blocked by the channel analysis, which is always safe.
     The returned GraphModule shares submodules with ``model``; copy first to keep it intact.
     A ``GraphModule`` is used as it is, never traced again (its shapes are propagated).
     """
@@ -187,11 +260,12 @@ def trace(
     if isinstance(model, fx.GraphModule):  # already a graph (a slim model, a user's capture)
         model.meta.setdefault(AUTO_LEAVES_KEY, [])
         model.meta.setdefault(SPECIALISED_KEY, None)
-        propagate_shapes(model, example_inputs)
+        model.meta[FINITE_KEY] = _finite(propagate_shapes(model, example_inputs))
         return model
     with explicit_forward(model, example_inputs):
         tracer, graph, auto = _capture(model, example_inputs, list(leaf_modules))
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    keep_unreached(model, gm)
     gm.meta[AUTO_LEAVES_KEY] = auto
     specialised = getattr(tracer, "specialised", [])
     gm.meta[SPECIALISED_KEY] = (
@@ -208,7 +282,39 @@ def trace(
         )
     traced = propagate_shapes(gm, example_inputs)
     _check_trace(model, example_inputs, traced)
+    gm.meta[FINITE_KEY] = _finite(traced)
     return gm
+
+
+FINITE_KEY = "surgeon.output_finite"
+
+
+def _finite(outputs: Any) -> list[bool]:
+    """Per floating output tensor: whether all its values are finite."""
+    return [
+        bool(torch.isfinite(t).all())
+        for t in pytree.tree_leaves(outputs)
+        if isinstance(t, torch.Tensor) and t.is_floating_point()
+    ]
+
+
+def nonfinite(model: torch.nn.Module, example_inputs: Any, nan_only: bool = False) -> list[str]:
+    """What holds NaN (and, unless ``nan_only``, infinite) values: the example inputs by
+    position or keyword, the model's parameters and buffers by name."""
+    bad = torch.isnan if nan_only else (lambda t: ~torch.isfinite(t))
+    args, kwargs = as_args(example_inputs)
+    found = []
+    items = [*((f"example input {i}", a) for i, a in enumerate(args))]
+    items += [(f"example input {k!r}", v) for k, v in kwargs.items()]
+    for label, value in items:
+        for j, t in enumerate(pytree.tree_leaves(value)):
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and bool(bad(t).any()):
+                found.append(label if j == 0 else f"{label} (tensor {j})")
+    for kind, named in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
+        for name, t in named:
+            if t.is_floating_point() and bool(bad(t.detach()).any()):
+                found.append(f"{kind} {name!r}")
+    return found
 
 
 def _capture(
@@ -391,14 +497,41 @@ def _check_trace(model: torch.nn.Module, example_inputs: Any, traced: Any) -> No
         eager = model(*args, **kwargs)
     want = [t for t in pytree.tree_leaves(eager) if isinstance(t, torch.Tensor)]
     got = [t for t in pytree.tree_leaves(traced) if isinstance(t, torch.Tensor)]
-    for i, (a, b) in enumerate(zip(got, want, strict=False)):
-        if a.shape != b.shape or not a.is_floating_point():
+    name = type(model).__name__
+    if len(got) != len(want):
+        raise SurgeonTraceError(
+            f"the torch.fx graph of {name} returns {len(got)} tensor(s) where the model returns "
+            f"{len(want)} on the example inputs in eval mode: fx recorded a different path "
+            "through forward"
+            + (
+                " (it traced the model in training mode, and forward branches on "
+                "self.training, as auxiliary heads do). Way out: call model.eval() before slimming."
+                if model.training
+                else " (a branch on a value, a Python container it could not follow). Way out: "
+                "put the module whose output differs in leaf_modules=(...), or report the model."
+            )
+        )
+    for i, (a, b) in enumerate(zip(got, want, strict=True)):
+        if a.shape != b.shape or a.dtype != b.dtype:
+            raise SurgeonTraceError(
+                f"the torch.fx graph of {name} gives output {i} as {a.dtype} "
+                f"{tuple(a.shape)} where the model gives {b.dtype} {tuple(b.shape)}: fx "
+                "recorded a different function. Way out: put the module that computes it in "
+                "leaf_modules=(...), or report the model."
+            )
+        if not a.is_floating_point() and not a.is_complex():
+            if not torch.equal(a, b):
+                raise SurgeonTraceError(
+                    f"the torch.fx graph of {name} does not compute what the model computes "
+                    f"(output {i}, {b.dtype}, differs). Way out: put the module that computes it "
+                    "in leaf_modules=(...), or report the model."
+                )
             continue
         scale = float(b.abs().max()) if b.numel() else 0.0
         diff = float((a - b).abs().max()) if b.numel() else 0.0
         if diff > 1e-5 * max(scale, 1e-30) and diff > 0:
             raise SurgeonTraceError(
-                f"the torch.fx graph of {type(model).__name__} does not compute what the model "
+                f"the torch.fx graph of {name} does not compute what the model "
                 f"computes (output {i} differs by {diff:.3g}, its scale is {scale:.3g}). The usual "
                 "cause is an in-place update (`x += y`, `x.add_(y)`) of a tensor that is also read "
                 "elsewhere, which fx records as out of place. Way out: write it out of place "

@@ -219,7 +219,11 @@ class CompensatePass(SurgeryPass):
         m, w = found
         if any(_shared(gm, m, t) for t in (m.weight, m.bias)):
             return 0  # a tied weight or bias: changing it would change its other owner
-        if m.bias is None and not self.new_bias and _norm_after(gm, graph, nodes[sink.node], m) is None:
+        if (
+            m.bias is None
+            and not self.new_bias
+            and _norm_after(gm, graph, nodes[sink.node], m) is None
+        ):
             return 0  # it would need a bias it does not have
         mean = means.get(edge_of(sink))
         if mean is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 import numpy as np
@@ -11,6 +12,9 @@ from surgeon.passes.base import PassResult, SurgeryPass
 from surgeon.passes.prune import protected_classes
 
 __all__ = ["PropagatePass"]
+
+
+log = logging.getLogger(__name__)
 
 
 class PropagatePass(SurgeryPass):
@@ -98,5 +102,13 @@ class PropagatePass(SurgeryPass):
                 new_any = True
             if not new_any:
                 break
+        else:
+            if self.max_rounds:
+                log.warning(
+                    "surgeon: PropagatePass stopped at its round limit (%d rounds) while still "
+                    "finding dead channels: the slim model is exact, but may keep some channels "
+                    "that only feed removed ones (PropagatePass(max_rounds=...) goes further)",
+                    self.max_rounds,
+                )
         self.store(gm, state.replace(removed=removed, dead=dead))
         return PassResult(gm, dead_total > 0, {"dead_classes": dead_total, "folds": folds})

@@ -21,10 +21,12 @@ rule fails its test rather than showing up only as lost compression.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import torch
 import torch.fx as fx
 import torch.nn as nn
 
@@ -77,13 +79,44 @@ def lookup(ctx: RuleContext) -> Rule:
     """The rule for ``ctx.node``; :func:`~surgeon.rules.base.block_all` when there is none."""
     from surgeon.rules.base import block_all
 
-    key = _key(ctx.node, ctx.module if ctx.node.op == "call_module" else None)
+    module = ctx.module if ctx.node.op == "call_module" else None
+    why = opaque_weights(module) if module is not None else None
+    if why is not None:
+        return functools.partial(block_all, reason=f"{ctx.describe_name()}: {why}")
+    key = _key(ctx.node, module)
     if key is None:
         return block_all
     if ctx.node.op == "call_module":
         return _MODULES[key]
     table = _FUNCTIONS if ctx.node.op == "call_function" else _METHODS
     return table.get(key, block_all)
+
+
+def opaque_weights(m: nn.Module) -> str | None:
+    """Why no rule may cut ``m``'s tensors (its weight is computed from others, or fx cannot
+    see inside it), or None."""
+    from torch.nn.utils import parametrize
+
+    if isinstance(m, torch.jit.ScriptModule):
+        return "a TorchScript module, opaque to torch.fx (its channels stay)"
+    if parametrize.is_parametrized(m):
+        kinds = sorted(
+            {type(p).__name__ for ps in m.parametrizations.values() for p in ps}  # type: ignore[union-attr]
+        )
+        return (
+            f"its {', '.join(sorted(m.parametrizations))} is parametrized ({', '.join(kinds)}): "  # type: ignore[union-attr]
+            "the parametrization's tensors are not cut (its channels stay); "
+            "torch.nn.utils.parametrize.remove_parametrizations(module, name) first bakes it"
+        )
+    hooks = [type(h).__name__ for h in m._forward_pre_hooks.values()]
+    old = [h for h in hooks if h in ("WeightNorm", "SpectralNorm")]
+    if old:
+        return (
+            f"its weight is recomputed by a {old[0]} hook (torch.nn.utils.{old[0].lower()[:-4]}_norm): "
+            "its channels stay; torch.nn.utils.remove_weight_norm / remove_spectral_norm first "
+            "bakes it"
+        )
+    return None
 
 
 def has_module_rule(m: nn.Module) -> bool:
