@@ -37,6 +37,7 @@ from surgeon.passes.compensate import recalibrate_norms
 from surgeon.trace import (
     FINITE_KEY,
     as_args,
+    deep_copy,
     input_spec,
     inputs_from_spec,
     nonfinite,
@@ -92,7 +93,7 @@ def analyze(
 def _copy(model: nn.Module) -> nn.Module:
     """A deep copy of ``model`` (slim never mutates its input unless ``inplace=True``)."""
     try:
-        return copy.deepcopy(model)
+        return deep_copy(model)
     except RuntimeError as exc:
         if "deepcopy" not in str(exc):
             raise

@@ -229,8 +229,13 @@ def _export_torchscript(job: _Job, common: dict[str, Any]) -> None:
         for name, out in zip(common["output_names"], job.expected, strict=True):
             if out.dim() >= 1 and out.shape[0] == batch:
                 dynamic_axes[name] = {0: "batch"}
+    model: nn.Module = job.adapter
+    if any(isinstance(m, torch.jit.ScriptModule) for m in model.modules()):
+        # a scripted submodule: torch.onnx cannot trace through it from a Python module
+        # ("not part of the active trace"), but it exports the whole model traced first
+        model = torch.jit.trace(model, tuple(job.signature.tensors), check_trace=False)
     torch.onnx.export(
-        job.adapter,
+        model,
         tuple(job.signature.tensors),
         str(job.temp),
         dynamo=False,

@@ -54,7 +54,7 @@ from surgeon.files import check_output_path, write_atomic
 from surgeon.graph import build_channel_graph
 from surgeon.options import Leaf, leaf_name
 from surgeon.passes import STATE_KEY, ResizePass, SurgeryState
-from surgeon.trace import inputs_from_spec, resolve_leaves, trace
+from surgeon.trace import deep_copy, inputs_from_spec, resolve_leaves, trace
 
 __all__ = ["SurgeonLoadError", "save", "load", "FORMAT", "FORMAT_VERSION"]
 
@@ -382,7 +382,7 @@ def _rebuild(model: nn.Module, plan: dict[str, Any], leaves: list[Leaf], source:
     name, made_from = type(model).__name__, plan["model"]
     made = f"it was made from a {made_from} on inputs {_inputs_desc(plan)}"
     try:
-        work = copy.deepcopy(model)
+        work = deep_copy(model)
         gm = trace(work, inputs, leaf_modules=leaves)
         before = int_args(gm)
         graph = build_channel_graph(gm, attention=plan.get("attention", "heads"))

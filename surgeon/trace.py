@@ -175,6 +175,22 @@ def _user_frame(exc: BaseException) -> traceback.FrameSummary | None:
     return frames[-1] if frames else None
 
 
+def deep_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """``copy.deepcopy(model)``, with the parameters of its TorchScript submodules leaves
+    again: deepcopy gives a ScriptModule plain tensors cloned from the originals (non-leaf,
+    ``grad_fn=CloneBackward``), which an optimizer never updates."""
+    import copy
+
+    out = copy.deepcopy(model)
+    for module in out.modules():
+        if not isinstance(module, torch.jit.ScriptModule):
+            continue
+        for name, p in list(module.named_parameters(recurse=False)):
+            if not p.is_leaf or not isinstance(p, torch.nn.Parameter):
+                setattr(module, name, torch.nn.Parameter(p.detach(), p.requires_grad))
+    return out
+
+
 def keep_unreached(model: torch.nn.Module, gm: fx.GraphModule) -> list[str]:
     """Register on ``gm``, under their own names, the parameters and buffers of ``model`` its
     graph never reads (a head ``forward`` skips in eval, a module only another path uses), so

@@ -2,12 +2,17 @@
 
 The strategy ``nets()`` draws a small CNN (conv, depthwise / grouped conv, norms, activations,
 residual adds, cat / split / chunk, squeeze-excitation, and a pooled or flattened Linear head)
-and builds it as a real ``nn.Module`` that torch.fx traces. Its ``repr`` is a readable listing
+with the forms real code writes and that once went wrong (issue 15): ``F.conv2d`` /
+``F.batch_norm`` / ``F.relu`` on a module's own tensors, index slicing (``x[:, :k]``), a
+``torch.jit.script``-ed block (opaque to fx), a weight-norm parametrized conv, and a
+``forward(self, x, **kwargs)`` fed keyword example inputs. It builds the net as a real
+``nn.Module``. Its ``repr`` is a readable listing
 of the blocks with their widths and spatial sizes, so a falsifying example prints the net.
 
 * ``test_slim_export_roundtrip`` (property A): at any ratio in [0, 0.9) (local or global scope,
   L1 or L2 importance) ``slim`` runs, keeps the output shape (and the function at ratio 0), does
-  not grow the parameter count, trains (backward), and exports to ONNX with onnxruntime parity.
+  not grow the parameter count (at ratio 0: the same parameter and state-dict sizes, so an
+  opaque block loses nothing), trains (backward), and exports to ONNX with onnxruntime parity.
 * ``test_slim_zero_ratio_is_exact`` (property B): zeroing random channel classes of random
   prunable groups and slimming at ratio 0 keeps the function exactly and removes parameters.
 
@@ -16,6 +21,7 @@ Profiles ("ci" under ``CI``, "dev" otherwise: 200 examples each) are in ``tests/
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -24,8 +30,10 @@ import onnxruntime as ort
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from hypothesis import event, given, note
 from hypothesis import strategies as st
+from torch.nn.utils import parametrizations
 
 import surgeon
 from tests.helpers import assert_exact, assert_same, randomize_norms, zero_classes
@@ -180,6 +188,58 @@ class SE(nn.Module):
         return x * s
 
 
+class FunctionalConv(nn.Module):
+    """The ``F.*`` forms: ``F.conv2d`` on its own parameters, ``F.batch_norm`` on its own
+    buffers, ``F.relu`` — what real code writes instead of modules."""
+
+    def __init__(self, conv: ConvSpec) -> None:
+        super().__init__()
+        made = conv.make()
+        self.weight = nn.Parameter(made.weight.detach().clone())
+        self.bias = None if made.bias is None else nn.Parameter(made.bias.detach().clone())
+        self.conv = conv
+        self.gamma = nn.Parameter(torch.rand(conv.c_out) + 0.5)
+        self.beta = nn.Parameter(torch.randn(conv.c_out) * 0.1)
+        self.register_buffer("mean", torch.randn(conv.c_out) * 0.1)
+        self.register_buffer("var", torch.rand(conv.c_out) + 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.conv
+        y = F.conv2d(x, self.weight, self.bias, c.stride, c.padding, 1, c.groups)
+        y = F.batch_norm(y, self.mean, self.var, self.gamma, self.beta, False, 0.1, 1e-5)
+        return F.relu(y)
+
+
+class PartialConv(nn.Module):
+    """Index slicing: a conv on the first ``k`` channels, the rest passed through
+    (``torch.cat([conv(x[:, :k]), x[:, k:]], 1)``, FasterNet's partial convolution)."""
+
+    def __init__(self, k: int, conv: nn.Module) -> None:
+        super().__init__()
+        self.k = k
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.conv(x[:, : self.k]), x[:, self.k :]], dim=1)
+
+
+def scripted(make: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
+    """A block torch.jit.script compiles: opaque to fx, so its channels keep their size and
+    its parameters must all survive."""
+
+    def build() -> nn.Module:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # jit.script is deprecated
+            return torch.jit.script(make())
+
+    return build
+
+
+def weight_normed(make: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
+    """A conv with a weight-norm parametrization (``parametrizations.weight_norm``)."""
+    return lambda: parametrizations.weight_norm(make())
+
+
 class PoolHead(nn.Module):
     def __init__(self, c: int, n: int) -> None:
         super().__init__()
@@ -239,6 +299,11 @@ class Net(nn.Module):
         return self.head(x)
 
     @property
+    def inputs(self) -> torch.Tensor | dict:
+        """The example inputs ``slim`` gets."""
+        return self.example
+
+    @property
     def has_sigmoid(self) -> bool:
         return any(b.sigmoid for b in self.spec.blocks)
 
@@ -251,6 +316,25 @@ class Net(nn.Module):
         lines += [f"  {i}: {b.text}" for i, b in enumerate(self.spec.blocks)]
         lines.append(f"  head: {self.spec.head.text}")
         return "\n".join(lines)
+
+
+class KwargsNet(Net):
+    """A decorated-style ``forward(self, x, **kwargs)`` (Hugging Face writes them): the example
+    inputs are keywords, and one of them (``gain``) changes what the net computes."""
+
+    def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i == 0 and kwargs.get("gain") is not None:
+                x = x * kwargs["gain"]
+        return self.head(x)
+
+    @property
+    def inputs(self) -> dict:
+        return {"x": self.example, "gain": 1.5}
+
+    def __repr__(self) -> str:
+        return "forward(self, x, **kwargs) with gain=1.5 after block 0; " + super().__repr__()
 
 
 # ------------------------------------------------------------------------------------------
@@ -283,17 +367,37 @@ def _norm(draw, c: int) -> tuple[str, object, bool]:
 
 @st.composite
 def blocks(draw, x: Shape) -> tuple[BlockSpec, Shape]:
-    kinds = ["conv", "dwconv", "norm", "act", "res", "cat", "se"]
+    kinds = ["conv", "dwconv", "norm", "act", "res", "cat", "se", "fconv", "script", "wnorm"]
     if x.c % 2 == 0 and x.c >= 4:
         kinds.append("gconv")
     if x.c >= 4:
-        kinds += ["split", "chunk"]
+        kinds += ["split", "chunk", "slice"]
     kind = draw(st.sampled_from(kinds))
 
     if kind == "conv":
         conv = draw(conv_specs(x, draw(widths)))
         y = conv.shape(x)
         return BlockSpec(f"{conv}  [{x} -> {y}]", conv.make), y
+
+    if kind == "fconv":
+        conv = draw(conv_specs(x, draw(widths)))
+        y = conv.shape(x)
+        return BlockSpec(
+            f"F.conv2d / F.batch_norm / F.relu {conv}  [{x} -> {y}]", lambda: FunctionalConv(conv)
+        ), y
+
+    if kind in ("script", "wnorm"):
+        conv = draw(conv_specs(x, draw(widths)))
+        y = conv.shape(x)
+        wrap, what = (scripted, "scripted") if kind == "script" else (weight_normed, "weight-norm")
+        return BlockSpec(f"{what} {conv}  [{x} -> {y}]", wrap(conv.make)), y
+
+    if kind == "slice":
+        k = draw(st.integers(1, x.c - 1))
+        conv = draw(conv_specs(Shape(k, x.h, x.w), draw(widths), keep_size=True))
+        y = Shape(conv.c_out + x.c - k, x.h, x.w)
+        text = f"cat[{conv}(x[:, :{k}]), x[:, {k}:]]  [{x} -> {y}]"
+        return BlockSpec(text, lambda: PartialConv(k, conv.make())), y
 
     if kind == "dwconv":
         mult = draw(st.sampled_from([1, 2]))
@@ -394,7 +498,7 @@ def nets(draw) -> Net:
         )
     else:
         spec.head = BlockSpec(f"mean(H, W) -> linear {c}->{n}", lambda: MeanHead(c, n))
-    return Net(spec)
+    return (KwargsNet if draw(st.integers(0, 4)) == 0 else Net)(spec)
 
 
 # ------------------------------------------------------------------------------------------
@@ -411,6 +515,10 @@ def _params(model: nn.Module) -> int:
     return surgeon.count_params(model)
 
 
+def _state_numel(model: nn.Module) -> int:
+    return sum(t.numel() for t in model.state_dict().values())
+
+
 @given(
     net=nets(),
     ratio=st.floats(0.0, 0.9, exclude_max=True),
@@ -420,40 +528,61 @@ def _params(model: nn.Module) -> int:
 def test_slim_export_roundtrip(
     net: Net, ratio: float, scope: str, importance: str, onnx_dir
 ) -> None:
-    x = net.example
+    inputs = net.inputs
     net.eval()
     with torch.no_grad():
-        want = net(x)
+        want = _call(net, inputs)
     options = {"scope": scope, "importance": importance}
     try:
-        _check_roundtrip(net, ratio, options, x, want, onnx_dir / "slim.onnx")
+        _check_roundtrip(net, ratio, options, inputs, want, onnx_dir / "slim.onnx")
     except BaseException:
-        note(str(surgeon.analyze(net, x)))  # only for the falsifying example: it costs time
+        note(str(surgeon.analyze(net, inputs)))  # only for the falsifying example: it costs time
         raise
 
 
+def _call(model: nn.Module, inputs: torch.Tensor | dict) -> torch.Tensor:
+    return model(**inputs) if isinstance(inputs, dict) else model(inputs)
+
+
+def _feed(inputs: torch.Tensor | dict) -> dict[str, np.ndarray]:
+    """onnxruntime's inputs: ``input`` for one tensor, the keyword names otherwise (the float
+    keywords are constants in the graph)."""
+    if not isinstance(inputs, dict):
+        return {"input": inputs.numpy()}
+    return {k: v.numpy() for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+
+
 def _check_roundtrip(
-    net: Net, ratio: float, options: dict, x: torch.Tensor, want: torch.Tensor, path
+    net: Net, ratio: float, options: dict, inputs: torch.Tensor | dict, want: torch.Tensor, path
 ) -> None:
     if net.spec.head.pool:
         out = net.spec.out
         divides = out.h % 2 == 0 and out.w % 2 == 0
         event(f"pool head: {'2 divides H, W' if divides else 'odd H or W (dynamo export)'}")
-    slim = surgeon.slim(net, ratio, x, **options)
+    event(f"forward: {type(net).__name__}")
+    for form in ("scripted", "weight-norm", "F.conv2d", "x[:, :"):
+        if any(form in b.text for b in net.spec.blocks):
+            event(f"has a block: {form}")
+    slim = surgeon.slim(net, ratio, inputs, **options)
     event(f"channels removed: {'some' if _params(slim) < _params(net) else 'none'}")
+    event(f"form: {'graph' if isinstance(slim, torch.fx.GraphModule) else 'module'}")
     assert _params(slim) <= _params(net)
     with torch.no_grad():
-        got = slim(x)
-        assert_same(net(x), want, tol=0)  # slim left the model alone
+        got = _call(slim, inputs)
+        assert_same(_call(net, inputs), want, tol=0)  # slim left the model alone
     assert got.shape == want.shape
     assert torch.isfinite(got).all()
     if ratio == 0.0:
         assert_same(got, want)
+        # random weights hold no dead channel: nothing goes, nothing is lost (an opaque
+        # scripted block's parameters, a weight-norm's g and v)
+        assert _params(slim) == _params(net)
+        assert _state_numel(slim) == _state_numel(net)
 
     try:
-        surgeon.export(slim, x, path)
+        surgeon.export(slim, inputs, path)
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        (ort_out,) = session.run(None, {"input": x.numpy()})
+        (ort_out,) = session.run(None, _feed(inputs))
     finally:
         path.unlink(missing_ok=True)
     scale = float(got.abs().max())
@@ -461,7 +590,7 @@ def _check_roundtrip(
 
     slim.train()
     slim.zero_grad()
-    out = slim(x)
+    out = _call(slim, inputs)
     assert out.shape == want.shape
     out.square().mean().backward()
     for name, p in slim.named_parameters():
@@ -471,7 +600,7 @@ def _check_roundtrip(
 
 @given(net=nets(), data=st.data())
 def test_slim_zero_ratio_is_exact(net: Net, data) -> None:
-    x = net.example
+    x = net.inputs
     net.eval()
     randomize_norms(net, seed=net.spec.seed)
     graph = surgeon.analyze(net, x)
