@@ -29,6 +29,7 @@ _LAZY = {
     "distill_loss": "surgeon.schedule",
     "export": "surgeon.exporter",
     "bench": "surgeon.benchmark",
+    "bench_interleaved": "surgeon.benchmark",
     "save": "surgeon.persist",
     "load": "surgeon.persist",
 }
@@ -44,7 +45,7 @@ __all__ = [
 if TYPE_CHECKING:  # pragma: no cover
     # ruff: noqa: F401 - names re-exported lazily through __getattr__
     from surgeon.api import analyze, slim
-    from surgeon.benchmark import bench
+    from surgeon.benchmark import bench, bench_interleaved
     from surgeon.cost import count_macs, count_params, level_prune, metrics
     from surgeon.exporter import export
     from surgeon.options import SlimOptions

@@ -23,7 +23,14 @@ import numpy as np
 
 from surgeon.errors import SurgeonBenchError, SurgeonInputError
 
-__all__ = ["SurgeonBenchError", "ProviderTiming", "BenchResult", "bench", "PROVIDERS"]
+__all__ = [
+    "SurgeonBenchError",
+    "ProviderTiming",
+    "BenchResult",
+    "bench",
+    "bench_interleaved",
+    "PROVIDERS",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -206,15 +213,9 @@ def _given_inputs(example_inputs: Any, names: Sequence[str]) -> dict[str, np.nda
     return {n: _as_numpy(v, n) for n, v in zip(names, values, strict=True)}
 
 
-def _time_session(
-    session: Any,
-    feed: Mapping[str, np.ndarray],
-    *,
-    device: str,
-    warmup: int,
-    runs: int,
-) -> list[float]:
-    """Milliseconds per run, with inputs and outputs bound on ``device`` beforehand."""
+def _runner(session: Any, feed: Mapping[str, np.ndarray], *, device: str) -> Any:
+    """A function that runs ``session`` once and returns the milliseconds it took, with
+    inputs and outputs bound on ``device`` beforehand."""
     import onnxruntime as ort
 
     binding = session.io_binding()
@@ -225,18 +226,13 @@ def _time_session(
         binding.bind_output(output.name, device)
     binding.synchronize_inputs()
 
-    def once() -> None:
+    def once() -> float:
+        start = time.perf_counter()
         session.run_with_iobinding(binding)
         binding.synchronize_outputs()
+        return (time.perf_counter() - start) * 1e3
 
-    for _ in range(warmup):
-        once()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        once()
-        times.append((time.perf_counter() - start) * 1e3)
-    return times
+    return once
 
 
 def _unavailable(provider: str, reason: str, warmup: int, threads: int | None) -> ProviderTiming:
@@ -300,32 +296,21 @@ def _inputs(
     return {n: (tuple(a.shape), specs[n][1]) for n, a in feed.items()}, feed
 
 
-def _measure(
-    session: Any,
-    feed: Mapping[str, np.ndarray],
-    path: Path,
-    provider: str,
-    *,
-    warmup: int,
-    runs: int,
-    threads: int | None,
+def _timing(
+    times: list[float], path: Path, provider: str, *, warmup: int, threads: int | None
 ) -> ProviderTiming:
-    """Time ``session`` on ``feed``; raises _Unavailable when a non-CPU run fails."""
-    try:
-        times = _time_session(session, feed, device=provider, warmup=warmup, runs=runs)
-    except Exception as exc:
-        if provider == "cpu":
-            raise SurgeonBenchError(
-                f"onnxruntime failed to run {str(path)!r}: {_one_line(exc)}; check the inputs' "
-                "shapes and types"
-            ) from exc
-        raise _Unavailable(f"run failed: {_one_line(exc)}") from exc
+    """Median, p90, mean and min of ``times`` (ms)."""
     median = statistics.median(times)
     p90 = float(np.percentile(times, 90))
     if not (math.isfinite(median) and math.isfinite(p90)):  # pragma: no cover - clock bug
         raise SurgeonBenchError(f"non-finite timing on {provider}: {times[:5]}")
     logger.info(
-        "%s on %s: median %.3f ms, p90 %.3f ms over %d runs", path.name, provider, median, p90, runs
+        "%s on %s: median %.3f ms, p90 %.3f ms over %d runs",
+        path.name,
+        provider,
+        median,
+        p90,
+        len(times),
     )
     return ProviderTiming(
         provider=provider,
@@ -334,10 +319,51 @@ def _measure(
         p90_ms=p90,
         mean_ms=statistics.fmean(times),
         min_ms=min(times),
-        runs=runs,
+        runs=len(times),
         warmup=warmup,
         threads=threads,
     )
+
+
+def _timed_runs(
+    sessions: Sequence[tuple[Any, Path]],
+    feed: Mapping[str, np.ndarray],
+    provider: str,
+    *,
+    warmup: int,
+    runs: int,
+) -> list[list[float]]:
+    """Milliseconds per run for each session, interleaved: every round runs each session once
+    (in an order that alternates, so no model always goes first), so the machine's drift and
+    noise fall on every model alike. Raises _Unavailable when a non-CPU run fails."""
+    timers = []
+    for session, path in sessions:
+        try:
+            timers.append(_runner(session, feed, device=provider))
+        except Exception as exc:
+            if provider == "cpu":
+                raise SurgeonBenchError(
+                    f"onnxruntime failed to run {str(path)!r}: {_one_line(exc)}; check the "
+                    "inputs' shapes and types"
+                ) from exc
+            raise _Unavailable(f"run failed: {_one_line(exc)}") from exc
+    order = list(range(len(sessions)))
+    times: list[list[float]] = [[] for _ in sessions]
+    for r in range(warmup + runs):
+        for i in order if r % 2 == 0 else order[::-1]:
+            try:
+                ms = timers[i]()
+            except Exception as exc:
+                path = sessions[i][1]
+                if provider == "cpu":
+                    raise SurgeonBenchError(
+                        f"onnxruntime failed to run {str(path)!r}: {_one_line(exc)}; check the "
+                        "inputs' shapes and types"
+                    ) from exc
+                raise _Unavailable(f"run failed: {_one_line(exc)}") from exc
+            if r >= warmup:
+                times[i].append(ms)
+    return times
 
 
 def bench(
@@ -370,23 +396,52 @@ def bench(
         SurgeonInputError: a bad argument.
         SurgeonBenchError: the file is missing or onnxruntime cannot load or run it on the CPU.
     """
+    return bench_interleaved(
+        [onnx_path],
+        example_inputs,
+        providers=providers,
+        warmup=warmup,
+        runs=runs,
+        threads=threads,
+    )[0]
+
+
+def bench_interleaved(
+    onnx_paths: Sequence[str | os.PathLike[str]],
+    example_inputs: Any = None,
+    *,
+    providers: Iterable[str] | str = ("cpu", "cuda"),
+    warmup: int = 10,
+    runs: int = 50,
+    threads: int | None = None,
+) -> list[BenchResult]:
+    """Time several ONNX files that take the same inputs (an original and its slim model)
+    side by side: on each provider, round after round, each file runs once, so a slow spell
+    of the machine falls on all of them alike and their ratio is honest. Arguments as
+    :func:`bench`; one :class:`BenchResult` per file, in order."""
     import onnxruntime as ort
 
     wanted = _normalise_providers(providers)
     _check_counts(warmup, runs, threads)
-    path = _existing_onnx(onnx_path)
+    paths = [_existing_onnx(p) for p in onnx_paths]
     available = ort.get_available_providers()
-    timings: dict[str, ProviderTiming] = {}
+    timings: list[dict[str, ProviderTiming]] = [{} for _ in paths]
     specs: dict[str, tuple[tuple[int, ...], str]] = {}
     feed: dict[str, np.ndarray] | None = None
     for provider in wanted:
         try:
-            session = _open_session(path, provider, available, threads)
+            sessions = [(_open_session(p, provider, available, threads), p) for p in paths]
             if feed is None:  # made once, from the first session that opens
-                specs, feed = _inputs(session, example_inputs)
-            timings[provider] = _measure(
-                session, feed, path, provider, warmup=warmup, runs=runs, threads=threads
-            )
+                specs, feed = _inputs(sessions[0][0], example_inputs)
+            times = _timed_runs(sessions, feed, provider, warmup=warmup, runs=runs)
+            for i, path in enumerate(paths):
+                timings[i][provider] = _timing(
+                    times[i], path, provider, warmup=warmup, threads=threads
+                )
         except _Unavailable as exc:
-            timings[provider] = _unavailable(provider, str(exc), warmup, threads)
-    return BenchResult(path=str(path), inputs=specs, timings=timings)
+            for i in range(len(paths)):
+                timings[i][provider] = _unavailable(provider, str(exc), warmup, threads)
+    return [
+        BenchResult(path=str(p), inputs=specs, timings=t)
+        for p, t in zip(paths, timings, strict=True)
+    ]

@@ -90,6 +90,28 @@ class Report:
         """measured speedup / theoretical speedup on ``provider``."""
         return _ratio(self.measured_speedup(provider), self.theoretical_speedup)
 
+    def noise(self, provider: str = "cpu") -> str | None:
+        """A caveat when the run-to-run spread (p90 - median, the larger of the two models')
+        is at least the difference of the medians: then the measured speedup, whichever way
+        it points, is within the noise of this machine. None when the difference stands out
+        or a latency is missing."""
+        a, b = self.original, self.slim
+        try:
+            diff = abs(a.latency_ms[provider] - b.latency_ms[provider])
+            spread = max(
+                a.p90_ms[provider] - a.latency_ms[provider],
+                b.p90_ms[provider] - b.latency_ms[provider],
+            )
+        except KeyError:
+            return None
+        if spread < diff:
+            return None
+        return (
+            f"the run-to-run spread ({spread:.3f} ms, p90 - median) is at least the difference "
+            f"measured ({diff:.3f} ms): on {provider} the two are not told apart here; rerun "
+            "with more --runs on a quieter machine"
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict: both summaries, the settings and every derived ratio."""
         return {
@@ -101,6 +123,7 @@ class Report:
             "theoretical_speedup": self.theoretical_speedup,
             "measured_speedup": {p: self.measured_speedup(p) for p in self.providers},
             "measured_over_theoretical": {p: self.efficiency(p) for p in self.providers},
+            "latency_notes": {p: n for p in self.providers if (n := self.noise(p))},
         }
 
     def to_json(self) -> str:
@@ -152,6 +175,12 @@ class Report:
                 _ms(self.slim.latency_ms.get(provider)),
                 _times(self.measured_speedup(provider)) + " measured",
             )
+            table.add_row(
+                f"  p90 ({provider})",
+                _ms(self.original.p90_ms.get(provider)),
+                _ms(self.slim.p90_ms.get(provider)),
+                "",
+            )
             efficiency = self.efficiency(provider)
             table.add_row(
                 f"  measured / theoretical ({provider})",
@@ -159,6 +188,9 @@ class Report:
                 "",
                 "-" if efficiency is None else f"{efficiency:.2f}",
             )
+            note = self.noise(provider)
+            if note is not None:
+                table.add_row("  [yellow]note[/yellow]", "", "", f"[yellow]{escape(note)}[/yellow]")
         for provider, reason in self.original.unavailable.items():
             table.add_row(
                 f"latency {provider}", "[dim]unavailable[/dim]", "", f"[dim]{escape(reason)}[/dim]"

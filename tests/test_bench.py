@@ -152,6 +152,55 @@ def test_report_arithmetic() -> None:
     assert "2.00x measured" in text and "0.50" in text
 
 
+def test_interleaved_files_are_timed_round_by_round(lenet_onnx, tmp_path, monkeypatch) -> None:
+    import surgeon.benchmark as benchmark
+
+    model, x, path = lenet_onnx
+    other = export(surgeon.slim(model, 0.5, x), x, tmp_path / "slim.onnx")
+    order: list[str] = []
+    runner = benchmark._runner
+
+    def recording(session, feed, *, device):
+        once, name = runner(session, feed, device=device), session._model_path
+
+        def run() -> float:
+            order.append(name)
+            return once()
+
+        return run
+
+    monkeypatch.setattr(benchmark, "_runner", recording)
+    first, second = surgeon.bench_interleaved(
+        [path, other], x, providers="cpu", warmup=1, runs=4, threads=1
+    )
+    assert (first.path, second.path) == (str(path), str(other))
+    for result in (first, second):
+        assert result["cpu"].runs == 4 and result["cpu"].threads == 1
+        assert result.inputs == {"input": ((1, 1, 32, 32), "tensor(float)")}
+    # each round runs each file once, the order alternating: ABBAABBAAB
+    a, b = str(path), str(other)
+    assert order == [a, b, b, a, a, b, b, a, a, b]
+
+
+def _timed(original: tuple[float, float], slim: tuple[float, float]) -> Report:
+    def summary(median_p90: tuple[float, float]) -> ModelSummary:
+        median, p90 = median_p90
+        return ModelSummary(params=1, macs=1, latency_ms={"cpu": median}, p90_ms={"cpu": p90})
+
+    return Report(model="m", original=summary(original), slim=summary(slim))
+
+
+def test_a_difference_within_the_noise_is_said_to_be() -> None:
+    # the slim model measured slower, by less than the spread: a caveat, not a verdict
+    noisy = _timed(original=(10.0, 10.5), slim=(10.2, 13.0))
+    assert "not told apart" in noisy.noise("cpu")
+    assert "not told apart" in noisy.to_dict()["latency_notes"]["cpu"]
+    assert "not told apart" in _render(noisy)
+    clear = _timed(original=(10.0, 10.5), slim=(5.0, 5.4))
+    assert clear.noise("cpu") is None and clear.to_dict()["latency_notes"] == {}
+    assert "note" not in _render(clear) and "p90 (cpu)" in _render(clear)
+
+
 def test_report_without_latency() -> None:
     report = Report(
         model="m", original=ModelSummary(params=10, macs=10), slim=ModelSummary(params=5, macs=2)
