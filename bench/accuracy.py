@@ -2,6 +2,9 @@
 
 One seeded baseline is trained, then:
 
+0. rounding: L2 slims at each ratio with round_to None / "auto" / 8 / 16 (widths rounded up to
+   the multiple, so more channels kept), test accuracy zero-shot and after a 1-epoch
+   fine-tune: what hardware-friendly widths cost or gain (``--only-rounding``: this alone);
 1. criteria: every criterion slims it at each ratio; test accuracy zero-shot without and with
    compensation, then after a one-epoch fine-tune;
 2. schedules at the high ratio (>= 25x fewer MACs): one-shot / linear / AGP in 2 or 4 steps,
@@ -13,7 +16,7 @@ One seeded baseline is trained, then:
 Compensation with data also re-estimates the batch norms on the data batches (see
 ``surgeon.slim``). Taylor / grad scores and compensation means use four train batches of 256.
 
-Run: ``python bench/accuracy.py [--markdown] [--plot bench/accuracy.png]``
+Run: ``python bench/accuracy.py [--markdown] [--plot bench/accuracy.png] [--only-rounding]``
 """
 
 from __future__ import annotations
@@ -53,6 +56,9 @@ def main() -> None:
     ap.add_argument("--plot", default="bench/accuracy.png", help="where to save the PNG plot")
     ap.add_argument("--budget", type=float, default=4.0, help="fine-tune epochs per schedule")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--only-rounding", action="store_true", help="only the rounding table (a minute)"
+    )
     args = ap.parse_args()
     torch.set_num_threads(2)
     started = time.perf_counter()
@@ -77,6 +83,25 @@ def main() -> None:
         f"digits: {len(data.y_train)} train / {len(data.y_test)} test, DigitsNet "
         f"{surgeon.count_params(base):,} params, {base_macs:,} MACs, baseline {base_acc:.2f}%\n"
     )
+
+    # 0. the accuracy cost of rounding widths up to a channel multiple (round_to)
+    rows = []
+    for ratio in RATIOS:
+        for round_to in (None, "auto", 8, 16):
+            model = slim(ratio, "l2", round_to=round_to)
+            label = str(round_to)
+            if round_to == "auto":
+                label = f"auto ({model.meta['surgeon.plan']['round_to']})"
+            reduction = base_macs / surgeon.count_macs(model, x)
+            zero = score(model)
+            tuned = score(fit(model, data, epochs=1, lr=FIT_LR, seed=1))
+            rows.append([f"{ratio:.2f}", label, f"{reduction:.1f}x", f"{zero:.1f}", f"{tuned:.1f}"])
+    print("Rounding: test accuracy (%) of L2 slims, compensated, zero-shot and fine-tuned")
+    headers = ["ratio", "round_to", "MACs", "zero-shot", "fine-tuned"]
+    print(_table(headers, rows, args.markdown) + "\n")
+    if args.only_rounding:
+        print(f"total {time.perf_counter() - started:.0f} s")
+        return
 
     # 1. criteria x ratios
     curves: dict[str, list[tuple[float, float, float]]] = {}

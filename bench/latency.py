@@ -1,18 +1,20 @@
-"""onnxruntime CPU latency of original vs slim, for every zoo model, with and without round_to.
+"""onnxruntime CPU latency of original vs slim, with and without round_to (ints or "auto").
 
 Run from the repository root::
 
-    python bench/latency.py                      # every zoo model, ratio 0.5
-    python bench/latency.py --models resnet18 mobilenet_v2 --runs 100 --threads 4
+    python bench/latency.py                      # every zoo model, ratio 0.5, round_to 8
+    python bench/latency.py --models torchvision:mobilenet_v2 torchvision:resnet50 \
+        --round-to auto 8 16 --threads 1 --runs 200
 
-For each model the original, the slim model (``surgeon.slim(model, ratio, x)``) and the slim
-model with ``round_to=8`` are exported to ONNX (validated against PyTorch by
-``surgeon.export``) and timed in the same process with ``surgeon.bench`` on the CPU provider,
-in alternating rounds (original, slim, slim rounded, original, ...) so that load from elsewhere
-on the machine hits all three alike. The table reports medians (of the round medians) and,
-beside them, measured speedup (median original / median slim), theoretical speedup (MACs
-original / MACs slim, Blalock et al.) and their ratio: how much of the MAC reduction
-onnxruntime turns into time. ``--json FILE`` also writes every number.
+For each model the original, the slim model (``surgeon.slim(model, ratio, x)``) and one slim
+model per ``--round-to`` value are exported to ONNX (validated against PyTorch by
+``surgeon.export``) and timed in the same process with ``surgeon.bench_interleaved`` on the CPU
+provider: every round runs each file once, in alternating order, so load from elsewhere on the
+machine hits all of them alike. The table reports medians and, beside them, measured speedup
+(median original / median slim), theoretical speedup (MACs original / MACs slim, Blalock et
+al.) and their ratio: how much of the MAC reduction onnxruntime turns into time. ``auto`` is
+the multiple :func:`surgeon.hardware.channel_multiple` measured on this CPU (shown in the
+label). ``--json FILE`` also writes every number.
 """
 
 from __future__ import annotations
@@ -20,8 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -36,9 +36,10 @@ from rich.table import Table
 from torch import nn
 
 import surgeon
-from surgeon.benchmark import bench
 from surgeon.cost import count_macs, count_params
-from surgeon.exporter import export, write_bytes_atomic
+from surgeon.exporter import export
+from surgeon.files import write_bytes_atomic
+from surgeon.hardware import channel_multiple, device_name
 from surgeon.models import ZOO, create
 
 # piped into a file or CI log, Rich would wrap the table at 80 columns
@@ -54,53 +55,65 @@ def _human(value: float) -> str:
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=list(ZOO), choices=list(ZOO))
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=list(ZOO),
+        help="zoo names, or torchvision:<name> (random weights, 1x3x224x224)",
+    )
     parser.add_argument("--ratio", type=float, default=0.5)
-    parser.add_argument("--round-to", type=int, default=8, help="the rounded variant's N")
-    parser.add_argument("--runs", type=int, default=50)
-    parser.add_argument("--warmup", type=int, default=10, help="untimed runs before each round")
-    parser.add_argument("--rounds", type=int, default=5, help="alternating timing rounds")
+    parser.add_argument(
+        "--round-to",
+        nargs="+",
+        default=["8"],
+        help="the rounded variants: ints and / or 'auto' (measured, surgeon.hardware)",
+    )
+    parser.add_argument("--runs", type=int, default=50, help="timed runs per file")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed runs first")
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.round_to = [r if r == "auto" else int(r) for r in args.round_to]
+    return args
+
+
+def _build(name: str) -> tuple[nn.Module, torch.Tensor]:
+    if name.startswith("torchvision:"):
+        import torchvision
+
+        torch.manual_seed(0)
+        model = torchvision.models.get_model(name.split(":", 1)[1], weights=None).eval()
+        return model, torch.randn(1, 3, 224, 224)
+    return create(name)
 
 
 def _interleaved_medians(paths: list[Path], args: argparse.Namespace, status: Any) -> list[float]:
-    """Median latency of each file, timed in alternating rounds so drift hits all alike.
-
-    Each of ``args.rounds`` rounds times every file for ``runs / rounds`` runs (after the warm-up);
-    a file's latency is the median of its round medians.
-    """
-    per_round = max(1, args.runs // args.rounds)
-    medians: list[list[float]] = [[] for _ in paths]
-    for round_index in range(args.rounds):
-        for i, path in enumerate(paths):
-            status.update(f"timing {path.stem} (round {round_index + 1}/{args.rounds})")
-            result = bench(
-                path,
-                providers=("cpu",),
-                warmup=args.warmup,
-                runs=per_round,
-                threads=args.threads,
-            )
-            medians[i].append(result["cpu"].median_ms)
-    return [statistics.median(m) for m in medians]
+    """Median latency of each file, the files timed round by round (each runs once per
+    round, in alternating order: surgeon.bench_interleaved) so drift hits all alike."""
+    status.update(f"timing {len(paths)} files, {args.runs} interleaved rounds")
+    results = surgeon.bench_interleaved(
+        paths, providers=("cpu",), warmup=args.warmup, runs=args.runs, threads=args.threads
+    )
+    return [r["cpu"].median_ms for r in results]
 
 
 def _measure(
     name: str, args: argparse.Namespace, folder: Path, status: Any
 ) -> list[dict[str, Any]]:
-    model, x = create(name)
+    model, x = _build(name)
+    stem = name.replace(":", "_")
     status.update(f"{name}: export the original")
-    paths = [export(model, x, folder / f"{name}.onnx")]
+    paths = [export(model, x, folder / f"{stem}.onnx")]
     variants: list[tuple[str, nn.Module, float]] = []
-    for round_to in (None, args.round_to):
+    for round_to in (None, *args.round_to):
         label = "slim" if round_to is None else f"slim, round_to={round_to}"
+        if round_to == "auto":
+            label += f" ({channel_multiple('cpu', threads=1)})"
         status.update(f"{name}: {label}")
         started = time.perf_counter()
         slim = surgeon.slim(model, args.ratio, x, round_to=round_to)
         variants.append((label, slim, time.perf_counter() - started))
-        paths.append(export(slim, x, folder / f"{name}_slim_{round_to}.onnx"))
+        paths.append(export(slim, x, folder / f"{stem}_slim_{round_to}.onnx"))
     original_ms, *slim_ms = _interleaved_medians(paths, args, status)
     original_macs = count_macs(model, x)
     rows = []
@@ -132,9 +145,8 @@ def _table(rows: list[dict[str, Any]], args: argparse.Namespace) -> Table:
     threads = "default" if args.threads is None else str(args.threads)
     table = Table(
         title=(
-            f"onnxruntime {ort.__version__} CPU latency, ratio {args.ratio:g}, median of "
-            f"{args.rounds} interleaved rounds of {max(1, args.runs // args.rounds)} runs, "
-            f"intra-op threads {threads} ({platform.processor() or 'cpu'})"
+            f"onnxruntime {ort.__version__} CPU latency, ratio {args.ratio:g}, batch 1, median "
+            f"of {args.runs} interleaved runs, intra-op threads {threads} ({device_name()})"
         ),
         title_justify="left",
     )

@@ -19,6 +19,7 @@ from surgeon.capture import SPECIALISED_KEY
 from surgeon.diagnose import REPORT_KEY, dense_macs, diagnose
 from surgeon.errors import SurgeonInputError, SurgeonPassError
 from surgeon.graph import ChannelGraph, build_channel_graph
+from surgeon.hardware import channel_multiple
 from surgeon.importance import DATA_CRITERIA, DataStats, collect_stats, iter_batches
 from surgeon.modelconfig import update_config
 from surgeon.options import Leaf, SlimOptions, leaf_name
@@ -132,7 +133,7 @@ def slim(
     *,
     importance: str = "l2",
     scope: str = "local",
-    round_to: int | None = None,
+    round_to: int | str | None = None,
     ignore: Iterable[nn.Module | str] = (),
     inplace: bool = False,
     leaf_modules: Iterable[Leaf] = (),
@@ -160,7 +161,10 @@ def slim(
             consumer input, normalised per input) and ``"grad"`` (|w x dL/dw|).
         scope: ``"local"`` (the same ratio in every group) or ``"global"`` (one threshold over
             scores normalised per group, at most ``max_group_ratio`` of any group).
-        round_to: keep a multiple of this many channels per group.
+        round_to: keep a multiple of this many channels per group (rounded up: never more
+            removed than ``ratio`` asks); ``"auto"``: the multiple onnxruntime computes fastest
+            on this CPU with one thread, measured once and cached
+            (:func:`surgeon.hardware.channel_multiple`); the plan records ``round_to_auto``.
         ignore: modules (or qualified names) whose parameter shapes must not change.
         leaf_modules: module types or instances torch.fx must not trace into.
         data: an iterable of ``(input, target)`` batches (a DataLoader, a list): needed by
@@ -246,6 +250,9 @@ def _slim(
             "model on the example inputs to check every step, and NaN hides every difference; "
             "pass finite inputs and weights"
         )
+    auto = options.round_to == "auto"
+    if auto:
+        options = options.replace(round_to=channel_multiple("cpu", threads=1))
     data = options.data
     if data is not None and iter(data) is data:  # type: ignore[call-overload]
         options = options.replace(data=list(data))  # a one-shot iterator: it is read twice
@@ -277,6 +284,8 @@ def _slim(
         gm.meta[PLAN_KEY] = {
             **_plan_record(model, state, example_inputs, options),
             "blocked": blocked,
+            "round_to": options.round_to,
+            "round_to_auto": auto,  # round_to was measured (round_to='auto')
             # where capture answered a size question with the example's ints (None: nowhere)
             "specialised": gm.meta.get(SPECIALISED_KEY),
         }

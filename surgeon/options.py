@@ -34,7 +34,9 @@ class SlimOptions:
         importance: the criterion (``l2``, ``l1``, ``bn_scale``, ``random``, ``taylor``,
             ``grad``); the last two need ``data`` and ``loss_fn``.
         scope: ``"local"`` (the same ratio in every group) or ``"global"``.
-        round_to: keep a multiple of this many channels per group (``None``: no rounding).
+        round_to: keep a multiple of this many channels per group (``None``: no rounding;
+            ``"auto"``: the multiple onnxruntime computes fastest on this CPU with one thread,
+            measured once and cached, :func:`surgeon.hardware.channel_multiple`).
         ignore: modules (or qualified names) whose parameter shapes must not change.
         inplace: resize the model's own submodules instead of a copy.
         leaf_modules: module types, instances or qualified names of submodules torch.fx must
@@ -54,7 +56,7 @@ class SlimOptions:
     ratio: float
     importance: str = "l2"
     scope: str = "local"
-    round_to: int | None = None
+    round_to: int | str | None = None
     ignore: tuple[nn.Module | str, ...] = ()
     inplace: bool = False
     leaf_modules: tuple[Leaf | str, ...] = ()
@@ -72,8 +74,15 @@ class SlimOptions:
         if self.scope not in SCOPES:
             raise SurgeonInputError(f"scope={self.scope!r}: use 'local' or 'global'")
         r = self.round_to
-        if r is not None and (isinstance(r, bool) or not isinstance(r, int) or r < 1):
-            raise SurgeonInputError(f"round_to={r!r}: use None or a whole number >= 1 (e.g. 8)")
+        if (
+            r != "auto"
+            and r is not None
+            and (isinstance(r, bool) or not isinstance(r, int) or r < 1)
+        ):
+            raise SurgeonInputError(
+                f"round_to={r!r}: use None, a whole number >= 1 (e.g. 8) or 'auto' (the "
+                "multiple onnxruntime computes fastest on this CPU, measured)"
+            )
         if self.attention not in ("heads", "head_dim"):
             raise SurgeonInputError(
                 f"attention={self.attention!r}: use 'heads' (whole heads prune) or 'head_dim' "

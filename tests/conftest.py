@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 import torch
@@ -10,6 +11,8 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 # Strict rules for the whole suite (and the CLI / example processes it starts): a rule that
 # raises fails its test instead of quietly blocking its dims.
 os.environ["SURGEON_STRICT_RULES"] = "1"
+# round_to="auto" caches what it measures: in a folder of this run, never the user's home
+os.environ.setdefault("SURGEON_CACHE_DIR", tempfile.mkdtemp(prefix="surgeon-cache-"))
 
 
 @pytest.fixture(autouse=True, scope="session")

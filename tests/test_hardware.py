@@ -1,0 +1,88 @@
+"""round_to="auto": the channel multiple onnxruntime computes fastest, measured and cached
+(surgeon/hardware.py)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+import surgeon
+import surgeon.api as api
+import surgeon.hardware as hardware
+from surgeon.errors import SurgeonInputError
+from surgeon.models import create
+
+
+def _blocked_cost(block: int):
+    """A runtime that computes channels in blocks of ``block``: a width costs like the next
+    multiple (depthwise pays double for a ragged tail)."""
+
+    def cost(model, channels, provider, threads, runs):
+        padded = math.ceil(channels / block) * block
+        return padded * (2.0 if padded != channels else 1.0)
+
+    return cost
+
+
+@pytest.mark.parametrize("block", [1, 4, 8, 16])
+def test_probe_finds_the_block_a_runtime_computes_in(block, monkeypatch):
+    monkeypatch.setattr(hardware, "_time", _blocked_cost(block))
+    found = hardware.probe("cpu", threads=1)
+    assert found.multiple == block, found.relative
+    assert found.relative[1] == 1.0
+    assert set(found.ms) == {"pointwise", "depthwise"}
+    assert sorted(found.ms["depthwise"]) == list(hardware.WIDTHS)
+
+
+def test_probe_measures_this_machine():
+    found = hardware.probe("cpu", threads=1, runs=3)
+    assert found.multiple in hardware.CANDIDATES
+    assert all(t > 0 for per_op in found.ms.values() for t in per_op.values())
+    assert found.device.startswith("cpu: ")
+
+
+def test_the_answer_is_cached_per_device_and_thread_count(tmp_path, monkeypatch):
+    monkeypatch.setenv("SURGEON_CACHE_DIR", str(tmp_path))
+    calls = []
+
+    def probe(provider, threads):
+        calls.append(threads)
+        return hardware.Probe("cpu: test", 8, {1: 1.0, 8: 0.8}, {})
+
+    monkeypatch.setattr(hardware, "probe", probe)
+    assert hardware.channel_multiple("cpu", threads=1) == 8
+    assert hardware.channel_multiple("cpu", threads=1) == 8
+    assert calls == [1]  # measured once
+    assert hardware.channel_multiple("cpu", threads=2) == 8
+    assert calls == [1, 2]  # another thread count is another measurement
+    cached = json.loads((tmp_path / "channel_multiple.json").read_text())
+    assert len(cached) == 2 and all(v["multiple"] == 8 for v in cached.values())
+
+
+def test_a_provider_onnxruntime_lacks_is_refused():
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("onnxruntime has CUDA here")
+    with pytest.raises(SurgeonInputError, match="no CUDAExecutionProvider.*round_to=<int>"):
+        hardware.probe("cuda")
+
+
+def test_slim_rounds_to_the_measured_multiple(monkeypatch):
+    monkeypatch.setattr(api, "channel_multiple", lambda provider, threads: 8)
+    model, x = create("mobilenet_v2", input_shape=(1, 3, 64, 64))
+    slim = surgeon.slim(model, 0.3, x, round_to="auto")
+    plan = slim.meta["surgeon.plan"]
+    assert plan["round_to_auto"] is True and plan["round_to"] == 8
+    before = {n: m.out_channels for n, m in model.named_modules() if hasattr(m, "out_channels")}
+    after = {n: m.out_channels for n, m in slim.named_modules() if hasattr(m, "out_channels")}
+    changed = [n for n in before if after[n] != before[n]]
+    assert changed and all(after[n] % 8 == 0 for n in changed)
+
+
+def test_round_to_accepts_auto_and_refuses_other_words():
+    with pytest.raises(SurgeonInputError, match="'auto'"):
+        surgeon.SlimOptions(0.5, round_to="fast")
+    assert surgeon.SlimOptions(0.5, round_to="auto").round_to == "auto"
