@@ -470,7 +470,9 @@ def _warn_if_little(gm: fx.GraphModule, graph: ChannelGraph, before: int, ratio:
     if found is None:
         return
     why = "; ".join(
-        f"{r['reason']} ({r['groups']} groups, first: {r['first']})" for r in found["top_blocked"]
+        f"{r['reason']} ({r['groups']} group{'s' if r['groups'] != 1 else ''}"
+        + (f", first: {r['first']})" if r["first"] != r["reason"] else ")")
+        for r in found["top_blocked"]
     )
     log.warning(
         "surgeon: little was pruned: MACs dropped %.2fx where ratio %g gives %.1fx on free "

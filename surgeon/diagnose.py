@@ -45,18 +45,26 @@ def dense_macs(gm: fx.GraphModule) -> int:
 
 
 def blocked_reasons(graph: ChannelGraph, top: int = 5) -> list[dict[str, Any]]:
-    """The commonest reasons groups holding parameters are blocked (model inputs and
-    outputs left out): the op, how many groups, and the first node."""
+    """The commonest reasons groups holding parameters are blocked: the op, how many groups,
+    and the first node. Model inputs and outputs (every network's first and last layers) are
+    left out unless nothing else blocks anything (a keyword input that carries channels)."""
+    found = _reasons(graph, top, boundary=False)
+    return found or _reasons(graph, top, boundary=True)
+
+
+def _reasons(graph: ChannelGraph, top: int, boundary: bool) -> list[dict[str, Any]]:
     counts: Counter[str] = Counter()
     first: dict[str, str] = {}
     for g in graph.groups:
         if not g.params:
             continue
-        for why in {_op_of(r) for r in g.reasons}:
-            if why.startswith(("model input", "model output")):
+        # at the boundary every input and output by name: which one carries channels
+        key = (lambda r: r) if boundary else _op_of
+        for why in {key(r) for r in g.reasons}:
+            if not boundary and why.startswith(("model input", "model output")):
                 continue
             counts[why] += 1
-            first.setdefault(why, next(r for r in g.reasons if _op_of(r) == why))
+            first.setdefault(why, next(r for r in g.reasons if key(r) == why))
     return [{"reason": w, "groups": n, "first": first[w]} for w, n in counts.most_common(top)]
 
 

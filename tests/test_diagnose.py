@@ -53,3 +53,26 @@ def test_a_model_that_prunes_well_says_nothing(caplog):
     with caplog.at_level(logging.WARNING):
         slim = surgeon.slim(model, 0.5, x)
     assert slim.meta[REPORT_KEY] is None and "little was pruned" not in caplog.text
+
+
+class Scaled(nn.Module):
+    """forward(x, **kwargs): a keyword input multiplies the hidden channels, so it carries
+    them and they must keep their size: the only blocker is a model input."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3)
+        self.b = nn.Conv2d(8, 4, 3)
+
+    def forward(self, x, **kwargs):
+        return self.b(torch.relu(self.a(x)) * kwargs["scale"])
+
+
+def test_an_input_that_carries_channels_is_named_when_nothing_else_blocks(caplog):
+    example = {"x": torch.randn(1, 3, 12, 12), "scale": torch.rand(1, 8, 1, 1)}
+    with caplog.at_level(logging.WARNING):
+        slim = surgeon.slim(Scaled().eval(), 0.5, example)
+    reasons = [r["reason"] for r in slim.meta[REPORT_KEY]["top_blocked"]]
+    assert "model input [scale dim 1]" in reasons
+    assert "model input [scale dim 1] (1 group)" in caplog.text
+    assert "the prunable groups are small" not in caplog.text
