@@ -191,6 +191,19 @@ class Report:
             note = self.noise(provider)
             if note is not None:
                 table.add_row("  [yellow]note[/yellow]", "", "", f"[yellow]{escape(note)}[/yellow]")
+        if self.providers:
+            threads = self.settings.get("threads")
+            runs = self.settings.get("runs")
+            table.caption = (
+                "latency: median and p90"
+                + (f" of {runs} interleaved runs" if runs else "")
+                + ", onnxruntime intra-op threads "
+                + (str(threads) if threads else "default (one per core)")
+            )
+            table.caption_justify = "left"
+        if self.settings.get("round_to_auto"):
+            rounded = f"round_to auto: {self.settings.get('round_to')} (measured on this device)"
+            table.caption = f"{table.caption}; {rounded}" if table.caption else rounded
         for provider, reason in self.original.unavailable.items():
             table.add_row(
                 f"latency {provider}", "[dim]unavailable[/dim]", "", f"[dim]{escape(reason)}[/dim]"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import math
 import os
 import re
 import shutil
@@ -13,8 +15,10 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
 
-from surgeon.exporter import export
+import surgeon
+from surgeon.exporter import export, max_opset
 from surgeon.models import DEFAULT_MODEL, create
 
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
@@ -45,8 +49,34 @@ class Lies(nn.Module):
         return y + 1.0 if torch.onnx.is_in_onnx_export() else y
 
 
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+
+    def forward(self, x):
+        return torch.relu(self.bn(self.conv(x)))
+
+
+class Blocky(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.block = Block()
+        self.conv2 = nn.Conv2d(8, 4, 3)
+
+    def forward(self, x):
+        return self.conv2(self.block(torch.relu(self.bn1(self.conv1(x))))).mean(dim=(2, 3))
+
+
 def make():
     return Net()
+
+
+def blocky():
+    return Blocky()
 
 
 def lies():
@@ -58,8 +88,8 @@ def broken():
 """
 
 
-def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "120"}
+def run(*args: str, cwd: Path, columns: int = 120) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": str(columns)}
     return subprocess.run(
         [sys.executable, "-m", "surgeon.cli", *args],
         cwd=cwd,
@@ -183,6 +213,21 @@ def test_export_module_factory(workdir: Path) -> None:
         (["export", "models.py:lies", "--input-shape", "1,3,8,8"], ["disagrees", "tolerance"]),
         (["inspect"], ["Missing argument"]),
         (["bench", "nothere.onnx"], ["'nothere.onnx' does not exist"]),
+        (["export", "--opset", "99"], ["--opset 99", f"7 to {max_opset()}"]),
+        (["export", "--opset", "6"], ["--opset 6", f"7 to {max_opset()}"]),
+        (["export", "lenet5", "--weights", "no.pt"], ["--weights 'no.pt' does not exist"]),
+        (["export", "lenet5", "--weights", "models.py"], ["'models.py' cannot be read"]),
+        (["export", "-o", "a.onnx", "--save", "a.onnx"], ["--output and --save", "same file"]),
+        (
+            ["export", "models.py:make", "--input-shape", "1,3,8,8", "--ignore", "conv9"],
+            ["--ignore 'conv9' is not a submodule of the Net", "'conv1'"],
+        ),
+        (
+            ["export", "models.py:blocky", "--input-shape", "1,3,8,8", "--leaf-module", "blok"],
+            ["--leaf-module 'blok' is neither a submodule", "'block'", "Block"],
+        ),
+        (["inspect", "lenet5", "--ratio", "1.5"], ["--ratio 1.5"]),
+        (["inspect", "lenet5", "--leaf-module", "nope"], ["--leaf-module 'nope'", "'conv1'"]),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(workdir: Path, args, needles) -> None:
@@ -295,3 +340,189 @@ def test_export_with_bn_scale_and_no_compensation(workdir: Path) -> None:
     assert result.returncode == 0, result.stderr
     settings = json.loads((workdir / "r.json").read_text())["settings"]
     assert (settings["importance"], settings["compensate"]) == ("bn_scale", False)
+
+
+def load_factory_file(folder: Path):
+    spec = importlib.util.spec_from_file_location("_test_cli_models", folder / "models.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def kernels(path: Path) -> list[tuple[int, ...]]:
+    return sorted(tuple(i.dims) for i in onnx.load(str(path)).graph.initializer if len(i.dims) == 4)
+
+
+def test_export_json_save_ignore_and_the_model_as_typed(workdir: Path) -> None:
+    """--json: stdout is the report alone (the model named as typed); --save writes a
+    .surgeon file beside the ONNX file; --ignore keeps conv1's channels."""
+    result = run(
+        "export", "models.py:make", "--input-shape", "1,3,16,16", "--no-bench", "--json",
+        "-o", "n.onnx", "--save", "n.surgeon", "--ignore", "conv1", "--round-to", "1",
+        cwd=workdir,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["model"] == "models.py:make"
+    assert report["settings"]["ignore"] == ["conv1"]
+    assert report["settings"]["save"] == str(workdir / "n.surgeon")
+    assert "wrote" in result.stderr and "wrote" not in result.stdout
+    assert files(workdir) == ["models.py", "n.onnx", "n.surgeon"]
+    assert kernels(workdir / "n.onnx") == [(4, 8, 3, 3), (8, 3, 3, 3)]  # conv1 kept its 8
+    loaded = surgeon.load(workdir / "n.surgeon", model=load_factory_file(workdir).make())
+    assert loaded.conv1.out_channels == 8
+
+
+def test_round_to_auto_is_the_default_and_recorded(workdir: Path) -> None:
+    """The channel multiple is measured on the device (cached), used and recorded."""
+    from surgeon.hardware import CANDIDATES
+
+    result = run(
+        "export", "models.py:make", "--input-shape", "1,3,16,16", "--no-bench", "--json",
+        "-o", "n.onnx", "--ratio", "0.3", cwd=workdir,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    settings = json.loads(result.stdout)["settings"]
+    assert settings["round_to_auto"] is True and settings["round_to"] in CANDIDATES
+    m = settings["round_to"]
+    conv1 = next(k for k in kernels(workdir / "n.onnx") if k[1] == 3)
+    assert conv1[0] == min(8, math.ceil(6 / m) * m)  # 8 - 30% = 6 channels, rounded up to m
+    result = run(
+        "export", "models.py:make", "--input-shape", "1,3,16,16", "--no-bench", "--json",
+        "-o", "m.onnx", "--round-to", "3", cwd=workdir,
+    )  # fmt: skip
+    settings = json.loads(result.stdout)["settings"]
+    assert settings["round_to_auto"] is False and settings["round_to"] == 3
+    result = run("export", "models.py:make", "--round-to", "fast", cwd=workdir)
+    assert_user_error(result, "--round-to fast must be a whole number >= 1", "or auto")
+
+
+def test_export_weights_from_a_checkpoint(workdir: Path) -> None:
+    net = load_factory_file(workdir).make()
+    torch.save({"epoch": 3, "state_dict": net.state_dict()}, workdir / "ckpt.pt")
+    result = run(
+        "export", "models.py:make", "--input-shape", "1,3,16,16", "--ratio", "0", "--no-bench",
+        "--weights", "ckpt.pt", "-o", "n.onnx", "--save", "n.surgeon", cwd=workdir,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    loaded = surgeon.load(workdir / "n.surgeon", model=load_factory_file(workdir).make())
+    state = loaded.state_dict()
+    for key, value in net.state_dict().items():  # ratio 0: the slim model is the checkpoint's
+        torch.testing.assert_close(state[key], value, rtol=0, atol=0)
+
+
+def test_weights_that_do_not_fit_are_refused(workdir: Path) -> None:
+    state = load_factory_file(workdir).make().state_dict()
+    state.pop("conv2.bias")
+    state["extra.weight"] = torch.zeros(1)
+    torch.save(state, workdir / "bad.pt")
+    result = run(
+        "export", "models.py:make", "--input-shape", "1,3,8,8", "--weights", "bad.pt", cwd=workdir
+    )
+    assert_user_error(
+        result, "--weights 'bad.pt'", "missing keys conv2.bias", "unexpected keys extra.weight"
+    )
+    state = load_factory_file(workdir).make().state_dict()
+    state["conv1.weight"] = torch.zeros(5, 3, 3, 3)
+    torch.save({"model": state}, workdir / "shape.pt")
+    result = run(
+        "inspect", "models.py:make", "--input-shape", "1,3,8,8", "--weights", "shape.pt",
+        cwd=workdir,
+    )  # fmt: skip
+    assert_user_error(result, "'shape.pt'", "conv1.weight (5x3x3x3 in the file, 8x3x3x3")
+    assert files(workdir) == ["bad.pt", "models.py", "shape.pt"]
+
+
+def test_export_leaf_module(workdir: Path) -> None:
+    """fx does not trace into the leaf: the groups around it keep their channels."""
+    result = run(
+        "export", "models.py:blocky", "--input-shape", "1,3,16,16", "--no-bench",
+        "--leaf-module", "block", "-o", "b.onnx", "--json", "--round-to", "1", cwd=workdir,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["settings"]["leaf_modules"] == ["block"]
+    assert kernels(workdir / "b.onnx") == [(4, 8, 3, 3), (8, 3, 3, 3), (8, 8, 3, 3)]
+
+
+def test_inspect_ratio_shows_channels_before_and_after(workdir: Path) -> None:
+    result = run("inspect", "lenet5", "--ratio", "0.5", "--round-to", "1", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if "→" in line]
+    assert len(rows) == 6  # the groups with parameters
+    for before_after, modules in [
+        ("6 → 3", "conv1, conv2"),
+        ("16 → 8", "conv2, fc1"),
+        ("120 → 60", "fc1, fc2"),
+        ("84 → 42", "fc2, fc3"),
+        ("10 → 10", "fc3"),
+    ]:
+        assert any(before_after in r and modules in r for r in rows), result.stdout
+    assert "more groups" not in result.stdout
+    result = run(
+        "inspect", "lenet5", "--ratio", "0.5", "--round-to", "1", "--max-rows", "2", cwd=workdir
+    )
+    assert result.returncode == 0, result.stderr
+    assert len([line for line in result.stdout.splitlines() if "→" in line]) == 2
+    assert "… and 4 more groups" in result.stdout
+    result = run(
+        "inspect", "models.py:blocky", "--input-shape", "1,3,16,16", "--ratio", "0.5",
+        "--leaf-module", "Block", cwd=workdir,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "blocked: no rule for Block" in result.stdout and "8 → 8" in result.stdout
+    assert files(workdir) == ["models.py"]
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="onnxruntime has CUDA here")
+def test_bench_device_cuda_without_cuda(tmp_path: Path) -> None:
+    (tmp_path / "a.onnx").write_bytes(b"not read: the flag is checked first")
+    result = run("bench", "a.onnx", "--device", "cuda", cwd=tmp_path)
+    assert_user_error(result, "--device cuda", "CUDAExecutionProvider")
+
+
+@pytest.mark.parametrize(
+    ("patch", "args"),
+    [
+        # before anything is written: in the export of the slim model
+        ("import surgeon.exporter as m\nm.export = boom", []),
+        # after the ONNX file and the report were written
+        ("import surgeon\nsurgeon.save = boom", ["--report", "r.json", "--save", "n.surgeon"]),
+    ],
+)
+def test_ctrl_c_is_one_line_exit_130_and_writes_nothing(tmp_path: Path, patch, args) -> None:
+    code = (
+        "import surgeon.cli as cli\n"
+        "def boom(*args, **kwargs):\n"
+        "    raise KeyboardInterrupt\n"
+        f"{patch}\n"
+        f"cli.main(['export', 'lenet5', '--no-bench', '-o', 'out.onnx', *{args!r}])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300
+    )
+    assert result.returncode == 130, result.stderr
+    assert result.stderr.splitlines() == ["interrupted; nothing was written"]
+    assert files(tmp_path) == []
+
+
+@pytest.mark.parametrize("command", [[], ["export"], ["inspect"], ["bench"]])
+def test_help_fits_80_columns(tmp_path: Path, command) -> None:
+    result = run(*command, "--help", cwd=tmp_path, columns=80)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80, result.stdout
+    for line in lines:
+        assert "…" not in line, line  # nothing cut short
+        assert not re.search(r"\w-$", line), line  # no word broken at its hyphen
+        assert not re.search(r"\w\.\.\.$", line), line  # no command help cut short
+    if command == ["export"]:
+        for flag in ("--ignore", "--leaf-module", "--weights", "--save", "--json", "--version"):
+            assert flag in result.stdout
+
+
+def test_version(tmp_path: Path) -> None:
+    for args in (["--version"], ["export", "--version"]):
+        result = run(*args, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == f"surgeon {surgeon.__version__}\n"
+    assert files(tmp_path) == []
