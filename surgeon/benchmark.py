@@ -9,12 +9,13 @@ the reason, rather than raising.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import statistics
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -325,6 +326,21 @@ def _timing(
     )
 
 
+@contextlib.contextmanager
+def _run_failure(path: Path, provider: str) -> Iterator[None]:
+    """A failed run: SurgeonBenchError on the CPU, _Unavailable (reported, not raised) on
+    another provider."""
+    try:
+        yield
+    except Exception as exc:
+        if provider == "cpu":
+            raise SurgeonBenchError(
+                f"onnxruntime failed to run {str(path)!r}: {_one_line(exc)}; check the inputs' "
+                "shapes and types"
+            ) from exc
+        raise _Unavailable(f"run failed: {_one_line(exc)}") from exc
+
+
 def _timed_runs(
     sessions: Sequence[tuple[Any, Path]],
     feed: Mapping[str, np.ndarray],
@@ -338,29 +354,14 @@ def _timed_runs(
     noise fall on every model alike. Raises _Unavailable when a non-CPU run fails."""
     timers = []
     for session, path in sessions:
-        try:
+        with _run_failure(path, provider):
             timers.append(_runner(session, feed, device=provider))
-        except Exception as exc:
-            if provider == "cpu":
-                raise SurgeonBenchError(
-                    f"onnxruntime failed to run {str(path)!r}: {_one_line(exc)}; check the "
-                    "inputs' shapes and types"
-                ) from exc
-            raise _Unavailable(f"run failed: {_one_line(exc)}") from exc
     order = list(range(len(sessions)))
     times: list[list[float]] = [[] for _ in sessions]
     for r in range(warmup + runs):
         for i in order if r % 2 == 0 else order[::-1]:
-            try:
+            with _run_failure(sessions[i][1], provider):
                 ms = timers[i]()
-            except Exception as exc:
-                path = sessions[i][1]
-                if provider == "cpu":
-                    raise SurgeonBenchError(
-                        f"onnxruntime failed to run {str(path)!r}: {_one_line(exc)}; check the "
-                        "inputs' shapes and types"
-                    ) from exc
-                raise _Unavailable(f"run failed: {_one_line(exc)}") from exc
             if r >= warmup:
                 times[i].append(ms)
     return times
