@@ -145,7 +145,8 @@ def _check_counts(warmup: int, runs: int, threads: int | None) -> None:
         )
 
 
-def _session(path: Path, provider: str, threads: int | None) -> Any:
+def _session(path: Path | bytes, provider: str, threads: int | None) -> Any:
+    """An onnxruntime session on ``provider`` for an ONNX file (or serialised model bytes)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -155,7 +156,8 @@ def _session(path: Path, provider: str, threads: int | None) -> Any:
     chain: list[Any] = [PROVIDERS[provider]]
     if provider == "cuda":
         chain = [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]
-    return ort.InferenceSession(str(path), options, providers=chain)
+    model = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(model, options, providers=chain)
 
 
 def _input_specs(session: Any) -> dict[str, tuple[tuple[int, ...], str]]:

@@ -73,15 +73,9 @@ def _conv_model(channels: int, depthwise: bool) -> bytes:
 
 
 def _time(model: bytes, channels: int, provider: str, threads: int | None, runs: int) -> float:
-    import onnxruntime as ort
+    from surgeon.benchmark import _session
 
-    from surgeon.benchmark import PROVIDERS
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads is not None:
-        options.intra_op_num_threads = threads
-    session = ort.InferenceSession(model, options, providers=[PROVIDERS[provider]])
+    session = _session(model, provider, threads)
     feed = {"x": np.random.default_rng(0).standard_normal((1, channels, SIDE, SIDE), np.float32)}
     for _ in range(3):
         session.run(None, feed)

@@ -8,6 +8,7 @@ that was being traced and the offending source line, with the way out (leaf modu
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import io
 import keyword
@@ -179,8 +180,6 @@ def deep_copy(model: torch.nn.Module) -> torch.nn.Module:
     """``copy.deepcopy(model)``, with the parameters of its TorchScript submodules leaves
     again: deepcopy gives a ScriptModule plain tensors cloned from the originals (non-leaf,
     ``grad_fn=CloneBackward``), which an optimizer never updates."""
-    import copy
-
     out = copy.deepcopy(model)
     for module in out.modules():
         if not isinstance(module, torch.jit.ScriptModule):
