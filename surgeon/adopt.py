@@ -147,9 +147,9 @@ def _take_ints(work: nn.Module, gm: fx.GraphModule, before: dict[str, list[Any]]
             continue
         new = pytree.tree_leaves((node.args, node.kwargs))
         stack = node.meta.get("nn_module_stack") or {}
-        if len(new) != len(old) or not stack:
+        if len(new) != len(old):
             continue
-        path = list(stack.values())[-1][0]
+        path = list(stack.values())[-1][0] if stack else ""  # "": the model's own forward
         for a, b in zip(old, new, strict=True):
             if _plain_int(a) and _plain_int(b) and a != b:
                 changed.setdefault((path, a), b)

@@ -89,6 +89,7 @@ class ChannelGraph:
                 if why not in blocked[s]:
                     blocked[s].append(why)
         self.blocked = dict(blocked)
+        self.ties = [t for rec in records.values() for t in rec.ties]
         self.group_of: dict[Space, int] = {}
         self.groups: list[Group] = []
         params: dict[Space, list[ParamSlice]] = defaultdict(list)
@@ -476,6 +477,7 @@ def _size_reads(gm: fx.GraphModule, shapes) -> NodeRecord:  # noqa: ANN001
     """
     rec = NodeRecord()
     deps: dict[str, object] = {}  # node -> frozenset of spaces, or a list of them (a shape)
+    read: dict[str, Space] = {}  # node -> the one space whose size it is, unchanged
 
     def flat(v: object) -> frozenset:
         if isinstance(v, list):
@@ -490,6 +492,8 @@ def _size_reads(gm: fx.GraphModule, shapes) -> NodeRecord:  # noqa: ANN001
             if n.op == "call_method" and n.target == "size":
                 dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
                 deps[n.name] = whole if dim is None else whole[dim % nd]
+                if isinstance(dim, int):
+                    read[n.name] = (src.name, dim % nd)
                 continue
             if n.op == "call_function" and n.target is getattr and n.args[1] == "shape":
                 deps[n.name] = whole
@@ -506,12 +510,15 @@ def _size_reads(gm: fx.GraphModule, shapes) -> NodeRecord:  # noqa: ANN001
                 and isinstance(n.args[1], (int, slice))
             ):
                 deps[n.name] = deps[src.name][n.args[1]]  # x.shape[-1], x.shape[-2:]
+                if isinstance(n.args[1], int):
+                    (read[n.name],) = deps[n.name]
             else:
                 deps[n.name] = frozenset().union(*(flat(deps[u.name]) for u in used))
             continue
         if (n.op == "call_method" and n.target in _RESHAPE_METHODS) or (
             n.op == "call_function" and n.target in _RESHAPE_FUNCTIONS
         ):
+            rec.ties += _size_ties(n, read, shapes)
             continue  # size arguments of a changed dim are rewritten by the reshape's rule
         if _scales(n):
             continue  # a tensor times a number made from sizes: resize pins the original
@@ -519,6 +526,27 @@ def _size_reads(gm: fx.GraphModule, shapes) -> NodeRecord:  # noqa: ANN001
             for space in flat(deps[u.name]):
                 rec.blocks.append((space, f"its size is read and used by node '{n.name}'"))
     return rec
+
+
+def _size_ties(n: fx.Node, read: dict[str, Space], shapes) -> list[tuple[Space, Space]]:  # noqa: ANN001
+    """``x.reshape(B, N, C)`` with ``C = y.shape[-1]``: dim 2 of the result is as wide as
+    ``y``'s dim -1 in the model's own code, whatever the graph's rewritten copy says."""
+    if n.op == "call_method" and n.target in ("view", "reshape"):
+        sizes = n.args[1:]
+    elif n.target is torch.reshape and len(n.args) > 1:
+        sizes = n.args[1:2]
+    else:
+        return []
+    if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+        sizes = sizes[0]
+    out = shapes.get(n.name)
+    if out is None or len(sizes) != len(out):
+        return []
+    return [
+        (read[a.name], (n.name, d))
+        for d, a in enumerate(sizes)
+        if isinstance(a, fx.Node) and a.name in read and read[a.name] != (n.name, d)
+    ]
 
 
 _SCALINGS = {operator.mul, operator.truediv, torch.mul, torch.div, operator.add, operator.sub}

@@ -126,6 +126,9 @@ class NodeRecord:
     tags: list[tuple[Space, str]] = field(default_factory=list)
     factors: list[FactorSite] = field(default_factory=list)
     roles: list[tuple[Space, str]] = field(default_factory=list)
+    # (a, b): the model's own code sizes b from a read of a's size (``x.reshape(B, N, C)`` with
+    # ``C = y.shape[-1]``): its own forward runs after the surgery only where both keep as many
+    ties: list[tuple[Space, Space]] = field(default_factory=list)
 
 
 def meta_shapes(node: fx.Node) -> list[tuple[str, tuple[int, ...]]]:

@@ -67,6 +67,62 @@ def test_heads_pruned_whole_set_the_head_count_attribute():
     assert "blocks.0.attn.num_heads: 3 -> 2" in slim.meta["surgeon.plan"]["sized"]
 
 
+class SizedFromWidth(nn.Module):
+    """Swin's window attention in small: the head width is read off the embedding
+    (``C // num_heads``), and the merged heads are reshaped back to ``C``."""
+
+    def __init__(self, width: int = 48, num_heads: int = 3) -> None:
+        super().__init__()
+        self.stem = nn.Linear(8, width)
+        self.norm = nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.num_heads = num_heads
+        self.head = nn.Linear(width, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        y = self.norm(x)
+        B, N, C = y.shape
+        qkv = self.qkv(y).reshape(B, N, 3, self.num_heads, C // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        attn = (q * (C // self.num_heads) ** -0.5) @ k.transpose(-2, -1)
+        y = (attn.softmax(-1) @ v).transpose(1, 2).reshape(B, N, C)
+        return self.head((x + self.proj(y)).mean(1))
+
+
+class WithTorchMHA(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(16, 64)
+        self.enc = nn.TransformerEncoderLayer(64, 4, 128, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.enc(self.inp(x)).mean(1))
+
+
+@pytest.mark.parametrize(
+    "net, ratio, width, heads",
+    [(SizedFromWidth, 0.5, 32, 2), (WithTorchMHA, 0.3, 48, 3)],
+    ids=["head-width-read-off-the-embedding", "nn.MultiheadAttention"],
+)
+def test_widths_the_code_ties_prune_in_step(net, ratio, width, heads):
+    # 3 heads lose 1 (2 kept, 32 wide), where the embedding alone would keep 24 of 48: the
+    # forward's C // num_heads only gives the head width back when the embedding keeps 32
+    torch.manual_seed(0)
+    model, x = net().eval(), torch.randn(2, 7, 8 if net is SizedFromWidth else 16)
+    slim = surgeon.slim(model, ratio, x)
+    graph = surgeon.slim(model, ratio, x, returns="graph")
+    assert type(slim) is net, slim.meta["surgeon.plan"]["form_reason"]
+    attn = slim if net is SizedFromWidth else slim.enc.self_attn
+    assert attn.num_heads == heads
+    proj = slim.proj if net is SizedFromWidth else attn.out_proj
+    assert proj.in_features == proj.out_features == width  # never more removed than asked
+    with torch.no_grad():
+        assert_same(slim(x), graph(x), 1e-5)
+
+
 def test_lenet_with_its_literal_flatten_comes_back_as_the_graph():
     model, x = create("lenet5")
     slim = surgeon.slim(model, 0.5, x)

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable
 
+import networkx as nx
 import numpy as np
 import torch.fx as fx
 
-from surgeon.graph import Group
+from surgeon.graph import ChannelGraph, Group
 from surgeon.importance import class_scores
 from surgeon.options import SlimOptions
 from surgeon.passes.base import PassResult, SurgeryPass
 
 __all__ = ["ChannelPrunePass", "protected_classes"]
+
+log = logging.getLogger(__name__)
 
 
 def protected_classes(group: Group, ignore: Iterable[str]) -> np.ndarray:
@@ -79,6 +83,43 @@ def _spread(group: Group, mask: np.ndarray, order: list[int], want: int) -> int:
     return done + _take(mask, order, want - done)
 
 
+def _per_class(group: Group, space: tuple[str, int]) -> int | None:
+    """How many elements of ``space`` each class of ``group`` holds (None: not the same)."""
+    counts = np.bincount(group.class_of[space], minlength=group.n_classes)
+    return int(counts[0]) if len(counts) and (counts == counts[0]).all() else None
+
+
+def _tie_targets(graph: ChannelGraph, prunable: dict[int, Group], target: dict[int, int]) -> None:
+    """Groups whose widths the model's own code ties (``graph.ties``: it reshapes a head
+    merge to the width it reads off the embedding, ``C // num_heads`` of it) keep widths that
+    stay equal: each group of a tied set keeps the least common width at or above what its
+    own target keeps, so none loses more than asked. A set with a group that cannot keep it
+    (blocked, too narrow) is left as planned: the graph form handles it, the model's own
+    class then does not come back."""
+    links = nx.Graph()
+    per: dict[int, set[int | None]] = {}
+    for a, b in graph.ties:
+        ga, gb = graph.group_of.get(a), graph.group_of.get(b)
+        if ga is None or gb is None or ga == gb:
+            continue
+        links.add_edge(ga, gb)
+        for gi, s in ((ga, a), (gb, b)):
+            g = graph.groups[gi]
+            per.setdefault(gi, set()).add(_per_class(g, s) if g.prunable else None)
+    for comp in nx.connected_components(links):
+        unit = {gi: per[gi].pop() if len(per[gi]) == 1 else None for gi in comp}
+        if any(gi not in prunable or unit[gi] is None for gi in comp):
+            continue
+        need = max(unit[gi] * (prunable[gi].n_classes - target[gi]) for gi in comp)
+        step = math.lcm(*unit.values())
+        width = -(-need // step) * step
+        if any(width // unit[gi] > prunable[gi].n_classes for gi in comp):
+            log.debug("tied groups %s cannot keep a common width", sorted(comp))
+            continue
+        for gi in comp:
+            target[gi] = prunable[gi].n_classes - width // unit[gi]
+
+
 def _take(mask: np.ndarray, order: list[int], want: int) -> int:
     """Mark the first ``want`` classes of ``order`` not yet removed; returns how many."""
     done = 0
@@ -137,6 +178,7 @@ class ChannelPrunePass(SurgeryPass):
                 target[g.index] = max(0, g.n_classes - keep)
         else:
             target = self._global_targets(groups, scores, protect, orig)
+        _tie_targets(state.graph, {g.index: g for g in groups}, target)
         removed_masks, removed = dict(state.removed), 0
         for g in groups:
             mask = removed_masks[g.index].copy()

@@ -136,7 +136,10 @@ def multihead_attention(
     else:
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
         returned = None
-    out = m.out_proj(out.transpose(1, 2).flatten(2))
+    # its own forward takes head_dim = embed_dim // num_heads: the merged heads are as wide
+    # as the embedding (read, so the width tie keeps the two in step and it runs after)
+    merged = out.transpose(1, 2)
+    out = m.out_proj(merged.reshape(merged.size(0), merged.size(1), query.size(-1)))
     if not m.batch_first:
         out = out.transpose(0, 1)
     return out, returned
