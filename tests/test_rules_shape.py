@@ -146,10 +146,13 @@ def test_attention_heads_are_pruned_across_q_k_v_and_proj(tmp_path):
     assert emb.prunable, emb.reasons  # the embedding width, through cls cat, pos add, LN, residuals
     slim = assert_slims_at_half(net, x, tmp_path)
     assert slim.qkv.out_features == 3 * 16 and slim.proj.in_features == 16
+    # its forward reshapes the merged heads to the width it reads off the embedding (c): the
+    # embedding keeps 16 (2 heads x 8) where the ratio alone keeps 12, and the own class comes back
+    assert type(slim) is Attention, slim.meta["surgeon.plan"]["form_reason"]
     assert (
-        slim.patch.out_channels == 12
-        and slim.cls.shape == (1, 1, 12)
-        and slim.pos.shape == (1, 5, 12)
+        slim.patch.out_channels == 16
+        and slim.cls.shape == (1, 1, 16)
+        and slim.pos.shape == (1, 5, 16)
     )
     assert slim.fc1.out_features == 24
     out = slim(x)
