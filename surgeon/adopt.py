@@ -53,9 +53,11 @@ def adopt(
     gm: fx.GraphModule,
     example_inputs: Any,
     before: dict[str, list[Any]],
+    want: Any = None,
 ) -> tuple[nn.Module | None, str, list[str]]:
     """Apply ``gm``'s tensors and sizes to ``work`` (the model ``gm`` was traced from, whose
-    called submodules ``gm`` shares) and check it computes what ``gm`` computes.
+    called submodules ``gm`` shares) and check it computes what ``gm`` computes (``want``:
+    ``gm``'s output on the example, when a run already gave it).
 
     Returns ``(work, "", changes)`` when it does, else ``(None, reason, changes)``; ``changes``
     lists the int attributes that took new values. ``work`` is changed either way.
@@ -67,7 +69,7 @@ def adopt(
             _sync_sizes(module)
     changes = _take_ints(work, gm, before)
     try:
-        why = differs(work, gm, example_inputs)
+        why = differs(work, gm, example_inputs, want)
     except Exception as exc:  # noqa: BLE001 - any failure of the user's forward is a reason
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         return None, f"its forward fails once resized ({type(exc).__name__}: {first})", changes
@@ -170,9 +172,10 @@ def _plain_int(v: Any) -> bool:
     return type(v) is int
 
 
-def differs(work: nn.Module, gm: nn.Module, example_inputs: Any) -> str:
+def differs(work: nn.Module, gm: nn.Module, example_inputs: Any, want: Any = None) -> str:
     """'' when ``work`` and ``gm`` (the slim graph, or another module) give the same outputs
-    on the example, else why not."""
+    on the example, else why not. ``want``: ``gm``'s outputs (in eval mode, no grad), when
+    they are known already."""
 
     def fresh() -> tuple[tuple, dict]:  # a forward may work in place on its inputs
         return pytree.tree_map(
@@ -186,7 +189,8 @@ def differs(work: nn.Module, gm: nn.Module, example_inputs: Any) -> str:
         return pytree.tree_leaves(m(*args, **kwargs))
 
     with torch.no_grad(), eval_mode(gm), eval_mode(work):
-        want, got = call(gm), call(work)
+        want = call(gm) if want is None else pytree.tree_leaves(want)
+        got = call(work)
     if len(got) != len(want):  # a ModelOutput and the graph's dict differ in type alone
         return "its forward returns another structure than the slim graph"
     for i, (a, b) in enumerate(zip(got, want, strict=True)):

@@ -37,13 +37,16 @@ from surgeon.passes import (
 from surgeon.passes.compensate import recalibrate_norms
 from surgeon.trace import (
     FINITE_KEY,
+    TRACED_KEY,
     as_args,
+    check_trace,
     deep_copy,
     input_spec,
     inputs_from_spec,
     nonfinite,
     resolve_leaves,
     trace,
+    unshare_parameters,
 )
 
 __all__ = [
@@ -92,9 +95,11 @@ def analyze(
 
 
 def _copy(model: nn.Module) -> nn.Module:
-    """A deep copy of ``model`` (slim never mutates its input unless ``inplace=True``)."""
+    """A copy of ``model`` that holds the model's own parameter objects (slim never mutates its
+    input unless ``inplace=True``: the passes assign new tensors, never change one in place,
+    and what is left shared at the end gets a copy, :func:`unshare_parameters`)."""
     try:
-        return deep_copy(model)
+        return deep_copy(model, share_parameters=True)
     except RuntimeError as exc:
         if "deepcopy" not in str(exc):
             raise
@@ -243,13 +248,6 @@ def _slim(
         ignore=tuple(_ignore_names(model, options.ignore)),
         leaf_modules=resolve_leaves(model, options.leaf_modules),
     )
-    nan = nonfinite(model, example_inputs, nan_only=True)
-    if nan:
-        raise SurgeonInputError(
-            f"NaN values in {', '.join(nan[:3])}{' ...' if len(nan) > 3 else ''}: slim runs the "
-            "model on the example inputs to check every step, and NaN hides every difference; "
-            "pass finite inputs and weights"
-        )
     auto = options.round_to == "auto"
     if auto:
         options = options.replace(round_to=channel_multiple("cpu", threads=1))
@@ -257,24 +255,42 @@ def _slim(
     if data is not None and iter(data) is data:  # type: ignore[call-overload]
         options = options.replace(data=list(data))  # a one-shot iterator: it is read twice
     blocked: dict[int, str] = {}  # groups whose resizing failed in an earlier attempt
+    # The user's own forward on the slim model is compared with the slim graph before the own
+    # class comes back: that covers the check that the trace computes what the model computes,
+    # which then runs (on the untouched input model) only where the graph is what comes back.
+    defer = not options.inplace and options.returns != "graph"
+    traced: Any = None
     with gc_paused():
         while True:
             work = model if options.inplace else _copy(model)
-            gm = trace(work, example_inputs, leaf_modules=options.leaf_modules)
-            sizes_before = int_args(gm)
-            expected = _output_shapes(gm)
-            graph = block_groups(build_channel_graph(gm, attention=options.attention), blocked)
-            macs_before = dense_macs(gm)
-            _check_original(graph, original)
-            stats = _measure(gm, graph, options)
-            begin(gm, graph, example_inputs, stats=stats, original=original)
+            gm = trace(work, example_inputs, leaf_modules=options.leaf_modules, check=not defer)
+            traced = gm.meta.pop(TRACED_KEY, traced)
+            graph = None
+            if not all(gm.meta[FINITE_KEY]):
+                _refuse_nan(model, example_inputs)
             try:
+                sizes_before = int_args(gm)
+                expected = _output_shapes(gm)
+                graph = block_groups(build_channel_graph(gm, attention=options.attention), blocked)
+                macs_before = dense_macs(gm)
+                _check_original(graph, original)
+                stats = _measure(gm, graph, options)
+                begin(gm, graph, example_inputs, stats=stats, original=original)
                 result = PassManager(surgery_passes(options)).run(gm)
                 break
-            except SurgeonPassError as exc:
-                if options.inplace or not _block_failed(graph, exc, blocked):
+            except Exception as exc:
+                if defer:  # a graph that is not the model's function explains any failure
+                    check_trace(model, example_inputs, traced)
+                if (
+                    not isinstance(exc, SurgeonPassError)
+                    or options.inplace
+                    or graph is None
+                    or not _block_failed(graph, exc, blocked)
+                ):
                     raise
         gm = result.module
+        if not options.inplace:  # the weights no pass cut are still the input model's
+            unshare_parameters(model, gm, work)
         state = gm.meta.pop(STATE_KEY)
         output = state.output
         if options.compensate and options.data is not None and state.n_removed():
@@ -291,7 +307,12 @@ def _slim(
         }
         _warn_if_little(gm, graph, macs_before, options.ratio)
         log.info("slim: %s", result.stats)
-        out = _as_returned(model, work, gm, example_inputs, sizes_before, options)
+
+        def check() -> None:  # before the graph comes back (or 'module' refuses)
+            if defer:
+                check_trace(model, example_inputs, traced)
+
+        out = _as_returned(model, work, gm, example_inputs, sizes_before, options, output, check)
         if out is not gm and hasattr(getattr(out, "config", None), "to_dict"):
             # the model's own class, built from a config: the config follows the sizes
             why = update_config(out, _changed_sizes(state), example_inputs)
@@ -318,10 +339,13 @@ def _as_returned(
     example_inputs: Any,
     sizes_before: dict[str, list[Any]],
     options: SlimOptions,
+    output: Any = None,
+    check: Callable[[], None] = lambda: None,
 ) -> nn.Module:
     """The form ``options.returns`` asks for: the user's own model (``work``, its modules cut
-    like the graph's, verified by :func:`~surgeon.adopt.adopt`) or the graph; the plan
-    records which (``form``) and, for a graph in ``"auto"``, why (``form_reason``)."""
+    like the graph's, verified by :func:`~surgeon.adopt.adopt` against ``output``, the
+    graph's on the example) or the graph; the plan records which (``form``) and, for a graph
+    in ``"auto"``, why (``form_reason``). ``check`` runs before the graph is given back."""
     plan = gm.meta[PLAN_KEY]
     why = "returns='graph' was asked for"
     if options.returns != "graph":
@@ -329,11 +353,12 @@ def _as_returned(
         if meta is not None and not (isinstance(meta, dict) and PLAN_KEY in meta):
             why = f"{type(model).__name__} has an attribute 'meta' of its own"
         else:
-            module, why, changes = adopt(work, gm, example_inputs, sizes_before)
+            module, why, changes = adopt(work, gm, example_inputs, sizes_before, output)
             if module is not None:
                 plan.update(form="module", form_reason="", sized=changes)
                 module.meta = {k: v for k, v in gm.meta.items() if k.startswith("surgeon.")}
                 return module
+        check()
         if options.returns == "module":
             raise SurgeonPassError(
                 f"returns='module': the slim {type(model).__name__} cannot be given back as its "
@@ -484,6 +509,17 @@ def _warn_if_little(gm: fx.GraphModule, graph: ChannelGraph, before: int, ratio:
         found["groups"],
         why or "none (the prunable groups are small)",
     )
+
+
+def _refuse_nan(model: nn.Module, example_inputs: Any) -> None:
+    """The traced output is not finite: NaN in the inputs or weights is the user's to fix."""
+    nan = nonfinite(model, example_inputs, nan_only=True)
+    if nan:
+        raise SurgeonInputError(
+            f"NaN values in {', '.join(nan[:3])}{' ...' if len(nan) > 3 else ''}: slim runs the "
+            "model on the example inputs to check every step, and NaN hides every difference; "
+            "pass finite inputs and weights"
+        )
 
 
 def _run(gm: fx.GraphModule, example_inputs: Any) -> Any:

@@ -124,8 +124,8 @@ def class_scores(
 
         return _slice_scores(gm, group, fn)
     if criterion == "l1":
-        return _slice_scores(gm, group, lambda sl, t: t.abs())
-    return np.sqrt(_slice_scores(gm, group, lambda sl, t: t.square()))
+        return _slice_scores(gm, group, 1)
+    return np.sqrt(_slice_scores(gm, group, 2))
 
 
 def _qualname(owner: str, name: str) -> str:
@@ -135,12 +135,13 @@ def _qualname(owner: str, name: str) -> str:
 def _slice_scores(
     gm: fx.GraphModule,
     group: Group,
-    fn: Callable[[Any, torch.Tensor], torch.Tensor],
+    fn: Callable[[Any, torch.Tensor], torch.Tensor] | int,
     *,
     roles: tuple[str, ...] = ("producer", "consumer", "norm", "param"),
     names: tuple[str, ...] | None = None,
 ) -> np.ndarray:
-    """Sum over the class's weight slices (biases excluded) of ``fn(slice, tensor)``."""
+    """Sum over the class's weight slices (biases excluded) of ``fn(slice, tensor)``; an int
+    ``fn`` p is ``|tensor| ** p`` (summed in one fused norm, no temporary the weight's size)."""
     scores = np.zeros(group.n_classes)
     for sl in group.params:
         if sl.role not in roles or sl.name == "bias" or (names and sl.name not in names):
@@ -149,9 +150,14 @@ def _slice_scores(
         if not isinstance(t, torch.Tensor) or not t.is_floating_point():
             continue
         with torch.no_grad():
-            w = fn(sl, t.detach())
-            others = [d for d in range(w.dim()) if d != sl.dim]
-            mag = (w.sum(dim=others) if others else w).double().cpu().numpy()
+            others = [d for d in range(t.dim()) if d != sl.dim]
+            if isinstance(fn, int):
+                w = t.detach()
+                w = torch.linalg.vector_norm(w, fn, dim=others) if others else w.abs()
+                mag = w.double().pow(fn).cpu().numpy()
+            else:
+                w = fn(sl, t.detach())
+                mag = (w.sum(dim=others) if others else w).double().cpu().numpy()
         cls = group.class_of[sl.space]
         tidx = sl.tensor_index(len(cls))
         uniq, first = np.unique(tidx, return_index=True)

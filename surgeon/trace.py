@@ -7,6 +7,7 @@ that was being traced and the offending source line, with the way out (leaf modu
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import inspect
@@ -176,11 +177,20 @@ def _user_frame(exc: BaseException) -> traceback.FrameSummary | None:
     return frames[-1] if frames else None
 
 
-def deep_copy(model: torch.nn.Module) -> torch.nn.Module:
+def deep_copy(model: torch.nn.Module, share_parameters: bool = False) -> torch.nn.Module:
     """``copy.deepcopy(model)``, with the parameters of its TorchScript submodules leaves
     again: deepcopy gives a ScriptModule plain tensors cloned from the originals (non-leaf,
-    ``grad_fn=CloneBackward``), which an optimizer never updates."""
-    out = copy.deepcopy(model)
+    ``grad_fn=CloneBackward``), which an optimizer never updates.
+
+    ``share_parameters``: the copy holds the model's own ``nn.Parameter`` objects (everything
+    else is copied, buffers included): no copy of the weights, for a caller that never
+    changes a parameter in place (it assigns new ones) and gives each one that is still
+    shared a copy of its own at the end (:func:`unshare_parameters`)."""
+    if share_parameters:
+        memo = {id(p): p for _, p in model.named_parameters(remove_duplicate=False)}
+        out = _copy_tree(model, memo)
+    else:
+        out = copy.deepcopy(model)
     for module in out.modules():
         if not isinstance(module, torch.jit.ScriptModule):
             continue
@@ -188,6 +198,61 @@ def deep_copy(model: torch.nn.Module) -> torch.nn.Module:
             if not p.is_leaf or not isinstance(p, torch.nn.Parameter):
                 setattr(module, name, torch.nn.Parameter(p.detach(), p.requires_grad))
     return out
+
+
+_ATOMIC = (int, float, str, bool, type(None), torch.dtype, torch.device)
+
+
+def _copy_tree(m: torch.nn.Module, memo: dict[int, Any]) -> torch.nn.Module:
+    """``copy.deepcopy(m, memo)`` for a module whose class copies the plain way: a new
+    instance with its own ``__dict__``, its submodules copied the same way, its empty hook
+    dicts new, everything else through ``deepcopy`` (the same result, without ``deepcopy``'s
+    per-object reduce for the parts every module has). Any other class: ``deepcopy``."""
+    if id(m) in memo:
+        return memo[id(m)]
+    cls = type(m)
+    if (
+        isinstance(m, torch.jit.ScriptModule)
+        or hasattr(cls, "__deepcopy__")
+        or cls.__reduce_ex__ is not torch.nn.Module.__reduce_ex__
+        or cls.__getstate__ is not torch.nn.Module.__getstate__
+    ):
+        return copy.deepcopy(m, memo)
+    new = object.__new__(cls)
+    memo[id(m)] = new
+    state = {}
+    for k, v in m.__dict__.items():
+        t = type(v)
+        if t in _ATOMIC:
+            state[k] = v
+        elif k == "_modules":
+            state[k] = {n: None if c is None else _copy_tree(c, memo) for n, c in v.items()}
+        elif t in (dict, collections.OrderedDict) and not v:
+            state[k] = t()
+        else:
+            state[k] = copy.deepcopy(v, memo)
+    new.__dict__.update(state)
+    return new
+
+
+def unshare_parameters(model: torch.nn.Module, *modules: torch.nn.Module) -> int:
+    """Give every module of ``modules`` a copy of its own of each parameter it still shares
+    with ``model`` (ties among them kept: one copy per parameter). Returns how many."""
+    theirs = {id(p) for _, p in model.named_parameters(remove_duplicate=False)}
+    made: dict[int, torch.nn.Parameter] = {}
+    seen: set[int] = set()
+    for root in modules:
+        for m in root.modules():
+            if id(m) in seen:
+                continue
+            seen.add(id(m))
+            for name, p in list(m._parameters.items()):
+                if p is None or id(p) not in theirs:
+                    continue
+                if id(p) not in made:
+                    made[id(p)] = torch.nn.Parameter(p.detach().clone(), p.requires_grad)
+                m._parameters[name] = made[id(p)]
+    return len(made)
 
 
 def keep_unreached(model: torch.nn.Module, gm: fx.GraphModule) -> list[str]:
@@ -261,6 +326,7 @@ def trace(
     example_inputs: Any,
     *,
     leaf_modules: Iterable[type[torch.nn.Module] | torch.nn.Module | str] = (),
+    check: bool = True,
 ) -> fx.GraphModule:
     """Symbolically trace ``model`` and propagate shapes from ``example_inputs``.
 
@@ -269,6 +335,9 @@ def trace(
     must not trace into: their output dims are then blocked by the channel analysis, which is always safe.
     The returned GraphModule shares submodules with ``model``; copy first to keep it intact.
     A ``GraphModule`` is used as it is, never traced again (its shapes are propagated).
+    ``check``: run ``model`` itself too and refuse a graph that computes something else
+    (:func:`check_trace`); ``False`` leaves that to the caller, with the graph's output kept
+    in ``gm.meta[TRACED_KEY]`` (one forward pass less when a later check covers it).
     """
     if not isinstance(model, torch.nn.Module):
         raise SurgeonInputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -296,12 +365,16 @@ def trace(
             specialised[0],
         )
     traced = propagate_shapes(gm, example_inputs)
-    _check_trace(model, example_inputs, traced)
+    if check:
+        check_trace(model, example_inputs, traced)
+    else:
+        gm.meta[TRACED_KEY] = traced
     gm.meta[FINITE_KEY] = _finite(traced)
     return gm
 
 
 FINITE_KEY = "surgeon.output_finite"
+TRACED_KEY = "surgeon.traced_output"  # the graph's output on the example, left to check
 
 
 def _finite(outputs: Any) -> list[bool]:
@@ -499,7 +572,7 @@ def _one_line(exc: BaseException) -> str:
     return text.split(" Way out:")[0][:300]
 
 
-def _check_trace(model: torch.nn.Module, example_inputs: Any, traced: Any) -> None:
+def check_trace(model: torch.nn.Module, example_inputs: Any, traced: Any) -> None:
     """The traced graph must compute what the model computes on the example inputs.
 
     torch.fx records ``x += y`` as an out-of-place add, so when ``x`` is also read elsewhere

@@ -23,6 +23,7 @@ from tests.helpers import (
     assert_same,
     assert_same_tensors,
     assert_slims_at_half,
+    randomize_norms,
 )
 from tests.test_graph import InPlace
 
@@ -278,3 +279,26 @@ def test_a_forward_with_kwargs_slims_when_the_inputs_give_what_it_needs(given):
     slim = surgeon.slim(net, 0.5, inputs)
     assert type(slim) is TakesKwargs and slim.a.out_features == 4
     assert type(net) is TakesKwargs  # the capture's explicit forward is gone again
+
+
+@pytest.mark.parametrize("returns", ["auto", "graph"])
+@pytest.mark.parametrize("with_data", [False, True], ids=["statistics", "data"])
+def test_the_input_model_keeps_its_values_and_shares_no_tensor(returns, with_data):
+    """slim works on a copy that holds the input's own parameters until it has cut them: a
+    fold, a compensation or a regression onto kept weights must never write into them, and
+    the slim model must not hold one of them at the end (a fine-tune would move both)."""
+    torch.manual_seed(0)
+    model, x = create("resnet18", input_shape=(2, 3, 32, 32))
+    randomize_norms(model)
+    with torch.no_grad():  # dead filters: PropagatePass folds their constants into biases
+        model.layer1[0].conv1.weight[:3] = 0
+        model.fc.weight[:, :5] = 0
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    data = [(torch.randn(4, 3, 32, 32), None) for _ in range(2)] if with_data else None
+    slim = surgeon.slim(model, 0.5, x, returns=returns, data=data)
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    theirs = {t.untyped_storage().data_ptr() for t in model.state_dict().values() if t.numel()}
+    mine = [t for t in slim.state_dict().values() if t.numel()]
+    assert not any(t.untyped_storage().data_ptr() in theirs for t in mine)

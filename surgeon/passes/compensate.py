@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -16,6 +17,7 @@ from surgeon.graph import ChannelGraph
 from surgeon.importance import Edge, edge_of
 from surgeon.passes.base import PassResult, SurgeryPass
 from surgeon.rules import add_bias, clear_caches, copy_module, traits
+from surgeon.rules.base import replace_tensor
 from surgeon.spaces import Sink
 
 __all__ = ["CompensatePass", "expected_mean", "recalibrate_norms"]
@@ -25,6 +27,7 @@ __all__ = ["CompensatePass", "expected_mean", "recalibrate_norms"]
 _Z = torch.linspace(-8.0, 8.0, 4001, dtype=torch.float64)
 _W = torch.exp(-0.5 * _Z * _Z)
 _W /= _W.sum()
+_W = _W.reshape(-1, 1)
 
 
 def _module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
@@ -42,19 +45,20 @@ def _only_first_arg_is_node(node: fx.Node) -> bool:
 
 
 def _activation(gm: fx.GraphModule, node: fx.Node) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """The elementwise function ``node`` applies to its first argument, if it is one."""
+    """The elementwise function ``node`` applies to its first argument, if it is one (it may
+    work in place on the tensor it is given)."""
     m = _module(gm, node)
     if "elementwise" not in traits(node, m):
         return None
     if m is not None:
-        return lambda t: copy_module(m)(t.clone())
+        return lambda t: copy_module(m)(t)
     if not _only_first_arg_is_node(node):
         return None
     args = node.args[1:]
     kwargs = {k: v for k, v in node.kwargs.items() if k != "inplace"}
     if node.op == "call_function":
-        return lambda t: node.target(t.clone(), *args, **kwargs)  # type: ignore[operator]
-    return lambda t: getattr(t.clone(), str(node.target))(*args, **kwargs)
+        return lambda t: node.target(t, *args, **kwargs)  # type: ignore[operator]
+    return lambda t: getattr(t, str(node.target))(*args, **kwargs)
 
 
 def _keeps_mean(gm: fx.GraphModule, node: fx.Node) -> bool:
@@ -82,12 +86,15 @@ def _flatten_block(gm: fx.GraphModule, node: fx.Node) -> int | None:
     return math.prod(shape[2:])
 
 
-def expected_mean(gm: fx.GraphModule, node: fx.Node, dim: int) -> np.ndarray | None:
+def expected_mean(
+    gm: fx.GraphModule, node: fx.Node, dim: int, only: np.ndarray | None = None
+) -> np.ndarray | None:
     """Expected value of each index of ``node``'s output along ``dim``, when it is computable
     from a batch norm's affine parameters (its output is ~ N(beta, gamma^2) per channel when
     its input matches its running statistics)
     through at most one elementwise activation, mean-keeping ops (average pooling, dropout)
-    and a final ``flatten(x, 1)``. ``None`` otherwise."""
+    and a final ``flatten(x, 1)``. ``None`` otherwise. ``only``: the indices wanted (the
+    others are NaN; the activation's quadrature is then done for those alone)."""
     repeat = 1
     if dim == 1 and (block := _flatten_block(gm, node)) is not None:
         repeat, node = block, node.args[0]
@@ -104,8 +111,12 @@ def expected_mean(gm: fx.GraphModule, node: fx.Node, dim: int) -> np.ndarray | N
             beta = m.bias.detach().double() if m.bias is not None else torch.zeros(n)
             mean = beta.cpu()
             if act is not None:
-                y = beta.cpu()[:, None] + gamma.abs().cpu()[:, None] * _Z
-                mean = (act(y).double() * _W).sum(1)
+                rows = torch.arange(n)
+                if only is not None:  # the channels of the wanted indices (after flatten)
+                    rows = torch.as_tensor(np.unique(np.asarray(only) // repeat), dtype=torch.long)
+                y = torch.addcmul(beta.cpu()[rows, None], gamma.abs().cpu()[rows, None], _Z)
+                mean = torch.full((n,), math.nan, dtype=torch.float64)
+                mean[rows] = (act(y).double() @ _W).reshape(-1)
             return np.repeat(mean.numpy(), repeat)
         if _keeps_mean(gm, node):
             node = node.args[0]
@@ -118,17 +129,23 @@ def expected_mean(gm: fx.GraphModule, node: fx.Node, dim: int) -> np.ndarray | N
 
 
 def _contract_weight(
-    gm: fx.GraphModule, sink: Sink, source: fx.Node
+    gm: fx.GraphModule, sink: Sink, source: fx.Node, cols: np.ndarray | None = None
 ) -> tuple[nn.Module, torch.Tensor] | None:
-    """The consumer of ``sink`` and its weight as [out, in] — for a conv, each kernel tap
-    weighted by the fraction of output positions where it reads inside the input (padding
-    reads zeros), so that ``W @ mean`` is the consumer's expected input over all positions —
-    when the consumer is a Linear or an ungrouped Conv reading the sink's space."""
+    """The consumer of ``sink`` and its weight as [out, in] (only the input columns ``cols``
+    when given) — for a conv, each kernel tap weighted by the fraction of output positions
+    where it reads inside the input (padding reads zeros), so that ``W @ mean`` is the
+    consumer's expected input over all positions — when the consumer is a Linear or an
+    ungrouped Conv reading the sink's space."""
     if sink.kind != "contract" or sink.owner is None:
         return None
     m = gm.get_submodule(sink.owner)
+    w = m.weight.detach() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)) else None
+    if w is not None and cols is not None:
+        if len(cols) and int(cols.max()) >= w.shape[1]:
+            return None  # the sink's space is not this weight's input dim
+        w = w.index_select(1, torch.as_tensor(cols, dtype=torch.long, device=w.device))
     if isinstance(m, nn.Linear):
-        return m, m.weight.detach()
+        return m, w
     if not isinstance(m, nn.modules.conv._ConvNd) or m.transposed or m.groups != 1:
         return None
     meta = source.meta.get("tensor_meta")
@@ -136,18 +153,28 @@ def _contract_weight(
     k = m.weight.dim() - 2
     if shape is None or len(shape) != k + 2 or m.padding_mode != "zeros":
         return None
-    taps = math.prod(m.kernel_size)
-    one_hot = torch.eye(taps, dtype=torch.float64).reshape(taps, 1, *m.kernel_size)
-    conv = (F.conv1d, F.conv2d, F.conv3d)[k - 1]
+    frac = _tap_fractions(
+        tuple(shape[2:]), tuple(m.kernel_size), m.stride, m.padding, m.dilation
+    ).to(w.device)
+    return m, (w.flatten(2).double() @ frac).to(w.dtype)
+
+
+@functools.lru_cache(maxsize=256)
+def _tap_fractions(
+    size: tuple[int, ...], kernel: tuple[int, ...], stride: Any, padding: Any, dilation: Any
+) -> torch.Tensor:
+    """Per kernel tap, the fraction of output positions where it reads inside the input."""
+    taps = math.prod(kernel)
+    one_hot = torch.eye(taps, dtype=torch.float64).reshape(taps, 1, *kernel)
+    conv = (F.conv1d, F.conv2d, F.conv3d)[len(kernel) - 1]
     inside = conv(
-        torch.ones(1, 1, *shape[2:], dtype=torch.float64),
+        torch.ones(1, 1, *size, dtype=torch.float64),
         one_hot,
-        stride=m.stride,
-        padding=m.padding,
-        dilation=m.dilation,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
     )
-    frac = inside.flatten(2).mean(-1).reshape(taps).to(m.weight.device)
-    return m, (m.weight.detach().double().flatten(2) * frac).sum(-1).to(m.weight.dtype)
+    return inside.flatten(2).mean(-1).reshape(taps)
 
 
 class CompensatePass(SurgeryPass):
@@ -185,6 +212,11 @@ class CompensatePass(SurgeryPass):
         means = state.stats.means if state.stats is not None else {}
         moments = state.stats.moments if state.stats is not None else {}
         nodes = {n.name: n for n in gm.graph.nodes}
+        owners: dict[int, set[int]] = {}  # tensor id -> the modules that hold it
+        for mod in gm.modules():
+            for t in mod.parameters(recurse=False):
+                owners.setdefault(id(t), set()).add(id(mod))
+        self._owners, self._means = owners, {}
         done = 0
         for g in state.graph.prunable_groups():
             if not todo[g.index].any():
@@ -213,11 +245,11 @@ class CompensatePass(SurgeryPass):
         """Compensate the ``gone`` indices of one sink's space (``removed``: every index that
         goes, the ones compensated earlier included); returns how many were folded."""
         idx = np.nonzero(gone)[0]
-        found = _contract_weight(gm, sink, nodes[sink.space[0]]) if len(idx) else None
+        found = _contract_weight(gm, sink, nodes[sink.space[0]], idx) if len(idx) else None
         if found is None or graph.calls[sink.owner] > 1:
             return 0
         m, w = found
-        if any(_shared(gm, m, t) for t in (m.weight, m.bias)):
+        if any(t is not None and len(self._owners.get(id(t), ())) > 1 for t in (m.weight, m.bias)):
             return 0  # a tied weight or bias: changing it would change its other owner
         if (
             m.bias is None
@@ -227,15 +259,18 @@ class CompensatePass(SurgeryPass):
             return 0  # it would need a bias it does not have
         mean = means.get(edge_of(sink))
         if mean is None:
-            mean = expected_mean(gm, nodes[sink.space[0]], sink.space[1])
-        if mean is None or len(mean) != w.shape[1] or not np.isfinite(mean[idx]).all():
+            key = (sink.space, idx.tobytes())  # a residual sum feeds many consumers
+            if key not in self._means:
+                self._means[key] = expected_mean(gm, nodes[sink.space[0]], sink.space[1], idx)
+            mean = self._means[key]
+        if mean is None or len(mean) != m.weight.shape[1] or not np.isfinite(mean[idx]).all():
             return 0
         offset = mean[idx]
         moment = moments.get(edge_of(sink))
         if moment is not None and moment.shape == (len(mean), len(mean)):
             offset = self._reconstruct(m, gone, removed, mean, moment)
         with torch.no_grad():
-            delta = w[:, torch.as_tensor(idx)].double() @ torch.as_tensor(offset)
+            delta = w.double() @ torch.as_tensor(offset, device=w.device)
             _apply(gm, graph, nodes[sink.node], m, delta.to(w.dtype))
         return len(idx)
 
@@ -259,7 +294,9 @@ class CompensatePass(SurgeryPass):
             ta = torch.as_tensor(a, dtype=torch.float64, device=w.device)
             w_r = w[:, torch.as_tensor(drop)].double()
             add = torch.einsum("or...,rk->ok...", w_r, ta)
-            w[:, torch.as_tensor(keep)] += add.to(w.dtype)
+            new = w.detach().clone()  # a new tensor: the old one may be the user's own
+            new[:, torch.as_tensor(keep)] += add.to(w.dtype)
+            replace_tensor(m, "weight", new)
         return mean[drop] - a @ mean[keep]
 
 
@@ -270,7 +307,7 @@ def _apply(
     its only user, as ``running_mean -= delta``, else into its bias."""
     bn = _norm_after(gm, graph, consumer, m)
     if bn is not None:
-        bn.running_mean.sub_(delta.to(bn.running_mean))
+        replace_tensor(bn, "running_mean", bn.running_mean - delta.to(bn.running_mean))
         return
     add_bias(m, delta)
 
@@ -293,16 +330,6 @@ def _norm_after(
     ):
         return bn
     return None
-
-
-def _shared(gm: fx.GraphModule, owner: nn.Module, tensor: torch.Tensor | None) -> bool:
-    """``tensor`` (a parameter of ``owner``) is also held by another module of ``gm``."""
-    if tensor is None:
-        return False
-    return any(
-        mod is not owner and any(p is tensor for p in mod.parameters(recurse=False))
-        for mod in gm.modules()
-    )
 
 
 def recalibrate_norms(model: nn.Module, batches: Iterable[Any]) -> int:

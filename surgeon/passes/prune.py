@@ -46,19 +46,19 @@ def segments(group: Group) -> list[np.ndarray]:
     every producer writes whole (a residual sum), one per input for a concatenation (a dense
     block's features, an inception module's branches). Classes no producer makes form one
     more segment."""
-    by_maker: dict[tuple[int, ...], list[int]] = {}
-    makers = np.zeros((group.n_classes, 0), dtype=bool)
     columns: list[np.ndarray] = []
     for sl in group.params:
         if sl.role == "producer" and sl.space in group.class_of:
             col = np.zeros(group.n_classes, dtype=bool)
-            col[np.unique(group.class_of[sl.space])] = True
+            col[group.class_of[sl.space]] = True
             columns.append(col)
-    if columns:
-        makers = np.stack(columns, axis=1)
-    for c in range(group.n_classes):
-        by_maker.setdefault(tuple(np.flatnonzero(makers[c])), []).append(c)
-    return [np.asarray(v) for v in by_maker.values()]
+    if not columns:
+        return [np.arange(group.n_classes)]
+    makers = np.stack(columns, axis=1)
+    _, first, label = np.unique(makers, axis=0, return_index=True, return_inverse=True)
+    label = label.reshape(-1)
+    # one segment per distinct set of producers, in the order their first classes come
+    return [np.flatnonzero(label == k) for k in np.argsort(first, kind="stable")]
 
 
 def _spread(group: Group, mask: np.ndarray, order: list[int], want: int) -> int:

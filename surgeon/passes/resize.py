@@ -138,15 +138,19 @@ def _cuts(state: SurgeryState) -> dict[tuple[str, str], dict[int, np.ndarray]]:
         group = state.graph.groups[gi]
         for sl in group.params:
             gone = mask[group.class_of[sl.space]]
-            tidx = sl.tensor_index(len(gone))
-            kept, dropped = np.unique(tidx[~gone]), np.unique(tidx[gone])
-            if np.intersect1d(kept, dropped).size:
-                raise SurgeonPassError(
-                    f"{sl.owner}.{sl.name} dim {sl.dim}: channels that share a tensor index are "
-                    "split between kept and removed classes (a rule couples them wrongly)"
-                )
-            if not dropped.size:
-                continue
+            if sl.index is None:  # the space's indices are the tensor's
+                if not gone.any():
+                    continue
+                kept = np.flatnonzero(~gone)
+            else:
+                kept, dropped = np.unique(sl.index[~gone]), np.unique(sl.index[gone])
+                if np.intersect1d(kept, dropped).size:
+                    raise SurgeonPassError(
+                        f"{sl.owner}.{sl.name} dim {sl.dim}: channels that share a tensor index "
+                        "are split between kept and removed classes (a rule couples them wrongly)"
+                    )
+                if not dropped.size:
+                    continue
             key = (sl.owner, sl.name)
             prev = cuts[key].get(sl.dim)
             if prev is not None and not np.array_equal(prev, kept):

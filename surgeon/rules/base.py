@@ -142,10 +142,23 @@ def _tuple(v: Any) -> tuple:
 
 
 def add_bias(m: nn.Module, delta: torch.Tensor) -> None:
+    """``m.bias += delta``, as a new tensor (the old one may be the user's own: slim shares
+    the input model's parameters until it has cut them)."""
     if m.bias is None:
         m.bias = nn.Parameter(delta.clone().to(m.weight.device))
     else:
-        m.bias.add_(delta.to(m.bias.device))
+        replace_tensor(m, "bias", m.bias.detach() + delta.to(m.bias))
+
+
+def replace_tensor(m: nn.Module, name: str, value: torch.Tensor) -> None:
+    """Set ``m.name`` to ``value`` as what it is: a parameter, a buffer or a plain tensor."""
+    old = getattr(m, name)
+    if isinstance(old, nn.Parameter):
+        value = nn.Parameter(value, requires_grad=old.requires_grad)
+    if name in m._buffers:
+        m._buffers[name] = value
+    else:
+        setattr(m, name, value)
 
 
 def copy_module(m: nn.Module) -> nn.Module:
