@@ -260,6 +260,11 @@ def _slim(
     # which then runs (on the untouched input model) only where the graph is what comes back.
     defer = not options.inplace and options.returns != "graph"
     traced: Any = None
+
+    def check() -> None:  # before a failure is raised, the graph comes back or 'module' refuses
+        if defer:
+            check_trace(model, example_inputs, traced)
+
     with gc_paused():
         while True:
             work = model if options.inplace else _copy(model)
@@ -279,8 +284,7 @@ def _slim(
                 result = PassManager(surgery_passes(options)).run(gm)
                 break
             except Exception as exc:
-                if defer:  # a graph that is not the model's function explains any failure
-                    check_trace(model, example_inputs, traced)
+                check()  # a graph that is not the model's function explains any failure
                 if (
                     not isinstance(exc, SurgeonPassError)
                     or options.inplace
@@ -307,11 +311,6 @@ def _slim(
         }
         _warn_if_little(gm, graph, macs_before, options.ratio)
         log.info("slim: %s", result.stats)
-
-        def check() -> None:  # before the graph comes back (or 'module' refuses)
-            if defer:
-                check_trace(model, example_inputs, traced)
-
         out = _as_returned(model, work, gm, example_inputs, sizes_before, options, output, check)
         if out is not gm and hasattr(getattr(out, "config", None), "to_dict"):
             # the model's own class, built from a config: the config follows the sizes
