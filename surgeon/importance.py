@@ -9,6 +9,7 @@ inputs of its consumers) for compensation.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -152,9 +153,7 @@ def _slice_scores(
         with torch.no_grad():
             others = [d for d in range(t.dim()) if d != sl.dim]
             if isinstance(fn, int):
-                w = t.detach()
-                w = torch.linalg.vector_norm(w, fn, dim=others) if others else w.abs()
-                mag = w.double().pow(fn).cpu().numpy()
+                mag = power_sums(t.detach(), sl.dim, fn).cpu().numpy()
             else:
                 w = fn(sl, t.detach())
                 mag = (w.sum(dim=others) if others else w).double().cpu().numpy()
@@ -163,6 +162,33 @@ def _slice_scores(
         uniq, first = np.unique(tidx, return_index=True)
         np.add.at(scores, cls[first], mag[uniq])
     return scores
+
+
+_CHUNK = 1 << 18  # elements a chunk of a strided reduction reads (stays in cache)
+
+
+def power_sums(t: torch.Tensor, dim: int, p: int) -> torch.Tensor:
+    """``sum |t|^p`` over every dim but ``dim``, in float64.
+
+    Over the leading dim (a producer's filters) one fused norm; over an inner dim (a
+    consumer's input slices) the dims after it are reduced first, and the dims before it a
+    chunk of rows at a time: a strided reduction over a large weight in one call reads it
+    with poor locality (a 4096 x 25088 Linear: 1 s for its column norms, 0.07 s in chunks).
+    """
+    if t.dim() == 0:
+        return t.abs().double().pow(p).reshape(1)
+    if dim == 0:
+        if t.dim() == 1:
+            return t.abs().double().pow(p)
+        return torch.linalg.vector_norm(t, p, dim=tuple(range(1, t.dim()))).double().pow(p)
+    rows = t.reshape(math.prod(t.shape[:dim]), t.shape[dim], -1)
+    step = max(1, _CHUNK // max(1, rows.shape[1] * rows.shape[2]))
+    acc = torch.zeros(rows.shape[1], dtype=torch.float64, device=t.device)
+    for i in range(0, rows.shape[0], step):
+        part = rows[i : i + step]
+        part = part.abs() if p == 1 else part.abs().pow(p) if p != 2 else part.square()
+        acc += part.sum((0, 2), dtype=torch.float64)
+    return acc
 
 
 def _taylor_scores(group: Group, stats: DataStats | None) -> np.ndarray:

@@ -9,10 +9,13 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import surgeon
+from surgeon import importance
 from surgeon.errors import SurgeonInputError
-from surgeon.importance import class_scores, collect_stats
+from surgeon.importance import class_scores, collect_stats, power_sums
 from tests.helpers import MLP, convnet, mlp_data
 
 
@@ -155,3 +158,24 @@ def test_scoring_on_data_leaves_the_model_untouched():
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert all(p.grad is None for p in model.parameters())
+
+
+@settings(max_examples=60)
+@given(
+    shape=st.lists(st.integers(1, 6), min_size=1, max_size=4),
+    data=st.data(),
+    p=st.sampled_from([1, 2]),
+)
+def test_power_sums_equal_the_plain_sum_over_the_other_dims(shape, data, p):
+    # a chunk size of one row forces the chunked path through every row
+    dim = data.draw(st.integers(0, len(shape) - 1))
+    t = torch.randn(shape, generator=torch.Generator().manual_seed(len(shape) + dim))
+    others = [d for d in range(t.dim()) if d != dim]
+    want = t.double().abs().pow(p)
+    want = want.sum(others) if others else want
+    torch.testing.assert_close(power_sums(t, dim, p), want, rtol=1e-5, atol=0)
+    importance._CHUNK, old = 1, importance._CHUNK
+    try:
+        torch.testing.assert_close(power_sums(t, dim, p), want, rtol=1e-5, atol=0)
+    finally:
+        importance._CHUNK = old

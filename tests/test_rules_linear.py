@@ -3,11 +3,16 @@ constant channel folded into a Linear that has no bias yet."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import surgeon
+from surgeon.rules import base
+from surgeon.rules.base import clear_caches, zero_cols, zero_rows
 from tests.helpers import NetHarnesses, assert_exact, constant_channels
 
 
@@ -77,3 +82,51 @@ def test_bias_created_by_a_fold_is_resized_with_its_module():
     assert slim.b.bias is not None and slim.b.bias.shape == (slim.b.out_features,)
     assert slim(x).shape == (3, 2)
     assert_exact(net, x)
+
+
+@settings(max_examples=80)
+@given(
+    rows=st.integers(1, 6),
+    cols=st.integers(1, 5),
+    groups=st.sampled_from([1, 2]),
+    kernel=st.sampled_from([(), (2,), (1, 2)]),
+    zero_fraction=st.sampled_from([0.0, 0.3, 0.8, 1.0]),
+    transposed=st.booleans(),
+    dense_from=st.sampled_from([0.0, 2.0]),
+    data=st.data(),
+)
+def test_zero_rows_and_cols_match_the_summed_kernel_magnitudes(
+    rows, cols, groups, kernel, zero_fraction, transposed, dense_from, data
+):
+    """zero_rows / zero_cols answer from the zero pattern (kept as a matrix or as coordinates)
+    what sum(|w|) over the kernel says."""
+    old, base._DENSE_FROM = base._DENSE_FROM, dense_from
+    try:
+        _check_zero_pattern(rows, cols, groups, kernel, zero_fraction, transposed, data)
+    finally:
+        base._DENSE_FROM = old
+
+
+def _check_zero_pattern(rows, cols, groups, kernel, zero_fraction, transposed, data):
+    rows *= groups
+    g = torch.Generator().manual_seed(rows * 31 + cols)
+    shape = (cols, rows, *kernel) if transposed else (rows, cols, *kernel)
+    w = torch.randn(shape, generator=g) * (torch.rand(shape, generator=g) >= zero_fraction)
+    k = w.abs().flatten(2).sum(-1) if w.dim() > 2 else w.abs()
+    k = (k.T if transposed else k).numpy()  # [rows, cols]
+    bools = st.lists(st.booleans(), min_size=rows * cols, max_size=rows * cols)
+    dead_cells = np.array(data.draw(bools)).reshape(rows, cols)
+    dead_cols = dead_cells[0]
+    alive = np.array(data.draw(st.lists(st.booleans(), min_size=rows, max_size=rows)))
+    clear_caches()
+    assert (zero_rows(w, transposed=transposed) == (k == 0).all(1)).all()
+    for dead in (dead_cols, dead_cells):
+        want = ((k == 0) | dead).all(1)
+        assert (zero_rows(w, dead, transposed=transposed) == want).all()
+    if transposed and groups > 1:  # a grouped weight is never stored transposed
+        return
+    for live in (None, alive):
+        m = np.ones(rows, dtype=bool) if live is None else live
+        per_group = ((k == 0) | ~m[:, None]).reshape(groups, rows // groups, cols).all(1)
+        got = zero_cols(w, live, groups=groups, transposed=transposed)
+        assert (got == per_group.reshape(-1)).all()

@@ -128,35 +128,51 @@ def expected_mean(
     return None
 
 
+_BLOCK = 1 << 18  # weight elements per block of rows in a contraction
+
+
 def _contract_weight(
-    gm: fx.GraphModule, sink: Sink, source: fx.Node, cols: np.ndarray | None = None
-) -> tuple[nn.Module, torch.Tensor] | None:
-    """The consumer of ``sink`` and its weight as [out, in] (only the input columns ``cols``
-    when given) — for a conv, each kernel tap weighted by the fraction of output positions
-    where it reads inside the input (padding reads zeros), so that ``W @ mean`` is the
-    consumer's expected input over all positions — when the consumer is a Linear or an
-    ungrouped Conv reading the sink's space."""
+    gm: fx.GraphModule, sink: Sink, source: fx.Node, cols: np.ndarray
+) -> tuple[nn.Module, Callable[[np.ndarray], torch.Tensor]] | None:
+    """The consumer of ``sink`` and ``v -> W[:, cols] @ v`` (float64), when the consumer is a
+    Linear or an ungrouped Conv reading the sink's space. For a conv each kernel tap counts by
+    the fraction of output positions where it reads inside the input (padding reads zeros),
+    so that ``W @ mean`` is the consumer's expected input over all positions. The product
+    runs a block of rows at a time: no copy of the weight's size (a 4096 x 25088 Linear)."""
     if sink.kind != "contract" or sink.owner is None:
         return None
     m = gm.get_submodule(sink.owner)
-    w = m.weight.detach() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)) else None
-    if w is not None and cols is not None:
-        if len(cols) and int(cols.max()) >= w.shape[1]:
-            return None  # the sink's space is not this weight's input dim
-        w = w.index_select(1, torch.as_tensor(cols, dtype=torch.long, device=w.device))
-    if isinstance(m, nn.Linear):
-        return m, w
-    if not isinstance(m, nn.modules.conv._ConvNd) or m.transposed or m.groups != 1:
+    if not isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)):
         return None
-    meta = source.meta.get("tensor_meta")
-    shape = getattr(meta, "shape", None)
-    k = m.weight.dim() - 2
-    if shape is None or len(shape) != k + 2 or m.padding_mode != "zeros":
-        return None
-    frac = _tap_fractions(
-        tuple(shape[2:]), tuple(m.kernel_size), m.stride, m.padding, m.dilation
-    ).to(w.device)
-    return m, (w.flatten(2).double() @ frac).to(w.dtype)
+    w = m.weight.detach()
+    if len(cols) and int(cols.max()) >= w.shape[1]:
+        return None  # the sink's space is not this weight's input dim
+    frac = None
+    if isinstance(m, nn.modules.conv._ConvNd):
+        if m.transposed or m.groups != 1:
+            return None
+        meta = source.meta.get("tensor_meta")
+        shape = getattr(meta, "shape", None)
+        k = w.dim() - 2
+        if shape is None or len(shape) != k + 2 or m.padding_mode != "zeros":
+            return None
+        frac = _tap_fractions(
+            tuple(shape[2:]), tuple(m.kernel_size), m.stride, m.padding, m.dilation
+        ).to(w.device)
+    index = torch.as_tensor(cols, dtype=torch.long, device=w.device)
+
+    def times(v: np.ndarray) -> torch.Tensor:
+        vec = torch.as_tensor(v, dtype=torch.float64, device=w.device)
+        step = max(1, _BLOCK // max(1, len(cols) * math.prod(w.shape[2:])))
+        out = []
+        for i in range(0, w.shape[0], step):
+            block = w[i : i + step].index_select(1, index).double()
+            if frac is not None:
+                block = block.flatten(2) @ frac
+            out.append(block @ vec)
+        return torch.cat(out) if out else vec.new_zeros(0)
+
+    return m, times
 
 
 @functools.lru_cache(maxsize=256)
@@ -248,7 +264,7 @@ class CompensatePass(SurgeryPass):
         found = _contract_weight(gm, sink, nodes[sink.space[0]], idx) if len(idx) else None
         if found is None or graph.calls[sink.owner] > 1:
             return 0
-        m, w = found
+        m, times = found
         if any(t is not None and len(self._owners.get(id(t), ())) > 1 for t in (m.weight, m.bias)):
             return 0  # a tied weight or bias: changing it would change its other owner
         if (
@@ -270,8 +286,7 @@ class CompensatePass(SurgeryPass):
         if moment is not None and moment.shape == (len(mean), len(mean)):
             offset = self._reconstruct(m, gone, removed, mean, moment)
         with torch.no_grad():
-            delta = w.double() @ torch.as_tensor(offset, device=w.device)
-            _apply(gm, graph, nodes[sink.node], m, delta.to(w.dtype))
+            _apply(gm, graph, nodes[sink.node], m, times(offset).to(m.weight.dtype))
         return len(idx)
 
     @staticmethod

@@ -188,7 +188,8 @@ def _slice_tensor(
         new = old.detach()
         for dim, kept in sorted(dims.items()):
             new = new.index_select(dim, torch.as_tensor(kept, dtype=torch.long, device=new.device))
-        new = new.clone()
+        if not dims:  # else index_select already made a new tensor
+            new = new.clone()
     if isinstance(old, nn.Parameter):
         new = nn.Parameter(new, requires_grad=old.requires_grad)
         setattr(module, name, new)

@@ -96,45 +96,123 @@ def _torch_const(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[np.nda
     return apply
 
 
-_ABS_CACHE: dict[tuple[int, int, int], np.ndarray] = {}
+_DENSE_FROM = 1 / 16  # the fraction of zero pairs from which a bool matrix is kept
 
 
-def _kernel_abs(w: torch.Tensor) -> np.ndarray:
-    """|w| summed over the kernel: [dim0, dim1] (a zero entry means that pair never interacts).
+class _Zeros:
+    """The ``[dim0, dim1]`` pairs of a weight whose kernel is all zero (they never interact):
+    a bool matrix, or only their coordinates when few are (a randomly initialised Linear has
+    a dozen exact zeros in 100M weights), or nothing at all (``none``)."""
 
-    Cached per tensor and version: PropagatePass asks for it once per sink and per round, and
-    weights do not change while it runs (folds only touch biases). The cache is cleared for
-    each new channel graph (:func:`clear_caches`).
+    def __init__(self, w: torch.Tensor) -> None:
+        self.shape = (w.shape[0], w.shape[1])
+        zeros = w.numel() - int(torch.count_nonzero(w))  # NaN counts as nonzero
+        self.none = zeros == 0
+        self.dense: np.ndarray | None = None
+        self.coords: tuple[np.ndarray, np.ndarray] | None = None
+        if self.none:
+            return
+        if w.dim() == 2 and zeros < w.numel() * _DENSE_FROM:  # a block of rows at a time
+            step = max(1, (1 << 20) // max(1, w.shape[1]))
+            found = [
+                (w[i : i + step] == 0).nonzero().cpu().numpy() + [i, 0]
+                for i in range(0, w.shape[0], step)
+            ]
+            r, c = np.concatenate(found).T
+            self.coords = (r, c)
+            return
+        z = w == 0 if w.dim() == 2 else ~(w != 0).flatten(2).any(-1)
+        count = zeros if w.dim() == 2 else int(torch.count_nonzero(z))
+        if count == 0:
+            self.none = True
+        elif count < z.numel() * _DENSE_FROM:
+            r, c = z.nonzero().cpu().numpy().T
+            self.coords = (r, c)
+        else:
+            self.dense = z.cpu().numpy()
+
+    def transposed(self) -> _Zeros:
+        t = copy.copy(self)
+        t.shape = self.shape[::-1]
+        t.dense = None if self.dense is None else self.dense.T
+        t.coords = None if self.coords is None else self.coords[::-1]
+        return t
+
+    def rows(self, dead: np.ndarray | None) -> np.ndarray:
+        """Per row: every column is zero or ``dead`` (per column, or per row and column)."""
+        rows, cols = self.shape
+        if self.dense is not None:
+            return (self.dense if dead is None else self.dense | dead).all(1)
+        if dead is None:
+            dead = np.zeros(cols, dtype=bool)
+        dead = np.broadcast_to(dead, (rows, cols)) if dead.ndim == 2 else dead
+        need = (~dead).sum(-1) * np.ones(rows, dtype=np.int64)  # live columns per row
+        if self.none:
+            return need == 0
+        r, c = self.coords  # type: ignore[misc]
+        live = ~(dead[r, c] if dead.ndim == 2 else dead[c])
+        return np.bincount(r[live], minlength=rows) == need
+
+    def cols(self, alive: np.ndarray | None, groups: int) -> np.ndarray:
+        """Per group and column: every alive row of the group is zero there."""
+        rows, cols = self.shape
+        live = np.ones(rows, dtype=bool) if alive is None else alive
+        if self.dense is not None:
+            z = self.dense | ~live[:, None]
+            return z.reshape(groups, rows // groups, cols).all(1).reshape(-1)
+        need = np.repeat(live.reshape(groups, -1).sum(1), cols)  # alive rows per group
+        if self.none:
+            return need == 0
+        r, c = self.coords  # type: ignore[misc]
+        keep = live[r]
+        key = (r[keep] // (rows // groups)) * cols + c[keep]
+        return np.bincount(key, minlength=groups * cols) == need
+
+
+_ZERO_CACHE: dict[tuple[int, int, int], _Zeros] = {}
+
+
+def _kernel_zeros(w: torch.Tensor, transposed: bool = False) -> _Zeros:
+    """The zero pattern of ``w`` summed over its kernel (``transposed``: as ``[dim1, dim0]``),
+    found with one count of nonzeros and no temporary the weight's size when there is none (a
+    4096 x 25088 Linear: 0.05 s, where ``|w|`` took 0.4 s).
+
+    Cached per tensor and version: PropagatePass asks once per sink and per round, and weights
+    do not change while it runs (folds only touch biases). The cache is cleared for each new
+    channel graph (:func:`clear_caches`).
     """
     key = (id(w), w._version, w.data_ptr())
-    hit = _ABS_CACHE.get(key)
-    if hit is not None:
-        return hit
-    with torch.no_grad():
-        a = w.detach().abs()
-        if a.dim() > 2:
-            a = a.flatten(2).sum(-1)
-        out = a.float().cpu().numpy()
-    _ABS_CACHE[key] = out
-    return out
+    z = _ZERO_CACHE.get(key)
+    if z is None:
+        with torch.no_grad():
+            z = _ZERO_CACHE[key] = _Zeros(w.detach())
+    return z.transposed() if transposed else z
 
 
-def _zero_lines(w: torch.Tensor, axis: int) -> np.ndarray:
-    """Of ``|w|`` summed over the kernel ([dim0, dim1]): which entries along dim ``1 - axis``
-    have all-zero weights (``axis=1``: per dim-0 index; ``axis=0``: per dim-1 index). Cached."""
-    key = (id(w), w._version, w.data_ptr(), axis)
-    hit = _LINE_CACHE.get(key)
-    if hit is None:
-        hit = _LINE_CACHE[key] = (_kernel_abs(w) == 0).all(axis)
-    return hit
+def zero_rows(
+    w: torch.Tensor, dead: np.ndarray | None = None, *, transposed: bool = False
+) -> np.ndarray:
+    """Per output index (dim 0 of ``w``, dim 1 when ``transposed``): True where every input
+    it reads has zero weight or is marked in ``dead`` (a bool per input, or per output and
+    input)."""
+    return _kernel_zeros(w, transposed).rows(dead)
 
 
-_LINE_CACHE: dict[tuple[int, int, int, int], np.ndarray] = {}
+def zero_cols(
+    w: torch.Tensor,
+    alive: np.ndarray | None = None,
+    *,
+    groups: int = 1,
+    transposed: bool = False,
+) -> np.ndarray:
+    """Per input index (dim 1 of ``w``, dim 0 when ``transposed``; for ``groups`` > 1 per
+    group and in-group input, ``[groups * dim1]``): True where every output of its group that
+    is ``alive`` (all when None) has zero weight on it."""
+    return _kernel_zeros(w, transposed).cols(alive, groups)
 
 
 def clear_caches() -> None:
-    _LINE_CACHE.clear()
-    _ABS_CACHE.clear()
+    _ZERO_CACHE.clear()
 
 
 def _tuple(v: Any) -> tuple:

@@ -14,14 +14,14 @@ import torch.nn.functional as F
 from surgeon.rules.base import (
     NAN,
     FunctionalWeights,
-    _kernel_abs,
     _nan,
     _np,
     _tuple,
-    _zero_lines,
     add_bias,
     block_all,
     set_arg,
+    zero_cols,
+    zero_rows,
 )
 from surgeon.rules.linear import _contraction
 from surgeon.rules.registry import register
@@ -149,11 +149,10 @@ def _conv(
         if m.weight is None:
             return {yc: _nan(cout)}
         if not xz.any():  # the usual case: only all-zero filters give constants
-            ok = _zero_lines(m.weight, 1)
-        elif g == 1:
-            ok = ~(_kernel_abs(m.weight)[:, ~xz[0]] != 0).any(1)
+            dead = None
         else:
-            ok = ((_kernel_abs(m.weight) == 0) | np.repeat(xz, opg, axis=0)).all(1)
+            dead = xz[0] if g == 1 else np.repeat(xz, opg, axis=0)
+        ok = zero_rows(m.weight, dead)
         return {yc: np.where(ok, _np(m.bias, cout), NAN)}
 
     ctx.transfer(transfer)
@@ -171,16 +170,7 @@ def _conv_ignores(m: nn.Module, g: int) -> Callable[[np.ndarray | None], np.ndar
     def ignores(alive_rows: np.ndarray | None) -> np.ndarray:
         if m.weight is None:  # a kernel computed in the graph: nothing known
             return np.zeros(m.in_channels, dtype=bool)
-        if g == 1 and (alive_rows is None or alive_rows.all()):
-            return _zero_lines(m.weight, 0)
-        if g == 1:
-            return ~(_kernel_abs(m.weight)[alive_rows] != 0).any(0)
-        w = _kernel_abs(m.weight)  # [cout, ipg]
-        if alive_rows is not None:
-            w = w * alive_rows[:, None]
-        cout, ipg = w.shape
-        per_group = w.reshape(g, cout // g, ipg).sum(1)  # [g, ipg]
-        return (per_group == 0).reshape(-1)
+        return zero_cols(m.weight, alive_rows, groups=g)
 
     return ignores
 

@@ -15,12 +15,12 @@ import torch.nn.functional as F
 from surgeon.rules.base import (
     NAN,
     FunctionalWeights,
-    _kernel_abs,
     _nan,
     _np,
-    _zero_lines,
     add_bias,
     block_all,
+    zero_cols,
+    zero_rows,
 )
 from surgeon.rules.registry import register
 from surgeon.spaces import RuleContext, Space
@@ -61,17 +61,12 @@ def _contraction(
         ctx.param(owner, "bias", 0, yc)  # even when None: a constant fold may create it
         ctx.param(owner, "weight", in_dim, xin, role="consumer")
 
-    def weights() -> np.ndarray:  # |w| as [out, in]
-        w = _kernel_abs(m.weight)
-        return w.T if out_dim == 1 else w
+    flip = out_dim == 1  # the weight is [in, out]
 
     def ignores(alive_rows):
         if m.weight is None:  # a weight computed in the graph: nothing known
             return np.zeros(ctx.shapes[xin[0]][xin[1]], dtype=bool)
-        if alive_rows is None or alive_rows.all():
-            return _zero_lines(m.weight, 0 if out_dim == 0 else 1)
-        w = weights()
-        return (w * alive_rows[:, None]).sum(0) == 0
+        return zero_cols(m.weight, alive_rows, transposed=flip)
 
     ctx.sink(xin, "contract", ignores=ignores, fold=fold, out_space=yc)
 
@@ -79,10 +74,7 @@ def _contraction(
         xz = c(xin) == 0
         if m.weight is None:
             return {yc: _nan(ctx.shapes[yc[0]][yc[1]])}
-        if not xz.any():
-            ok = _zero_lines(m.weight, 1 if out_dim == 0 else 0)
-        else:
-            ok = ((weights() == 0) | xz[None, :]).all(1)
+        ok = zero_rows(m.weight, xz if xz.any() else None, transposed=flip)
         return {yc: np.where(ok, _np(m.bias, len(ok)), NAN)}
 
     ctx.transfer(transfer)
