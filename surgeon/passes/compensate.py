@@ -114,9 +114,14 @@ def expected_mean(
                 rows = torch.arange(n)
                 if only is not None:  # the channels of the wanted indices (after flatten)
                     rows = torch.as_tensor(np.unique(np.asarray(only) // repeat), dtype=torch.long)
+                # float32 unless the model is float64: a third of the time on ~4000 points
+                # per channel, relative error below 1e-5 (far below what the Gaussian model
+                # of the channel assumes)
+                float64 = m.weight is not None and m.weight.dtype == torch.float64
+                dtype = torch.float64 if float64 else torch.float32
                 y = torch.addcmul(beta.cpu()[rows, None], gamma.abs().cpu()[rows, None], _Z)
                 mean = torch.full((n,), math.nan, dtype=torch.float64)
-                mean[rows] = (act(y).double() @ _W).reshape(-1)
+                mean[rows] = (act(y.to(dtype)) @ _W.to(dtype)).double().reshape(-1)
             return np.repeat(mean.numpy(), repeat)
         if _keeps_mean(gm, node):
             node = node.args[0]
