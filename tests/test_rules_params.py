@@ -3,11 +3,17 @@
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import surgeon
+from surgeon.rules.params import constant_slices
 from tests.helpers import NetHarnesses, assert_exact, seeded
 from tests.test_rules_shape import NETS as SHAPE_NETS
 
@@ -66,3 +72,30 @@ def test_a_weight_read_directly_keeps_the_dims_its_module_uses_whole():
     slim = assert_exact(net, x)
     assert tuple(slim.proj.weight.shape) == (8, 3, 4, 4)
     assert tuple(surgeon.slim(net, 0.5, x).proj.weight.shape) == (4, 3, 4, 4)
+
+
+@settings(max_examples=80)
+@given(
+    shape=st.lists(st.integers(0, 4), min_size=1, max_size=3),
+    values=st.sampled_from([[0.0], [0.0, 1.0], [1.5, float("nan")], [-2.0, 3.0, 0.5]]),
+    integer=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_constant_slices_equal_the_min_max_of_every_slice(shape, values, integer, seed):
+    """Few distinct values make many constant slices; NaN slices are never constant."""
+    g = torch.Generator().manual_seed(seed)
+    pool = torch.tensor(values, dtype=torch.float64)
+    t = pool[torch.randint(len(values), shape, generator=g)]
+    if integer:
+        t = torch.nan_to_num(t).to(torch.int64)
+    got = constant_slices(t)
+    for d, vals in enumerate(got):
+        rest = math.prod(n for i, n in enumerate(t.shape) if i != d)
+        flat = t.double().movedim(d, 0).reshape(t.shape[d], rest)
+        for i in range(t.shape[d]):
+            row = flat[i]
+            const = row.numel() > 0 and bool((row == row[0]).all())
+            if const:
+                assert vals[i] == float(row[0])
+            else:
+                assert np.isnan(vals[i])

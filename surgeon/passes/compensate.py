@@ -119,9 +119,12 @@ def expected_mean(
                 # of the channel assumes)
                 float64 = m.weight is not None and m.weight.dtype == torch.float64
                 dtype = torch.float64 if float64 else torch.float32
-                y = torch.addcmul(beta.cpu()[rows, None], gamma.abs().cpu()[rows, None], _Z)
+                # 64 channels at a time: a 1280-channel norm would take 40 MB at once
+                mu, sigma, z, w = beta.cpu(), gamma.abs().cpu(), _Z.to(dtype), _W.to(dtype)
                 mean = torch.full((n,), math.nan, dtype=torch.float64)
-                mean[rows] = (act(y.to(dtype)) @ _W.to(dtype)).double().reshape(-1)
+                for part in rows.split(64):
+                    y = torch.addcmul(mu[part, None].to(dtype), sigma[part, None].to(dtype), z)
+                    mean[part] = (act(y) @ w).double().reshape(-1)
             return np.repeat(mean.numpy(), repeat)
         if _keeps_mean(gm, node):
             node = node.args[0]
