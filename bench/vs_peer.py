@@ -9,6 +9,8 @@ Linear kept whole, one torch thread):
   of each, on a fresh copy each time (the copy is not timed); min and median of ``--repeat``;
 * peak memory: the process's resident memory sampled every millisecond during the call,
   above what it was just before (MiB), and as a multiple of the model's parameter bytes;
+* one eager forward of the original (no_grad, min of 3): what a single check of a result by
+  running the model costs, beside the slim times;
 * MAC drop (``surgeon.count_macs``), and whether the output shape is kept;
 * onnxruntime CPU latency of the original, the peer's slim model and surgeon's, one intra-op
   thread, batch 1, timed round by round in alternating order (``surgeon.bench_interleaved``),
@@ -135,6 +137,12 @@ def measure(name: str, args: argparse.Namespace, folder: Path) -> dict[str, Any]
             results[who] = out
     with torch.no_grad():
         want = main_output(model(x)).shape
+        forwards = []
+        for _ in range(3):  # the floor of a tool that checks its result by running it
+            start = time.perf_counter()
+            model(x)
+            forwards.append(time.perf_counter() - start)
+    row["forward_s"] = min(forwards)
     macs = count_macs(model, x)
     paths = [surgeon.export(model, x, folder / f"{name}.onnx")]
     labels = ["original"]
@@ -190,6 +198,7 @@ def _cells(row: dict[str, Any]) -> list[str]:
 
     return [
         row["model"],
+        f"{row['forward_s']:.3f}",
         f"{peer['min_s']:.2f} / {peer['median_s']:.2f}",
         f"{ours['min_s']:.2f} / {ours['median_s']:.2f}",
         f"{ours['min_s'] / peer['min_s']:.2f}",
@@ -206,6 +215,7 @@ def _cells(row: dict[str, Any]) -> list[str]:
 
 HEADERS = [
     "model",
+    "one forward s",
     "peer s (min / med)",
     "surgeon s (min / med)",
     "surgeon / peer",
