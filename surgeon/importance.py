@@ -175,13 +175,16 @@ def power_sums(t: torch.Tensor, dim: int, p: int) -> torch.Tensor:
     chunk of rows at a time: a strided reduction over a large weight in one call reads it
     with poor locality (a 4096 x 25088 Linear: 1 s for its column norms, 0.07 s in chunks).
     """
+    if t.dtype not in (torch.float32, torch.float64):
+        t = t.float()  # float16 squares below 2.4e-4 to 0 and above 256 to inf
     if t.dim() == 0:
         return t.abs().double().pow(p).reshape(1)
     if dim == 0:
         if t.dim() == 1:
             return t.abs().double().pow(p)
         return torch.linalg.vector_norm(t, p, dim=tuple(range(1, t.dim()))).double().pow(p)
-    rows = t.reshape(math.prod(t.shape[:dim]), t.shape[dim], -1)
+    inner = math.prod(t.shape[dim + 1 :])  # not -1: a zero-size dim makes -1 ambiguous
+    rows = t.reshape(math.prod(t.shape[:dim]), t.shape[dim], inner)
     step = max(1, _CHUNK // max(1, rows.shape[1] * rows.shape[2]))
     acc = torch.zeros(rows.shape[1], dtype=torch.float64, device=t.device)
     for i in range(0, rows.shape[0], step):

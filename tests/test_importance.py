@@ -162,14 +162,18 @@ def test_scoring_on_data_leaves_the_model_untouched():
 
 @settings(max_examples=60)
 @given(
-    shape=st.lists(st.integers(1, 6), min_size=1, max_size=4),
+    shape=st.lists(st.integers(0, 6), min_size=1, max_size=4),
     data=st.data(),
     p=st.sampled_from([1, 2]),
+    dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]),
+    scale=st.sampled_from([1.0, 1e-4, 300.0]),
 )
-def test_power_sums_equal_the_plain_sum_over_the_other_dims(shape, data, p):
-    # a chunk size of one row forces the chunked path through every row
+def test_power_sums_equal_the_plain_sum_over_the_other_dims(shape, data, p, dtype, scale):
+    # a chunk size of one row forces the chunked path through every row; float16 weights of
+    # 1e-4 square to 0 and of 300 to inf in their own dtype; a zero-size dim sums to zeros
     dim = data.draw(st.integers(0, len(shape) - 1))
     t = torch.randn(shape, generator=torch.Generator().manual_seed(len(shape) + dim))
+    t = (t * scale).to(dtype)
     others = [d for d in range(t.dim()) if d != dim]
     want = t.double().abs().pow(p)
     want = want.sum(others) if others else want

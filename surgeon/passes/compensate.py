@@ -117,7 +117,10 @@ def expected_mean(
                 # float32 unless the model is float64: a third of the time on ~4000 points
                 # per channel, relative error below 1e-5 (far below what the Gaussian model
                 # of the channel assumes)
-                float64 = m.weight is not None and m.weight.dtype == torch.float64
+                float64 = any(
+                    t is not None and t.dtype == torch.float64
+                    for t in (m.weight, m.running_mean)
+                )
                 dtype = torch.float64 if float64 else torch.float32
                 # 64 channels at a time: a 1280-channel norm would take 40 MB at once
                 mu, sigma, z, w = beta.cpu(), gamma.abs().cpu(), _Z.to(dtype), _W.to(dtype)
