@@ -118,8 +118,7 @@ def expected_mean(
                 # per channel, relative error below 1e-5 (far below what the Gaussian model
                 # of the channel assumes)
                 float64 = any(
-                    t is not None and t.dtype == torch.float64
-                    for t in (m.weight, m.running_mean)
+                    t is not None and t.dtype == torch.float64 for t in (m.weight, m.running_mean)
                 )
                 dtype = torch.float64 if float64 else torch.float32
                 # 64 channels at a time: a 1280-channel norm would take 40 MB at once
