@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import copy
+import functools
 import inspect
 import io
 import keyword
@@ -85,8 +86,74 @@ def inputs_from_spec(spec: Any) -> Any:
     return spec["value"]
 
 
+# factories that take a size as varargs: ``torch.ones(n, m)`` with traced sizes fails in
+# torch's argument parser (fx gets no say); ``torch.ones((n, m))`` traces
+_SIZE_VARARGS = ("ones", "zeros", "empty", "rand", "randn")
+
+
+def _packing(fn: Any) -> Any:
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        if len(args) > 1 and any(isinstance(a, fx.Proxy) for a in args):
+            return fn(tuple(args), **kwargs)
+        return fn(*args, **kwargs)
+
+    return call
+
+
+@contextlib.contextmanager
+def _sizes_packed():
+    """``torch.ones(*sizes)`` and friends take traced sizes while a trace runs."""
+    saved = {name: getattr(torch, name) for name in _SIZE_VARARGS}
+    try:
+        for name, fn in saved.items():
+            setattr(torch, name, _packing(fn))
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(torch, name, fn)
+
+
+_OWN = ("_parameters", "_buffers", "_modules")
+
+
+def _holds_proxy(value: Any) -> bool:
+    return any(isinstance(v, fx.Proxy) for v in pytree.tree_leaves(value))
+
+
+@contextlib.contextmanager
+def _caches_kept(root: Any):
+    """Attributes a forward writes while it is traced (LeViT's attention-bias cache, filled in
+    eval mode) would keep graph values after the trace, and the module would hand them back
+    to its next eager call: each attribute that holds one gets its value from before."""
+    modules = list(root.modules()) if isinstance(root, torch.nn.Module) else []
+    before = []
+    for m in modules:
+        state = {k: v for k, v in vars(m).items() if k not in _OWN}
+        copies = {k: dict(v) for k, v in state.items() if isinstance(v, dict)}
+        before.append((m, state, copies))
+    try:
+        yield
+    finally:
+        for m, state, copies in before:
+            for k, v in list(vars(m).items()):
+                if k in _OWN or not _holds_proxy(v):
+                    continue
+                if k not in state:
+                    delattr(m, k)
+                elif v is state[k] and k in copies:  # the same dict, written in place
+                    v.clear()
+                    v.update(copies[k])
+                else:
+                    setattr(m, k, state[k])
+
+
 class SurgeonTracer(fx.Tracer):
     """An fx tracer that honours user leaf modules and remembers where tracing failed."""
+
+    def trace(self, root: Any, concrete_args: Any = None) -> fx.Graph:
+        with _sizes_packed(), _caches_kept(root):
+            return super().trace(root, concrete_args)
 
     def __init__(
         self, leaf_modules: Iterable[type[torch.nn.Module] | torch.nn.Module | str] = ()

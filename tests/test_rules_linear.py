@@ -47,10 +47,35 @@ class EinsumNet(nn.Module):
         return self.proj(y.reshape(b, n, 16))
 
 
+class MatmulLinear(nn.Linear):
+    """Falcon's linear layer: ``x @ weight.T`` written out (traced through, not a leaf)."""
+
+    def forward(self, x):
+        return x @ self.weight.T
+
+
+class MatmulWeights(nn.Module):
+    """``x @ w.T``, ``x @ w.t()`` and ``x @ w`` with an ``(in, out)`` weight: Linear layers
+    without bias, written as matmuls with a parameter."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = MatmulLinear(6, 12, bias=False)
+        self.w2 = nn.Parameter(torch.randn(12, 10) * 0.3)  # (in, out)
+        self.w3 = nn.Parameter(torch.randn(8, 10) * 0.3)
+        self.o = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = F.gelu(self.fc1(x))
+        h = torch.relu(torch.matmul(h, self.w2))
+        return self.o(F.silu(h @ self.w3.t()))
+
+
 class TestNets(NetHarnesses):
     nets = {
         "tokens": (TokenNet, lambda: torch.randint(0, 20, (2, 7))),
         "einsum_attention": (EinsumNet, lambda: torch.randn(2, 5, 8)),
+        "matmul_weights": (MatmulWeights, lambda: torch.randn(2, 5, 6)),
     }
 
 

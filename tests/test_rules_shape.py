@@ -14,6 +14,8 @@ from tests.helpers import (
     assert_exact_at_zero,
     assert_slims_at_half,
     groups_of,
+    matching_rows,
+    seeded,
 )
 
 
@@ -62,6 +64,23 @@ class ReshapeAsNet(Widen):
         h = torch.relu(self.a(x))
         g = (h.view(x.shape[0], x.shape[1], 3, 4) * 2.0).reshape_as(h)
         return self.o(g + h)
+
+
+class TransposeAttrNet(nn.Module):
+    """Weights used as ``x @ w.T`` (Falcon's linear layers) and activations through ``.mT``
+    and ``.T``: the attributes are permutes."""
+
+    def __init__(self):
+        super().__init__()
+        self.w1 = nn.Parameter(torch.randn(12, 6) * 0.4)
+        self.b1 = nn.Parameter(torch.randn(12) * 0.1)
+        self.w2 = nn.Parameter(torch.randn(10, 12) * 0.3)
+        self.o = nn.Linear(10, 3)
+
+    def forward(self, x):
+        h = torch.relu(x @ self.w1.T + self.b1)  # (2, 5, 12)
+        h = (self.w2 @ h.mT).mT  # (2, 5, 10)
+        return self.o(torch.tanh(h[0].T.T))
 
 
 NETS = {
@@ -182,3 +201,26 @@ def test_pad_roll_flip_keep_channels_free(tmp_path):
     assert_exact_at_zero(net, x)
     slim = assert_slims_at_half(net, x, tmp_path)
     assert slim.a.out_channels == 6 == slim.b.in_channels and slim.b.out_channels == 6
+
+
+def test_weight_transpose_attributes_prune_like_a_linear(tmp_path):
+    # raw parameters take no part in the zeroing harness: the original with the removed
+    # channels masked out must compute what the slim model computes
+    model, x = seeded(TransposeAttrNet, lambda: torch.randn(2, 5, 6))
+    graph = surgeon.analyze(model, x)
+    assert groups_of(graph, "", 0, "w1")[0].prunable and groups_of(graph, "", 0, "w2")[0].prunable
+    slim = assert_slims_at_half(model, x, tmp_path, compensate=False)
+    assert slim.w1.shape == (6, 6) and slim.w2.shape == (5, 6)
+    keep1 = matching_rows(model.b1, slim.b1)
+    keep2 = matching_rows(model.w2[:, keep1[0]], slim.w2[:, 0])
+    with torch.no_grad():
+        masked = TransposeAttrNet()
+        masked.load_state_dict(model.state_dict())
+        gone1 = torch.ones(12, dtype=torch.bool).index_fill_(0, keep1, False)
+        masked.w1[gone1] = 0
+        masked.b1[gone1] = 0
+        masked.w2[:, gone1] = 0
+        gone2 = torch.ones(10, dtype=torch.bool).index_fill_(0, keep2, False)
+        masked.w2[gone2] = 0
+        masked.o.weight[:, gone2] = 0
+        torch.testing.assert_close(slim(x), masked(x))

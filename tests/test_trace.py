@@ -302,3 +302,66 @@ def test_the_input_model_keeps_its_values_and_shares_no_tensor(returns, with_dat
     theirs = {t.untyped_storage().data_ptr() for t in model.state_dict().values() if t.numel()}
     mine = [t for t in slim.state_dict().values() if t.numel()]
     assert not any(t.untyped_storage().data_ptr() in theirs for t in mine)
+
+
+class SizedFactories(nn.Module):
+    """A mask and positions made with ``torch.ones(b, n)`` / ``torch.zeros(b, n)`` from
+    traced sizes (OPT's decoder): torch's argument parser refuses traced varargs sizes before
+    fx sees the call, so the whole forward failed to trace."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(6, 12)
+        self.fc2 = nn.Linear(12, 4)
+
+    def forward(self, x):
+        b, n = x.shape[0], x.shape[1]
+        pos = torch.ones(b, n, device=x.device).cumsum(1) / n + torch.zeros(b, n, dtype=x.dtype)
+        h = torch.relu(self.fc1(x)) * pos[..., None]
+        return self.fc2(h)
+
+
+def test_factories_with_traced_sizes_trace_and_slim(tmp_path):
+    net, x = SizedFactories().eval(), torch.randn(2, 5, 6)
+    before = torch.ones, torch.zeros
+    gm = trace(net, x)
+    assert (torch.ones, torch.zeros) == before  # the factories are torch's own again
+    assert gm.meta[SPECIALISED_KEY] is None  # plain symbolic tracing took it: sizes stay free
+    assert_exact_at_zero(net, x)
+    slim = assert_slims_at_half(net, x, tmp_path)
+    assert slim.fc1.out_features == 6
+    with torch.no_grad():  # another batch and length: the factories' sizes stayed traced
+        assert slim(torch.randn(3, 7, 6)).shape == (3, 7, 4)
+
+
+class CachedBias(nn.Module):
+    """LeViT's attention: in eval mode a tensor computed from a parameter is cached per
+    device in a dict (and here in an attribute too); tracing fills both with graph values."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(6, 12)
+        self.table = nn.Parameter(torch.randn(12) * 0.1)
+        self.cache = {}
+        self.fc2 = nn.Linear(12, 4)
+
+    def scale(self, device):
+        if self.training:
+            return self.table.exp()
+        if str(device) not in self.cache:
+            self.cache[str(device)] = self.table.exp()
+            self.last = self.cache[str(device)]
+        return self.cache[str(device)]
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)) * self.scale(x.device))
+
+
+def test_what_forward_caches_while_traced_is_not_kept():
+    net, x = CachedBias().eval(), torch.randn(2, 5, 6)
+    gm = trace(net, x)
+    # the eager check after the trace fills them with tensors, never with graph values
+    assert all(type(v) is torch.Tensor for v in [*net.cache.values(), getattr(net, "last", x)])
+    with torch.no_grad():
+        assert_same(gm(x), net(x))
+    assert_exact_at_zero(net, x)

@@ -180,14 +180,50 @@ def _embedding(ctx: RuleContext, x: fx.Node, m: Any) -> Space:
     return yc
 
 
+def _weight_operand(ctx: RuleContext, b: Any) -> tuple[fx.Node, bool] | None:
+    """``(w, flip)`` when ``b`` is a 2-D parameter ``w`` read as it is (``x @ w``, an
+    ``(in, out)`` weight: flip) or transposed (``x @ w.T``, Falcon's linear layers), else None."""
+    if not isinstance(b, fx.Node) or len(ctx.shape(b) or ()) != 2:
+        return None
+    if b.op == "get_attr":
+        return b, True
+    src = b.args[0] if b.args else None
+    if not isinstance(src, fx.Node) or src.op != "get_attr" or len(ctx.shape(src) or ()) != 2:
+        return None
+    if (b.op, b.target) in (("call_function", getattr),) and b.args[1] in ("T", "mT"):
+        return src, False
+    if (b.op == "call_method" and b.target == "t") or (
+        b.op == "call_function" and b.target is torch.t
+    ):
+        return src, False
+    return None
+
+
 @register(torch.matmul, operator.matmul, torch.bmm, "matmul", "bmm")
 def matmul_rule(ctx: RuleContext) -> None:
-    """a @ b: batch dims broadcast; the contracted dims are one space (a statistic sink)."""
+    """a @ b: batch dims broadcast; the contracted dims are one space (a statistic sink).
+    ``x @ w`` / ``x @ w.T`` with a 2-D parameter ``w`` is a Linear without bias: ``w``
+    produces the output's last dim and reads ``x``'s (a contraction sink)."""
     a, b = ctx.arg(0, "input"), ctx.arg(1, "other")
     as_, bs, ys = ctx.shape(a), ctx.shape(b), ctx.out_shape
     if as_ is None or bs is None or len(as_) < 2 or len(bs) < 2:
         return block_all(ctx, f"{ctx.describe_name()} on a 1-D operand")
     out = ctx.out
+    weight = _weight_operand(ctx, b)
+    if weight is not None and ys is not None and len(ys) == len(as_):
+        w, flip = weight
+        for d in range(len(as_) - 1):
+            ctx.identity((a.name, d), (out, d))
+        last = len(as_) - 1
+        view = FunctionalWeights(ctx.gm, w, None)
+        in_dim, out_dim = (0, 1) if flip else (1, 0)
+        if b is not w:  # the transpose: its dims are the contraction's too
+            ctx.identity((b.name, 0), (a.name, last))
+            ctx.identity((b.name, 1), (out, last))
+        _contraction(
+            ctx, view, (a.name, last), (out, last), in_dim=in_dim, out_dim=out_dim, fold=None
+        )
+        return None
     ctx.couple((a.name, len(as_) - 1), (b.name, len(bs) - 2))
     ctx.sink((a.name, len(as_) - 1), "stat")
     ctx.sink((b.name, len(bs) - 2), "stat")

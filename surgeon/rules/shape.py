@@ -218,21 +218,27 @@ def flatten_module_rule(ctx: RuleContext) -> None:
 
 
 @register(torch.permute, torch.transpose, torch.t, torch.swapaxes)
-@register("permute", "transpose", "t", "swapaxes", "mT")
+@register("permute", "transpose", "t", "swapaxes")
 def permute_rule(ctx: RuleContext) -> None:
-    """permute / transpose: output dim d is input dim perm[d]."""
+    """permute / transpose, and the attributes ``x.T`` / ``x.mT`` (``H`` / ``mH``: the same
+    with a conjugate, elementwise): output dim d is input dim perm[d]."""
     x = ctx.node.args[0]
     xs, ys = ctx.shape(x), ctx.out_shape
     if xs is None or ys is None:
         return block_all(ctx)
-    name = ctx.node.target if ctx.node.op == "call_method" else ctx.node.target.__name__
+    if ctx.node.target is getattr:
+        name = ctx.node.args[1]
+    else:
+        name = ctx.node.target if ctx.node.op == "call_method" else ctx.node.target.__name__
     n = len(xs)
     if name == "permute":
         perm, _ = _shape_args(ctx.node, 1)
         if not perm and "dims" in ctx.node.kwargs:
             perm = list(ctx.node.kwargs["dims"])
-    elif name == "t":
+    elif name in ("t", "T", "H"):
         perm = list(range(n))[::-1]
+    elif name in ("mT", "mH"):
+        perm = list(range(n - 2)) + [n - 1, n - 2]
     else:
         a = ctx.arg(1, "dim0")
         b = ctx.arg(2, "dim1")
@@ -316,6 +322,8 @@ _METADATA = {
 def getattr_rule(ctx: RuleContext) -> None:
     if ctx.arg(1, "name") in _METADATA:
         return size_rule(ctx)
+    if ctx.arg(1, "name") in ("T", "mT", "H", "mH"):
+        return permute_rule(ctx)
     block_all(ctx, f"getattr {ctx.arg(1, 'name')!r} of a traced tensor")
 
 
