@@ -4,10 +4,14 @@ For each model: parameters and MACs before -> after, attention heads before -> a
 layers), the hidden width (input embeddings) and the first MLP width before -> after, the form
 slim gave back, onnxruntime parity of the exported slim model (max |ort - torch| over the
 output's largest magnitude), slim time, and Torch-Pruning's MAC drop at the same ratio when it
-is installed and runs (a bench-only dependency). The configs are the ones
-``tests/test_transformers.py`` uses.
+is installed and runs (a bench-only dependency). ``--set named`` (the default): the configs
+``tests/test_transformers.py`` uses; ``--set wide``: 25 more architectures of other families
+(encoders, decoders, encoder-decoders, vision and speech models nobody named in an issue), each
+also checked for ratio-0 exactness (a third of every group's channels zeroed, then ``slim(0)``
+must compute the same outputs); ``--set all``: both.
 
-Run from the repository root: ``PYTHONPATH=. python bench/transformers.py [--markdown]``.
+Run from the repository root: ``PYTHONPATH=. python bench/transformers.py [--set named|wide|all]
+[--markdown]``.
 """
 
 from __future__ import annotations
@@ -38,6 +42,192 @@ from bench.realworld import _time_limit
 from surgeon.cost import count_macs, count_params
 from tests.helpers import main_output
 
+_G = torch.Generator().manual_seed(0)
+_IDS = {"input_ids": torch.randint(0, 100, (1, 8), generator=_G)}
+_PIX = {"pixel_values": torch.randn(1, 3, 32, 32, generator=_G)}
+_PIX64 = {"pixel_values": torch.randn(1, 3, 64, 64, generator=_G)}
+_WAVE = {"input_values": torch.randn(1, 400, generator=_G)}
+_T = dict(
+    vocab_size=100,
+    hidden_size=64,
+    num_hidden_layers=2,
+    intermediate_size=128,
+    num_attention_heads=4,
+)
+_V = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8)
+_STAGES = dict(hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1])
+# name -> (config class, its arguments, model class, example inputs, query projection suffix)
+WIDE: dict[str, tuple[str, dict[str, Any], str, dict[str, torch.Tensor], str | None]] = {
+    "albert": ("AlbertConfig", {**_T, "embedding_size": 32}, "AlbertModel", _IDS, "query"),
+    "roberta": ("RobertaConfig", _T, "RobertaModel", _IDS, "self.query"),
+    "electra": ("ElectraConfig", {**_T, "embedding_size": 32}, "ElectraModel", _IDS, "self.query"),
+    "deberta_v2": ("DebertaV2Config", _T, "DebertaV2Model", _IDS, "query_proj"),
+    "mobilebert": (
+        "MobileBertConfig",
+        {**_T, "embedding_size": 32, "intra_bottleneck_size": 32, "num_feedforward_networks": 2},
+        "MobileBertModel",
+        _IDS,
+        "self.query",
+    ),
+    "bart": (
+        "BartConfig",
+        dict(
+            vocab_size=100,
+            d_model=64,
+            encoder_layers=2,
+            decoder_layers=2,
+            encoder_attention_heads=4,
+            decoder_attention_heads=4,
+            encoder_ffn_dim=128,
+            decoder_ffn_dim=128,
+        ),
+        "BartModel",
+        _IDS,
+        "self_attn.q_proj",
+    ),
+    "gpt_neo": (
+        "GPTNeoConfig",
+        dict(
+            vocab_size=100,
+            hidden_size=64,
+            num_layers=2,
+            num_heads=4,
+            attention_types=[[["global", "local"], 1]],
+            intermediate_size=128,
+        ),
+        "GPTNeoForCausalLM",
+        _IDS,
+        "attention.q_proj",
+    ),
+    "gptj": (
+        "GPTJConfig",
+        dict(vocab_size=100, n_embd=64, n_layer=2, n_head=4, rotary_dim=8),
+        "GPTJForCausalLM",
+        _IDS,
+        "attn.q_proj",
+    ),
+    "gpt_neox": ("GPTNeoXConfig", _T, "GPTNeoXForCausalLM", _IDS, None),
+    "bloom": (
+        "BloomConfig",
+        dict(vocab_size=100, hidden_size=64, n_layer=2, n_head=4),
+        "BloomForCausalLM",
+        _IDS,
+        None,
+    ),
+    "phi": ("PhiConfig", _T, "PhiForCausalLM", _IDS, "self_attn.q_proj"),
+    "mistral (GQA 4 / 2)": (
+        "MistralConfig",
+        {**_T, "num_key_value_heads": 2},
+        "MistralForCausalLM",
+        _IDS,
+        "self_attn.q_proj",
+    ),
+    "gemma (GQA 4 / 2)": (
+        "GemmaConfig",
+        {**_T, "num_key_value_heads": 2, "head_dim": 16},
+        "GemmaForCausalLM",
+        _IDS,
+        "self_attn.q_proj",
+    ),
+    "qwen3 (GQA 4 / 2)": (
+        "Qwen3Config",
+        {**_T, "num_key_value_heads": 2, "head_dim": 16},
+        "Qwen3ForCausalLM",
+        _IDS,
+        "self_attn.q_proj",
+    ),
+    "dinov2": ("Dinov2Config", {**_V, "mlp_ratio": 2}, "Dinov2Model", _PIX, "attention.query"),
+    "beit": ("BeitConfig", {**_V, "intermediate_size": 128}, "BeitModel", _PIX, "attention.query"),
+    "deit": ("DeiTConfig", {**_V, "intermediate_size": 128}, "DeiTModel", _PIX, "attention.query"),
+    "clip_vision": (
+        "CLIPVisionConfig",
+        {**_V, "intermediate_size": 128},
+        "CLIPVisionModel",
+        _PIX,
+        "self_attn.q_proj",
+    ),
+    "convnext": ("ConvNextConfig", {**_STAGES, "image_size": 32}, "ConvNextModel", _PIX, None),
+    "resnet": ("ResNetConfig", {**_STAGES, "embedding_size": 16}, "ResNetModel", _PIX, None),
+    "regnet": (
+        "RegNetConfig",
+        {**_STAGES, "embedding_size": 16, "groups_width": 8},
+        "RegNetModel",
+        _PIX,
+        None,
+    ),
+    "segformer": (
+        "SegformerConfig",
+        {**_STAGES, "num_attention_heads": [1, 2, 4, 8], "decoder_hidden_size": 64},
+        "SegformerForSemanticSegmentation",
+        _PIX,
+        None,
+    ),
+    "mobilevit": (
+        "MobileViTConfig",
+        dict(
+            image_size=64, hidden_sizes=[32, 48, 64], neck_hidden_sizes=[8, 8, 16, 16, 24, 32, 64]
+        ),
+        "MobileViTForImageClassification",
+        _PIX64,
+        None,
+    ),
+    "levit": (
+        "LevitConfig",
+        dict(
+            image_size=32,
+            hidden_sizes=[32, 48, 64],
+            num_attention_heads=[1, 2, 2],
+            depths=[1, 1, 1],
+            key_dim=[8, 8, 8],
+            patch_size=16,
+        ),
+        "LevitModel",
+        _PIX,
+        None,
+    ),
+    "wav2vec2": (
+        "Wav2Vec2Config",
+        {
+            **_T,
+            "conv_dim": (16, 16),
+            "conv_stride": (5, 2),
+            "conv_kernel": (10, 3),
+            "num_conv_pos_embeddings": 16,
+            "num_conv_pos_embedding_groups": 4,
+        },
+        "Wav2Vec2Model",
+        _WAVE,
+        "attention.q_proj",
+    ),
+}
+
+
+def build(name: str) -> tuple[torch.nn.Module, dict[str, torch.Tensor], str | None]:
+    """Model ``name`` of ``tests/test_transformers.py`` or of :data:`WIDE` (random weights,
+    seeded, eval mode), its example inputs and its query projections' name suffix."""
+    import transformers
+
+    from tests.test_transformers import MODELS
+    from tests.test_transformers import build as named
+
+    if name in MODELS:
+        return named(name)
+    config, kwargs, cls, x, q = WIDE[name]
+    torch.manual_seed(0)
+    model = getattr(transformers, cls)(getattr(transformers, config)(**kwargs))
+    return model.eval(), x, q
+
+
+def _exact_at_zero(model: torch.nn.Module, x: dict[str, torch.Tensor]) -> str:
+    from tests.helpers import assert_exact_at_zero
+
+    try:
+        assert_exact_at_zero(model, x)
+        return "exact"
+    except Exception as exc:  # noqa: BLE001 - a failure is a figure
+        return f"fails ({type(exc).__name__}: {str(exc)[:60]})"
+
+
 HEAD = [
     "model",
     "params",
@@ -48,6 +238,7 @@ HEAD = [
     "MLP",
     "form",
     "ORT parity",
+    "ratio 0",
     "slim time",
     "peer MAC drop",
 ]
@@ -64,7 +255,10 @@ def _q_width(model: torch.nn.Module, q: str | None) -> int:
 
 
 def _widths(model: torch.nn.Module) -> tuple[str, str]:
-    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    try:
+        emb = model.get_input_embeddings()
+    except (AttributeError, NotImplementedError):  # a vision model has none
+        emb = None
     hidden = str(emb.weight.shape[1]) if isinstance(emb, torch.nn.Embedding) else "-"
     mlp = next((str(_out(m)) for n, m in model.named_modules() if n.endswith(_MLP)), "-")
     return hidden, mlp
@@ -106,9 +300,8 @@ def _peer(model: torch.nn.Module, x: dict[str, torch.Tensor]) -> str:
 
 
 def row(name: str) -> list[str]:
-    from tests.test_transformers import build
-
     model, x, q = build(name)
+    exact = _exact_at_zero(model, x)
     try:
         start = time.perf_counter()
         slim = surgeon.slim(model, 0.5, x)
@@ -125,6 +318,7 @@ def row(name: str) -> list[str]:
             "-",
             "-",
             f"{type(exc).__name__}: {exc}"[:80],
+            exact,
             "-",
             "-",
         ]
@@ -147,6 +341,7 @@ def row(name: str) -> list[str]:
         f"{m0} -> {m1}",
         "own class" if not isinstance(slim, torch.fx.GraphModule) else "graph",
         parity,
+        exact,
         f"{took:.1f} s",
         _peer(model, x),
     ]
@@ -156,12 +351,14 @@ def main() -> None:
     from tests.test_transformers import MODELS
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--set", choices=("named", "wide", "all"), default="named")
     ap.add_argument("--markdown", action="store_true")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
     torch.set_num_threads(1)
-    rows: list[list[Any]] = [row(name) for name in MODELS]
+    names = {"named": list(MODELS), "wide": list(WIDE), "all": [*MODELS, *WIDE]}[args.set]
+    rows: list[list[Any]] = [row(name) for name in names]
     if args.markdown:
         print("| " + " | ".join(HEAD) + " |")
         print("|" + "---|" * len(HEAD))

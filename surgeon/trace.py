@@ -101,13 +101,27 @@ def _packing(fn: Any) -> Any:
     return call
 
 
+def _recording(fn: Any) -> Any:
+    """``torch.tensor(x.size(-1))``: torch asks the traced size for an array interface and
+    fails; with a traced value in its data the call is recorded as a node instead."""
+
+    @functools.wraps(fn)
+    def call(data: Any, *args: Any, **kwargs: Any) -> Any:
+        traced = [a for a in pytree.tree_leaves(data) if isinstance(a, fx.Proxy)]
+        if traced:
+            return traced[0].tracer.create_proxy("call_function", fn, (data, *args), kwargs)
+        return fn(data, *args, **kwargs)
+
+    return call
+
+
 @contextlib.contextmanager
-def _sizes_packed():
-    """``torch.ones(*sizes)`` and friends take traced sizes while a trace runs."""
-    saved = {name: getattr(torch, name) for name in _SIZE_VARARGS}
+def _sizes_traceable():
+    """Factories of ``torch`` take traced sizes while a trace runs."""
+    saved = {name: getattr(torch, name) for name in (*_SIZE_VARARGS, "tensor")}
     try:
         for name, fn in saved.items():
-            setattr(torch, name, _packing(fn))
+            setattr(torch, name, _recording(fn) if name == "tensor" else _packing(fn))
         yield
     finally:
         for name, fn in saved.items():
@@ -152,7 +166,7 @@ class SurgeonTracer(fx.Tracer):
     """An fx tracer that honours user leaf modules and remembers where tracing failed."""
 
     def trace(self, root: Any, concrete_args: Any = None) -> fx.Graph:
-        with _sizes_packed(), _caches_kept(root):
+        with _sizes_traceable(), _caches_kept(root):
             return super().trace(root, concrete_args)
 
     def __init__(

@@ -30,8 +30,28 @@ class ActNet(nn.Module):
         return self.head(torch.tanh(y))
 
 
+class CastNet(nn.Module):
+    """Gemma's RMSNorm scale: computed in float32, cast back with ``type_as(h)`` (``h`` lends
+    only its dtype); a token mask cast with ``.long()`` / ``.bool()`` / ``.int()`` (DeBERTa)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(6, 12)
+        self.w = nn.Parameter(torch.randn(12) * 0.1)
+        self.fc2 = nn.Linear(12, 4)
+
+    def forward(self, x):
+        h = self.fc1(x)
+        mask = (x[..., :1] > -1.0).long().bool().int()
+        y = (torch.tanh(h.float()) * (1.0 + self.w.float())).type_as(h)
+        return self.fc2(torch.relu(y) * mask.to(y))
+
+
 class TestNets(NetHarnesses):
-    nets = {"activations": (ActNet, lambda: torch.randn(2, 3, 8, 8))}
+    nets = {
+        "activations": (ActNet, lambda: torch.randn(2, 3, 8, 8)),
+        "casts": (CastNet, lambda: torch.randn(2, 5, 6)),
+    }
 
 
 def test_prelu_weight_is_sliced():

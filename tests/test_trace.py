@@ -306,8 +306,9 @@ def test_the_input_model_keeps_its_values_and_shares_no_tensor(returns, with_dat
 
 class SizedFactories(nn.Module):
     """A mask and positions made with ``torch.ones(b, n)`` / ``torch.zeros(b, n)`` from
-    traced sizes (OPT's decoder): torch's argument parser refuses traced varargs sizes before
-    fx sees the call, so the whole forward failed to trace."""
+    traced sizes (OPT's decoder) and a scale ``torch.tensor(n)`` (DeBERTa's attention):
+    torch's argument parser refuses traced sizes before fx sees the call, so the whole
+    forward failed to trace."""
 
     def __init__(self):
         super().__init__()
@@ -318,14 +319,15 @@ class SizedFactories(nn.Module):
         b, n = x.shape[0], x.shape[1]
         pos = torch.ones(b, n, device=x.device).cumsum(1) / n + torch.zeros(b, n, dtype=x.dtype)
         h = torch.relu(self.fc1(x)) * pos[..., None]
-        return self.fc2(h)
+        scale = torch.rsqrt(torch.tensor(x.size(1), dtype=torch.float))  # DeBERTa's scale
+        return self.fc2(h * scale)
 
 
 def test_factories_with_traced_sizes_trace_and_slim(tmp_path):
     net, x = SizedFactories().eval(), torch.randn(2, 5, 6)
-    before = torch.ones, torch.zeros
+    before = torch.ones, torch.zeros, torch.tensor
     gm = trace(net, x)
-    assert (torch.ones, torch.zeros) == before  # the factories are torch's own again
+    assert (torch.ones, torch.zeros, torch.tensor) == before  # torch's own again
     assert gm.meta[SPECIALISED_KEY] is None  # plain symbolic tracing took it: sizes stay free
     assert_exact_at_zero(net, x)
     slim = assert_slims_at_half(net, x, tmp_path)

@@ -161,7 +161,13 @@ _PASS_METHODS = (
     "float",
     "double",
     "half",
+    "bfloat16",
+    "long",
+    "int",
+    "short",
+    "bool",
     "to",
+    "type",
     "type_as",
     "cpu",
     "cuda",
@@ -206,7 +212,12 @@ def passthrough_method_rule(ctx: RuleContext) -> None:
     """Identity coupling. clone / contiguous / detach / device moves keep constants exactly;
     a dtype change (to, half, float, type_as) keeps only zeros (other values round)."""
     exact = ctx.node.target in ("contiguous", "clone", "detach", "cpu", "cuda")
-    _same_shape_unary(ctx, ctx.arg(0, "self"), (lambda v: v) if exact else None)
+    x = ctx.arg(0, "self")
+    for other in ctx.tensor_inputs():  # x.type_as(y), x.to(y): only y's dtype and device
+        if other is not x:
+            for d in range(len(ctx.shape(other) or ())):
+                ctx.passes((other.name, d))
+    _same_shape_unary(ctx, x, (lambda v: v) if exact else None)
 
 
 @register(F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, traits=("mean_keeping",))
