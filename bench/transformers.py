@@ -136,9 +136,9 @@ WIDE: dict[str, tuple[str, dict[str, Any], str, dict[str, torch.Tensor], str | N
         _IDS,
         "self_attn.q_proj",
     ),
-    "dinov2": ("Dinov2Config", {**_V, "mlp_ratio": 2}, "Dinov2Model", _PIX, "attention.query"),
-    "beit": ("BeitConfig", {**_V, "intermediate_size": 128}, "BeitModel", _PIX, "attention.query"),
-    "deit": ("DeiTConfig", {**_V, "intermediate_size": 128}, "DeiTModel", _PIX, "attention.query"),
+    "dinov2": ("Dinov2Config", {**_V, "mlp_ratio": 2}, "Dinov2Model", _PIX, "attention.q_proj"),
+    "beit": ("BeitConfig", {**_V, "intermediate_size": 128}, "BeitModel", _PIX, "attention.q_proj"),
+    "deit": ("DeiTConfig", {**_V, "intermediate_size": 128}, "DeiTModel", _PIX, "attention.q_proj"),
     "clip_vision": (
         "CLIPVisionConfig",
         {**_V, "intermediate_size": 128},
@@ -212,10 +212,15 @@ def build(name: str) -> tuple[torch.nn.Module, dict[str, torch.Tensor], str | No
 
     if name in MODELS:
         return named(name)
+    from tests.helpers import randomize_norms
+
     config, kwargs, cls, x, q = WIDE[name]
     torch.manual_seed(0)
-    model = getattr(transformers, cls)(getattr(transformers, config)(**kwargs))
-    return model.eval(), x, q
+    model = getattr(transformers, cls)(getattr(transformers, config)(**kwargs)).eval()
+    with torch.no_grad():
+        if not main_output(model(**x)).any():  # zero-initialised norms (MobileViT)
+            randomize_norms(model)
+    return model, x, q
 
 
 def _exact_at_zero(model: torch.nn.Module, x: dict[str, torch.Tensor]) -> str:
