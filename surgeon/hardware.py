@@ -91,19 +91,34 @@ def _ceil(width: int, multiple: int) -> int:
     return -(-width // multiple) * multiple
 
 
+_SIMD = (
+    ("avx512f", "AVX-512"),
+    ("avx2", "AVX2"),
+    ("avx", "AVX"),
+    ("sve", "SVE"),
+    ("asimd", "NEON"),
+)
+
+
 def device_name(provider: str = "cpu") -> str:
     """What the answer is cached under: the processor (or GPU), onnxruntime's version."""
     import onnxruntime as ort
 
     if provider == "cpu":
         chip = platform.processor() or platform.machine()
+        info: dict[str, str] = {}
         try:
             for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    chip = line.split(":", 1)[1].strip()
-                    break
+                key, _, value = line.partition(":")
+                info.setdefault(key.strip(), value.strip())  # the first processor's
         except OSError:
             pass
+        chip = info.get("model name", chip)
+        flags = set((info.get("flags") or info.get("Features") or "").split())
+        # a model name can stand for machines with and without the wider vector units
+        # ("AMD EPYC" in a VM): the block the runtime computes in follows the widest one
+        simd = next((name for flag, name in _SIMD if flag in flags), None)
+        chip = f"{chip} ({simd})" if simd else chip
     else:
         chip = f"{provider} device 0"
     return f"{provider}: {chip}; onnxruntime {ort.__version__}"

@@ -86,3 +86,25 @@ def test_round_to_accepts_auto_and_refuses_other_words():
     with pytest.raises(SurgeonInputError, match="'auto'"):
         surgeon.SlimOptions(0.5, round_to="fast")
     assert surgeon.SlimOptions(0.5, round_to="auto").round_to == "auto"
+
+
+def test_a_model_name_with_other_vector_units_is_another_device(tmp_path, monkeypatch):
+    # one "AMD EPYC" VM has AVX-512, another only AVX2: their blocks differ, so the cache must
+    # not hand one's answer to the other
+    def cpuinfo(flags):
+        text = f"processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 {flags}\n\n"
+        text += "processor\t: 1\nmodel name\t: AMD EPYC\nflags\t\t: fpu\n"
+        (tmp_path / "cpuinfo").write_text(text)
+
+    real = hardware.Path
+
+    def fake_path(p, *rest):
+        return real(tmp_path / "cpuinfo") if str(p) == "/proc/cpuinfo" else real(p, *rest)
+
+    monkeypatch.setattr(hardware, "Path", fake_path)
+    cpuinfo("avx avx2 avx512f")
+    wide = hardware.device_name("cpu")
+    cpuinfo("avx avx2")
+    narrow = hardware.device_name("cpu")
+    assert wide.startswith("cpu: AMD EPYC (AVX-512); onnxruntime ")
+    assert narrow.startswith("cpu: AMD EPYC (AVX2); onnxruntime ")
