@@ -115,17 +115,26 @@ def _recording(fn: Any) -> Any:
     return call
 
 
+_PATCHED = [0]  # traces under way: the outermost one patches and restores
+
+
 @contextlib.contextmanager
 def _sizes_traceable():
-    """Factories of ``torch`` take traced sizes while a trace runs."""
+    """Factories of ``torch`` take traced sizes while a trace runs (a trace inside a traced
+    forward keeps the outer one's patch, and the outer one restores torch's own)."""
     saved = {name: getattr(torch, name) for name in (*_SIZE_VARARGS, "tensor")}
+    outer = _PATCHED[0] == 0
+    _PATCHED[0] += 1
     try:
-        for name, fn in saved.items():
-            setattr(torch, name, _recording(fn) if name == "tensor" else _packing(fn))
+        if outer:
+            for name, fn in saved.items():
+                setattr(torch, name, _recording(fn) if name == "tensor" else _packing(fn))
         yield
     finally:
-        for name, fn in saved.items():
-            setattr(torch, name, fn)
+        _PATCHED[0] -= 1
+        if outer:
+            for name, fn in saved.items():
+                setattr(torch, name, fn)
 
 
 _OWN = ("_parameters", "_buffers", "_modules")
@@ -135,16 +144,31 @@ def _holds_proxy(value: Any) -> bool:
     return any(isinstance(v, fx.Proxy) for v in pytree.tree_leaves(value))
 
 
+def _containers_copied(value: Any) -> Any:
+    """``value`` with every dict, list and tuple in it copied (their leaves shared)."""
+    if isinstance(value, dict):
+        out = copy.copy(value)
+        for k, v in value.items():
+            out[k] = _containers_copied(v)
+        return out
+    if isinstance(value, list):
+        return [_containers_copied(v) for v in value]
+    if type(value) is tuple:
+        return tuple(_containers_copied(v) for v in value)
+    return value
+
+
 @contextlib.contextmanager
 def _caches_kept(root: Any):
     """Attributes a forward writes while it is traced (LeViT's attention-bias cache, filled in
     eval mode) would keep graph values after the trace, and the module would hand them back
-    to its next eager call: each attribute that holds one gets its value from before."""
+    to its next eager call: each attribute that holds one gets its value from before (a dict
+    or list written in place gets its contents back, nested ones too)."""
     modules = list(root.modules()) if isinstance(root, torch.nn.Module) else []
     before = []
     for m in modules:
         state = {k: v for k, v in vars(m).items() if k not in _OWN}
-        copies = {k: dict(v) for k, v in state.items() if isinstance(v, dict)}
+        copies = {k: _containers_copied(v) for k, v in state.items() if isinstance(v, (dict, list))}
         before.append((m, state, copies))
     try:
         yield
@@ -155,9 +179,11 @@ def _caches_kept(root: Any):
                     continue
                 if k not in state:
                     delattr(m, k)
-                elif v is state[k] and k in copies:  # the same dict, written in place
+                elif v is state[k] and isinstance(v, dict) and k in copies:  # written in place
                     v.clear()
                     v.update(copies[k])
+                elif v is state[k] and isinstance(v, list) and k in copies:
+                    v[:] = copies[k]
                 else:
                     setattr(m, k, state[k])
 

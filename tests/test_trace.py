@@ -345,6 +345,8 @@ class CachedBias(nn.Module):
         self.fc1 = nn.Linear(6, 12)
         self.table = nn.Parameter(torch.randn(12) * 0.1)
         self.cache = {}
+        self.nested = {"by_device": {}}
+        self.history = []
         self.fc2 = nn.Linear(12, 4)
 
     def scale(self, device):
@@ -353,7 +355,10 @@ class CachedBias(nn.Module):
         if str(device) not in self.cache:
             self.cache[str(device)] = self.table.exp()
             self.last = self.cache[str(device)]
-        return self.cache[str(device)]
+        if not self.history:  # a list and a nested dict written in place
+            self.history.append(self.table.sigmoid())
+            self.nested["by_device"][str(device)] = self.table.tanh()
+        return self.cache[str(device)] * self.history[0] / self.history[0]
 
     def forward(self, x):
         return self.fc2(torch.relu(self.fc1(x)) * self.scale(x.device))
@@ -363,7 +368,9 @@ def test_what_forward_caches_while_traced_is_not_kept():
     net, x = CachedBias().eval(), torch.randn(2, 5, 6)
     gm = trace(net, x)
     # the eager check after the trace fills them with tensors, never with graph values
-    assert all(type(v) is torch.Tensor for v in [*net.cache.values(), getattr(net, "last", x)])
+    kept = [*net.cache.values(), getattr(net, "last", x), *net.history]
+    kept += list(net.nested["by_device"].values())
+    assert all(type(v) is torch.Tensor for v in kept)
     with torch.no_grad():
         assert_same(gm(x), net(x))
     assert_exact_at_zero(net, x)
