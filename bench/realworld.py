@@ -224,7 +224,7 @@ def measure(spec: str, size: int, peer_limit: int) -> dict[str, Any]:
         res["macs"] = [count_macs(model, x), count_macs(slim, x)]
         res["params"] = [count_params(model), count_params(slim)]
         # the network's own input and output channels block every model: not a reason
-        top = [r for r in blocked_reasons(graph, top=1) if not _boundary(r["reason"])]
+        top = blocked_reasons(graph, top=1, boundary=False)
         res["blocked"] = top[0]["reason"] if top else "-"
         with tempfile.TemporaryDirectory() as tmp:
             res["parity"] = _parity(slim, x, Path(tmp))
@@ -244,10 +244,6 @@ def measure(spec: str, size: int, peer_limit: int) -> dict[str, Any]:
     if peer_limit > 0:
         res["peer"] = peer_drop(model, x, peer_limit)
     return res
-
-
-def _boundary(reason: str) -> bool:
-    return reason.startswith(("model input", "model output"))
 
 
 def run_isolated(spec: str, args: argparse.Namespace) -> dict[str, Any]:

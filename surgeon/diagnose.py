@@ -44,12 +44,15 @@ def dense_macs(gm: fx.GraphModule) -> int:
     return total
 
 
-def blocked_reasons(graph: ChannelGraph, top: int = 5) -> list[dict[str, Any]]:
+def blocked_reasons(
+    graph: ChannelGraph, top: int = 5, *, boundary: bool = True
+) -> list[dict[str, Any]]:
     """The commonest reasons groups holding parameters are blocked: the op, how many groups,
     and the first node. Model inputs and outputs (every network's first and last layers) are
-    left out unless nothing else blocks anything (a keyword input that carries channels)."""
+    left out unless nothing else blocks anything (a keyword input that carries channels) and
+    ``boundary`` allows them then."""
     found = _reasons(graph, top, boundary=False)
-    return found or _reasons(graph, top, boundary=True)
+    return found or (_reasons(graph, top, boundary=True) if boundary else [])
 
 
 def _reasons(graph: ChannelGraph, top: int, boundary: bool) -> list[dict[str, Any]]:

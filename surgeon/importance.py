@@ -189,7 +189,7 @@ def power_sums(t: torch.Tensor, dim: int, p: int) -> torch.Tensor:
     acc = torch.zeros(rows.shape[1], dtype=torch.float64, device=t.device)
     for i in range(0, rows.shape[0], step):
         part = rows[i : i + step]
-        part = part.abs() if p == 1 else part.abs().pow(p) if p != 2 else part.square()
+        part = part.square() if p == 2 else part.abs().pow(p)
         acc += part.sum((0, 2), dtype=torch.float64)
     return acc
 

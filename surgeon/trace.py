@@ -144,20 +144,6 @@ def _holds_proxy(value: Any) -> bool:
     return any(isinstance(v, fx.Proxy) for v in pytree.tree_leaves(value))
 
 
-def _containers_copied(value: Any) -> Any:
-    """``value`` with every dict, list and tuple in it copied (their leaves shared)."""
-    if isinstance(value, dict):
-        out = copy.copy(value)
-        for k, v in value.items():
-            out[k] = _containers_copied(v)
-        return out
-    if isinstance(value, list):
-        return [_containers_copied(v) for v in value]
-    if type(value) is tuple:
-        return tuple(_containers_copied(v) for v in value)
-    return value
-
-
 @contextlib.contextmanager
 def _caches_kept(root: Any):
     """Attributes a forward writes while it is traced (LeViT's attention-bias cache, filled in
@@ -168,7 +154,12 @@ def _caches_kept(root: Any):
     before = []
     for m in modules:
         state = {k: v for k, v in vars(m).items() if k not in _OWN}
-        copies = {k: _containers_copied(v) for k, v in state.items() if isinstance(v, (dict, list))}
+        # pytree rebuilds every dict, list and tuple in it (the leaves shared)
+        copies = {
+            k: pytree.tree_map(lambda t: t, v)
+            for k, v in state.items()
+            if isinstance(v, (dict, list))
+        }
         before.append((m, state, copies))
     try:
         yield

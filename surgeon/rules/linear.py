@@ -190,13 +190,12 @@ def _weight_operand(ctx: RuleContext, b: Any) -> tuple[fx.Node, bool] | None:
     src = b.args[0] if b.args else None
     if not isinstance(src, fx.Node) or src.op != "get_attr" or len(ctx.shape(src) or ()) != 2:
         return None
-    if (b.op, b.target) in (("call_function", getattr),) and b.args[1] in ("T", "mT"):
-        return src, False
-    if (b.op == "call_method" and b.target == "t") or (
-        b.op == "call_function" and b.target is torch.t
-    ):
-        return src, False
-    return None
+    transposed = (
+        (b.target is getattr and b.args[1] in ("T", "mT"))
+        or b.target is torch.t
+        or (b.op == "call_method" and b.target == "t")
+    )
+    return (src, False) if transposed else None
 
 
 @register(torch.matmul, operator.matmul, torch.bmm, "matmul", "bmm")
