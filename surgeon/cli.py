@@ -81,6 +81,14 @@ class Attention(str, Enum):
     head_dim = "head-dim"
 
 
+class Grouped(str, Enum):
+    """What a grouped (not depthwise) conv loses."""
+
+    auto = "auto"
+    offsets = "offsets"
+    groups = "groups"
+
+
 class Device(str, Enum):
     """Where latency is measured (the onnxruntime execution provider)."""
 
@@ -614,6 +622,17 @@ AttentionOption = Annotated[
     Attention,
     typer.Option(help="What prunes in attention: whole heads, or part of each head's width."),
 ]
+GroupedOption = Annotated[
+    Grouped | None,
+    typer.Option(
+        help=(
+            "What a grouped conv loses: offsets (every group narrows), groups (whole groups) "
+            "or auto (whole groups at the in-group widths measured to run faster so on "
+            "--device). Default: auto with --round-to auto, else offsets."
+        ),
+        show_default=False,
+    ),
+]
 RoundToOption = Annotated[
     str | None,
     typer.Option(
@@ -725,6 +744,19 @@ def _resolve_round_to(round_to: int | str | None, device: str, threads: int | No
 
     with _step(f"find the channel multiple onnxruntime runs fastest on {device}"):
         return channel_multiple(device, threads=threads)
+
+
+def _resolve_grouped(
+    grouped: Grouped | None, round_to: int | str | None, device: str, threads: int | None
+) -> str | tuple[int, ...]:
+    """``--grouped`` (default: auto with ``--round-to auto``); auto: the in-group widths
+    measured on ``device`` with ``threads`` (cached with the channel multiple)."""
+    value = grouped.value if grouped is not None else "auto" if round_to == "auto" else "offsets"
+    if value != "auto":
+        return value
+    from surgeon.hardware import grouped_widths
+
+    return grouped_widths(device, threads=threads)
 
 
 def _check_slim_flags(ratio: float, round_to: str | None, importance: str) -> None:
@@ -975,6 +1007,7 @@ def export_command(
     scope: ScopeOption = Scope.local,
     attention: AttentionOption = Attention.heads,
     round_to: RoundToOption = "auto",
+    grouped: GroupedOption = None,
     ignore: IgnoreOption = None,
     leaf_module: LeafModuleOption = None,
     device: DeviceOption = Device.cpu,
@@ -1005,6 +1038,7 @@ def export_command(
             name, original, example = _build(spec, shape, weights)
         asked = parse_round_to(round_to)
         multiple = _resolve_round_to(asked, device.value, threads)
+        groups = _resolve_grouped(grouped, asked, device.value, threads)
         with _step(f"slim {spec} at ratio {ratio:g} ({importance}, {scope.value})"):
             # validated here, where slim used to, so an unknown --importance fails at this step
             opts = _slim_options(
@@ -1017,6 +1051,7 @@ def export_command(
                 round_to=multiple,
                 compensate=compensate,
                 attention=attention.value.replace("-", "_"),
+                grouped=groups,
             )
             slim_model = _slim(original, example, opts)
         settings = {
@@ -1078,6 +1113,7 @@ def inspect_command(
     ratio: InspectRatioOption = None,
     scope: ScopeOption = Scope.local,
     round_to: RoundToOption = "auto",
+    grouped: GroupedOption = None,
     importance: ImportanceOption = "l2",
     attention: AttentionOption = Attention.heads,
     ignore: IgnoreOption = None,
@@ -1089,6 +1125,7 @@ def inspect_command(
     --ratio, each group's channels before and after slimming at that ratio."""
     _setup(debug)
     shape = parse_shape(input_shape) if input_shape is not None else None
+    groups = _resolve_grouped(grouped, parse_round_to(round_to), "cpu", None)
     if ratio is not None:
         _check_slim_flags(ratio, round_to, importance)
         round_to = _resolve_round_to(parse_round_to(round_to), "cpu", None)
@@ -1107,12 +1144,17 @@ def inspect_command(
         scope=scope.value,
         round_to=round_to,
         attention=attention.value.replace("-", "_"),
+        grouped=groups,
         compensate=False,  # counts only: no folding, and the graph form (nothing verified)
         returns="graph",
     )
     with err_console.status(f"analysing {model}"):
         graph = surgeon.analyze(
-            loaded, example, leaf_modules=opts.leaf_modules, attention=opts.attention
+            loaded,
+            example,
+            leaf_modules=opts.leaf_modules,
+            attention=opts.attention,
+            grouped=groups,
         )
     if ratio is None:
         console.print(str(graph), markup=False, highlight=False)

@@ -12,7 +12,7 @@ import dataclasses
 import logging
 import operator
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -316,12 +316,16 @@ def build_channel_graph(
     rule_lookup: Callable[[RuleContext], rules.Rule] = rules.lookup,
     *,
     attention: str = "heads",
+    grouped: str | Collection[int] = "offsets",
 ) -> ChannelGraph:
     """Run every node's rule over a shape-annotated GraphModule and build its ChannelGraph.
 
     ``attention``: where a dim is split into factors (a qkv width into 3 x heads x head_dim),
     ``"heads"`` makes the outermost free factor the one that prunes (whole heads), and
-    ``"head_dim"`` the innermost (every head loses the same offsets in its width)."""
+    ``"head_dim"`` the innermost (every head loses the same offsets in its width).
+    ``grouped``: a grouped conv's classes are its in-group offsets (``"offsets"``), its
+    whole groups (``"groups"``), or whole groups where its in-group width is in a collection
+    of widths (what ``grouped="auto"`` measured)."""
     rules.clear_caches()
     shapes: dict[str, tuple[int, ...]] = {}
     for node in gm.graph.nodes:
@@ -334,7 +338,7 @@ def build_channel_graph(
         )
     records: dict[str, NodeRecord] = {}
     for node in gm.graph.nodes:
-        ctx = RuleContext(gm, node, shapes)
+        ctx = RuleContext(gm, node, shapes, grouped)
         if node.op == "placeholder":
             for name, shape in meta_shapes(node):
                 for d in range(len(shape)):

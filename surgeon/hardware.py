@@ -6,8 +6,12 @@ block can be as slow as the next multiple, or slower. Which block a device has i
 in a table of CPU names: :func:`channel_multiple` times one pointwise and one depthwise conv in
 onnxruntime at every width of one cycle (33 to 64 channels), on the target device with the
 target thread count, and picks the multiple ``m`` that makes a width rounded up to ``m`` run
-fastest on average (the cost of the kept channels included: a larger multiple keeps more). The
-answer is cached per device, onnxruntime version and thread count.
+fastest on average (the cost of the kept channels included: a larger multiple keeps more).
+It also times grouped convs of several in-group widths halved two ways, every group narrowed
+(``grouped="offsets"``) or half the groups removed (``"groups"``), and keeps the widths where
+whole groups run faster though they remove half as many MACs (on AVX-512, width 16: halved to
+8 it leaves the runtime's 16-channel block). The answer is cached per device, onnxruntime
+version and thread count.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import os
 import platform
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +30,7 @@ import numpy as np
 
 from surgeon.errors import SurgeonInputError
 
-__all__ = ["CANDIDATES", "Probe", "channel_multiple", "probe"]
+__all__ = ["CANDIDATES", "Probe", "channel_multiple", "grouped_widths", "probe"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +39,9 @@ CANDIDATES = (1, 2, 4, 8, 16, 32)
 WIDTHS = range(33, 65)  # one full cycle of the largest candidate
 SIDE = 28  # feature map side: a MobileNet's middle stages
 TOLERANCE = 0.03  # a larger multiple must be this much faster on average to be preferred
+#: in-group widths of the grouped-conv probe, and its (side, channels) shapes
+GROUP_WIDTHS = (2, 4, 8, 16, 32, 64)
+GROUPED_SHAPES = ((28, 128), (14, 256))
 
 
 @dataclass(frozen=True)
@@ -46,22 +53,23 @@ class Probe:
     multiple: int
     relative: dict[int, float]  # multiple -> mean latency of rounded widths / unrounded
     ms: dict[str, dict[int, float]]
+    # in-group widths whose convs halve faster by whole groups, and per width the latency
+    # of halving by whole groups relative to halving every group's width
+    grouped_widths: tuple[int, ...] = ()
+    grouped_relative: dict[int, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _conv_model(channels: int, depthwise: bool) -> bytes:
-    """One Conv node on a 1 x C x SIDE x SIDE float input, serialised ONNX."""
+def _conv_model(channels: int, groups: int, k: int, side: int = SIDE) -> bytes:
+    """One Conv node (k x k, ``groups``) on a 1 x C x side x side float input, serialised ONNX."""
     from onnx import TensorProto, helper, numpy_helper
 
-    k = 3 if depthwise else 1
     rng = np.random.default_rng(channels)
-    weight = rng.standard_normal((channels, 1 if depthwise else channels, k, k), np.float32)
-    node = helper.make_node(
-        "Conv", ["x", "w"], ["y"], group=channels if depthwise else 1, pads=[k // 2] * 4
-    )
-    shape = [1, channels, SIDE, SIDE]
+    weight = rng.standard_normal((channels, channels // groups, k, k), np.float32)
+    node = helper.make_node("Conv", ["x", "w"], ["y"], group=groups, pads=[k // 2] * 4)
+    shape = [1, channels, side, side]
     graph = helper.make_graph(
         [node],
         "probe",
@@ -72,11 +80,13 @@ def _conv_model(channels: int, depthwise: bool) -> bytes:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
 
 
-def _time(model: bytes, channels: int, provider: str, threads: int | None, runs: int) -> float:
+def _time(
+    model: bytes, channels: int, provider: str, threads: int | None, runs: int, side: int = SIDE
+) -> float:
     from surgeon.benchmark import _session
 
     session = _session(model, provider, threads)
-    feed = {"x": np.random.default_rng(0).standard_normal((1, channels, SIDE, SIDE), np.float32)}
+    feed = {"x": np.random.default_rng(0).standard_normal((1, channels, side, side), np.float32)}
     for _ in range(3):
         session.run(None, feed)
     best = float("inf")
@@ -144,7 +154,11 @@ def probe(provider: str = "cpu", threads: int | None = 1, runs: int = 15) -> Pro
             "the channel multiple cannot be measured there; pass round_to=<int> or measure on cpu"
         )
     ops = {"pointwise": False, "depthwise": True}
-    models = {(op, c): _conv_model(c, dw) for op, dw in ops.items() for c in WIDTHS}
+    models = {
+        (op, c): _conv_model(c, c if dw else 1, 3 if dw else 1)
+        for op, dw in ops.items()
+        for c in WIDTHS
+    }
     ms: dict[str, dict[int, float]] = {op: {} for op in ops}
     for _ in range(2):
         for c in WIDTHS:
@@ -163,7 +177,26 @@ def probe(provider: str = "cpu", threads: int | None = 1, runs: int = 15) -> Pro
     for m in CANDIDATES[1:]:
         if relative[m] < min(relative[k] for k in CANDIDATES if k < m) * (1 - TOLERANCE):
             pick = m
-    return Probe(device_name(provider), pick, relative, ms)
+    halved = {w: _grouped_halving(w, provider, threads, runs) for w in GROUP_WIDTHS}
+    widths = tuple(w for w, r in halved.items() if r < 1 - TOLERANCE)
+    return Probe(device_name(provider), pick, relative, ms, widths, halved)
+
+
+def _grouped_halving(width: int, provider: str, threads: int | None, runs: int) -> float:
+    """Mean over :data:`GROUPED_SHAPES` of the latency of a 3x3 grouped conv of in-group
+    ``width`` that lost half its groups relative to one whose every group lost half its
+    width (the same channels kept; twice the MACs)."""
+    parts = []
+    for side, channels in GROUPED_SHAPES:
+        half, groups = channels // 2, channels // width
+        by_groups = _conv_model(half, groups // 2, 3, side)
+        by_offsets = _conv_model(half, groups, 3, side)
+        best = [float("inf"), float("inf")]
+        for _ in range(2):  # interleaved, each keeps its best
+            for i, model in enumerate((by_groups, by_offsets)):
+                best[i] = min(best[i], _time(model, half, provider, threads, runs, side))
+        parts.append(best[0] / best[1])
+    return statistics.fmean(parts)
 
 
 def _cache_file() -> Path:
@@ -178,6 +211,19 @@ def channel_multiple(provider: str = "cpu", threads: int | None = 1) -> int:
     """The channel multiple ``provider`` computes fastest with ``threads`` intra-op threads
     (``None``: onnxruntime's default): measured once by :func:`probe` (about a second on a
     CPU), then read from the cache (``$SURGEON_CACHE_DIR``, else ``~/.cache/surgeon``)."""
+    return int(_measured(provider, threads)["multiple"])
+
+
+def grouped_widths(provider: str = "cpu", threads: int | None = 1) -> tuple[int, ...]:
+    """The in-group widths whose grouped convs ``provider`` runs faster halved by whole groups
+    than by narrowing every group (``grouped="auto"``); measured and cached with
+    :func:`channel_multiple`."""
+    return tuple(int(w) for w in _measured(provider, threads)["grouped_widths"])
+
+
+def _measured(provider: str, threads: int | None) -> dict[str, Any]:
+    """The cache entry of ``provider`` with ``threads``, measured by :func:`probe` first
+    where there is none (or one an older surgeon wrote, without every answer)."""
     key = f"{device_name(provider)}; threads {threads if threads is not None else 'default'}"
     path = _cache_file()
     try:
@@ -185,18 +231,31 @@ def channel_multiple(provider: str = "cpu", threads: int | None = 1) -> int:
     except (OSError, ValueError):
         cached = {}
     entry = cached.get(key) if isinstance(cached, dict) else None
-    if isinstance(entry, dict) and entry.get("multiple") in CANDIDATES:
-        return int(entry["multiple"])
+    if (
+        isinstance(entry, dict)
+        and entry.get("multiple") in CANDIDATES
+        and isinstance(entry.get("grouped_widths"), list)
+    ):
+        return entry
     found = probe(provider, threads)
     log.info(
         "surgeon: round_to='auto' measured %s: multiple %d (mean latency of rounded widths "
-        "relative to unrounded: %s)",
+        "relative to unrounded: %s); grouped convs halve faster by whole groups at in-group "
+        "widths %s (whole groups / offsets: %s)",
         key,
         found.multiple,
         ", ".join(f"{m}: {r:.2f}" for m, r in found.relative.items()),
+        list(found.grouped_widths),
+        ", ".join(f"{w}: {r:.2f}" for w, r in found.grouped_relative.items()),
     )
     cached = cached if isinstance(cached, dict) else {}
-    cached[key] = {"multiple": found.multiple, "relative": found.relative}
+    entry = {
+        "multiple": found.multiple,
+        "relative": found.relative,
+        "grouped_widths": list(found.grouped_widths),
+        "grouped_relative": found.grouped_relative,
+    }
+    cached[key] = entry
     try:
         from surgeon.files import write_bytes_atomic
 
@@ -204,4 +263,4 @@ def channel_multiple(provider: str = "cpu", threads: int | None = 1) -> int:
         write_bytes_atomic(path, (json.dumps(cached, indent=2) + "\n").encode(), what="cache")
     except Exception as exc:  # a read-only home (SurgeonError, OSError): measure next time
         log.info("surgeon: cannot cache the channel multiple in %s: %s", path, exc)
-    return found.multiple
+    return entry

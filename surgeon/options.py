@@ -18,11 +18,12 @@ import torch.nn as nn
 from surgeon.errors import SurgeonInputError
 from surgeon.importance import check_criterion
 
-__all__ = ["SlimOptions", "Leaf", "SCOPES", "RETURNS"]
+__all__ = ["SlimOptions", "Leaf", "SCOPES", "RETURNS", "GROUPED"]
 
 Leaf = type[nn.Module] | nn.Module
 SCOPES = ("local", "global")
 RETURNS = ("auto", "module", "graph")
+GROUPED = ("offsets", "groups", "auto")
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,14 @@ class SlimOptions:
             ``torch.fx.GraphModule``).
         attention: where a width is split into heads x head_dim, what prunes: ``"heads"``
             (whole heads, the default) or ``"head_dim"`` (the same offsets in every head).
+        grouped: what a grouped (not depthwise) convolution loses: ``"offsets"`` (the same
+            in-group offsets of every group: ``groups`` stays, each group narrows; the most
+            MACs removed), ``"groups"`` (whole groups: each keeps its width, ``groups``
+            shrinks; fewer MACs removed, but a runtime can compute a narrowed group slowly)
+            or ``"auto"`` (whole groups for the in-group widths onnxruntime runs faster so on
+            this CPU, measured: :func:`surgeon.hardware.grouped_widths`; a tuple of widths is
+            such an answer). ``None``: ``"auto"`` with ``round_to="auto"``, else
+            ``"offsets"``.
     """
 
     ratio: float
@@ -66,6 +75,7 @@ class SlimOptions:
     compensate: bool = True
     returns: str = "auto"
     attention: str = "heads"
+    grouped: str | tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise through the back door, once
@@ -87,6 +97,17 @@ class SlimOptions:
             raise SurgeonInputError(
                 f"attention={self.attention!r}: use 'heads' (whole heads prune) or 'head_dim' "
                 "(every head loses the same part of its width)"
+            )
+        if isinstance(self.grouped, (list, tuple)) and all(
+            isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in self.grouped
+        ):
+            set_(self, "grouped", tuple(self.grouped))
+        elif self.grouped not in (None, *GROUPED):
+            raise SurgeonInputError(
+                f"grouped={self.grouped!r}: use 'offsets' (every group of a grouped conv loses "
+                "the same offsets), 'groups' (whole groups go), 'auto' (whole groups where this "
+                "CPU runs them faster, measured), a tuple of in-group widths that lose whole "
+                "groups, or None ('auto' with round_to='auto', else 'offsets')"
             )
         if self.returns not in RETURNS:
             raise SurgeonInputError(
@@ -122,6 +143,7 @@ class SlimOptions:
             "data": self.data is not None,
             "returns": self.returns,
             "attention": self.attention,
+            "grouped": self.grouped if not isinstance(self.grouped, tuple) else list(self.grouped),
         }
 
 

@@ -385,7 +385,9 @@ def _rebuild(model: nn.Module, plan: dict[str, Any], leaves: list[Leaf], source:
         work = deep_copy(model)
         gm = trace(work, inputs, leaf_modules=leaves)
         before = int_args(gm)
-        graph = build_channel_graph(gm, attention=plan.get("attention", "heads"))
+        graph = build_channel_graph(
+            gm, attention=plan.get("attention", "heads"), grouped=plan.get("grouped", "offsets")
+        )
         graph = block_groups(graph, plan.get("blocked", {}))
         state = SurgeryState.start(graph, inputs)
     except (SurgeonError, RuntimeError, TypeError, ValueError) as exc:

@@ -202,7 +202,15 @@ class Report:
             )
             table.caption_justify = "left"
         if self.settings.get("round_to_auto"):
-            rounded = f"round_to auto: {self.settings.get('round_to')} (measured on this device)"
+            grouped = self.settings.get("grouped")
+            whole = (
+                f"; grouped convs lose whole groups at in-group widths {grouped}"
+                if isinstance(grouped, list)
+                else ""
+            )
+            rounded = (
+                f"round_to auto: {self.settings.get('round_to')}{whole} (measured on this device)"
+            )
             table.caption = f"{table.caption}; {rounded}" if table.caption else rounded
         for provider, reason in self.original.unavailable.items():
             table.add_row(

@@ -9,7 +9,7 @@ what they record. Nothing here mutates the model.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -150,9 +150,14 @@ class RuleContext:
     """The view an op rule gets of one node, and the calls it records its facts with."""
 
     def __init__(
-        self, gm: fx.GraphModule, node: fx.Node, shapes: dict[str, tuple[int, ...]]
+        self,
+        gm: fx.GraphModule,
+        node: fx.Node,
+        shapes: dict[str, tuple[int, ...]],
+        grouped: str | Collection[int] = "offsets",
     ) -> None:
         self.gm = gm
+        self.grouped = grouped
         self.node = node
         self.shapes = shapes
         self.record = NodeRecord()
@@ -161,6 +166,12 @@ class RuleContext:
         )
 
     # -- reading ----------------------------------------------------------------------
+    def whole_groups(self, width: int) -> bool:
+        """Whether a grouped conv of in-group ``width`` loses whole groups (``grouped``:
+        ``"groups"``, or a collection of the widths that do) instead of in-group offsets."""
+        g = self.grouped
+        return g == "groups" or (not isinstance(g, str) and width in g)
+
     def arg(self, i: int, name: str, default: Any = None) -> Any:
         if len(self.node.args) > i:
             return self.node.args[i]

@@ -56,17 +56,18 @@ def assert_exact_at_zero(
     tol: float = 1e-5,
     return_zeroed: bool = False,
     attention: str = "heads",
+    grouped: str = "offsets",
 ) -> Any:
     """The exactness harness: zero about a third of every prunable group's channels by hand
     (:func:`zero_thirds`), then ``slim(model, 0.0, x)`` must compute the same outputs (to
     ``tol`` of their scale) with fewer parameters. ``model`` is not changed; returns the slim
     model, or ``(slim, zeroed)`` with ``return_zeroed`` (``zeroed``: what :func:`zero_thirds`
     returned, per producer module the number of output channels it zeroed)."""
-    graph = surgeon.analyze(model, x, attention=attention)
+    graph = surgeon.analyze(model, x, attention=attention, grouped=grouped)
     assert graph.prunable_groups(), "nothing to prune: the harness would prove nothing"
     zeroed_model = copy.deepcopy(model)
     zeroed = zero_thirds(zeroed_model, graph)
-    slim = assert_exact(zeroed_model, x, tol=tol, attention=attention)
+    slim = assert_exact(zeroed_model, x, tol=tol, attention=attention, grouped=grouped)
     assert count_params(slim) < count_params(model)
     return (slim, zeroed) if return_zeroed else slim
 

@@ -397,6 +397,36 @@ def test_round_to_auto_is_the_default_and_recorded(workdir: Path) -> None:
     assert_user_error(result, "--round-to fast must be a whole number >= 1", "or auto")
 
 
+GROUPED_FILE = """
+from torch import nn
+
+
+def make():
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1, groups=2), nn.ReLU(),
+        nn.Conv2d(32, 4, 1),
+    )
+"""
+
+
+def test_grouped_flag_is_used_and_recorded(tmp_path: Path) -> None:
+    (tmp_path / "g.py").write_text(GROUPED_FILE)
+    common = ("export", "g.py:make", "--input-shape", "1,3,8,8", "--no-bench", "--json")
+    for flags, grouped, kernel in (
+        (["--grouped", "groups", "--round-to", "1"], "groups", (16, 16, 3, 3)),  # 1 group
+        (["--round-to", "1"], "offsets", (16, 8, 3, 3)),  # 2 groups of 8
+    ):
+        result = run(*common, "-o", "g.onnx", *flags, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        settings = json.loads(result.stdout)["settings"]
+        assert settings["grouped"] == grouped
+        assert kernel in kernels(tmp_path / "g.onnx")
+    result = run(*common, "-o", "a.onnx", cwd=tmp_path)  # round_to auto: grouped measured
+    assert isinstance(json.loads(result.stdout)["settings"]["grouped"], list)
+    result = run(*common, "--grouped", "some", cwd=tmp_path)
+    assert result.returncode == 2 and "--grouped" in result.stderr
+
+
 def test_export_weights_from_a_checkpoint(workdir: Path) -> None:
     net = load_factory_file(workdir).make()
     torch.save({"epoch": 3, "state_dict": net.state_dict()}, workdir / "ckpt.pt")

@@ -19,7 +19,7 @@ def _blocked_cost(block: int):
     """A runtime that computes channels in blocks of ``block``: a width costs like the next
     multiple (depthwise pays double for a ragged tail)."""
 
-    def cost(model, channels, provider, threads, runs):
+    def cost(model, channels, provider, threads, runs, side=hardware.SIDE):
         padded = math.ceil(channels / block) * block
         return padded * (2.0 if padded != channels else 1.0)
 
@@ -36,6 +36,23 @@ def test_probe_finds_the_block_a_runtime_computes_in(block, monkeypatch):
     assert sorted(found.ms["depthwise"]) == list(hardware.WIDTHS)
 
 
+def test_probe_finds_the_group_widths_that_halve_faster_whole(monkeypatch):
+    # a runtime whose grouped conv costs its MACs, but 4x where a group is 8 wide: a 16-wide
+    # group halved to 8 is slower than half the 16-wide groups; a 32-wide one is not
+    import onnx
+
+    def cost(model, channels, provider, threads, runs, side=hardware.SIDE):
+        node = onnx.load_from_string(model).graph.node[0]
+        groups = next(a.i for a in node.attribute if a.name == "group")
+        width = channels // groups
+        return channels * width * (4.0 if width == 8 else 1.0)
+
+    monkeypatch.setattr(hardware, "_time", cost)
+    found = hardware.probe("cpu", threads=1)
+    assert found.grouped_widths == (16,), found.grouped_relative
+    assert found.grouped_relative[32] == pytest.approx(2.0)
+
+
 def test_probe_measures_this_machine():
     found = hardware.probe("cpu", threads=1, runs=3)
     assert found.multiple in hardware.CANDIDATES
@@ -49,7 +66,7 @@ def test_the_answer_is_cached_per_device_and_thread_count(tmp_path, monkeypatch)
 
     def probe(provider, threads):
         calls.append(threads)
-        return hardware.Probe("cpu: test", 8, {1: 1.0, 8: 0.8}, {})
+        return hardware.Probe("cpu: test", 8, {1: 1.0, 8: 0.8}, {}, (16,), {16: 0.7})
 
     monkeypatch.setattr(hardware, "probe", probe)
     assert hardware.channel_multiple("cpu", threads=1) == 8
@@ -59,6 +76,8 @@ def test_the_answer_is_cached_per_device_and_thread_count(tmp_path, monkeypatch)
     assert calls == [1, 2]  # another thread count is another measurement
     cached = json.loads((tmp_path / "channel_multiple.json").read_text())
     assert len(cached) == 2 and all(v["multiple"] == 8 for v in cached.values())
+    assert hardware.grouped_widths("cpu", threads=1) == (16,)
+    assert calls == [1, 2]  # the same measurement answers both
 
 
 def test_a_provider_onnxruntime_lacks_is_refused():
@@ -108,3 +127,13 @@ def test_a_model_name_with_other_vector_units_is_another_device(tmp_path, monkey
     narrow = hardware.device_name("cpu")
     assert wide.startswith("cpu: AMD EPYC (AVX-512); onnxruntime ")
     assert narrow.startswith("cpu: AMD EPYC (AVX2); onnxruntime ")
+
+
+def test_an_older_cache_entry_without_group_widths_is_measured_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("SURGEON_CACHE_DIR", str(tmp_path))
+    key = f"{hardware.device_name('cpu')}; threads 1"
+    (tmp_path / "channel_multiple.json").write_text(json.dumps({key: {"multiple": 4}}))
+    monkeypatch.setattr(
+        hardware, "probe", lambda p, t: hardware.Probe("cpu: test", 16, {}, {}, (16,), {})
+    )
+    assert hardware.channel_multiple("cpu", threads=1) == 16

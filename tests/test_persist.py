@@ -363,3 +363,27 @@ def test_leaf_modules_must_be_given_again(tmp_path: Path) -> None:
     assert "Gate" in str(info.value)
     loaded = surgeon.load(path, gated_net(seed=1), leaf_modules=[Gate])
     torch.testing.assert_close(loaded(x), gm(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("grouped", ["groups", (8,)])
+def test_whole_group_pruning_round_trips(grouped: Any, tmp_path: Path) -> None:
+    # the load rebuilds the channel graph: it must take whole groups where the slim did
+    model, x = build("regnety_400mf", seed=0)
+    randomize_norms(model, seed=0)
+    gm = surgeon.slim(model, 0.5, x, grouped=grouped)
+    assert gm.meta[PLAN_KEY]["grouped"] == (grouped if grouped == "groups" else list(grouped))
+    grouped_convs = {
+        n: m.in_channels // m.groups
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Conv2d) and 1 < m.groups < m.in_channels
+    }
+    cut = dict(gm.named_modules())
+    assert set(grouped_convs.values()) == {8}  # 48 / 6 groups ...: every group 8 wide
+    assert all(cut[n].in_channels // cut[n].groups == 8 for n in grouped_convs)  # kept whole
+    assert any(cut[n].groups < model.get_submodule(n).groups for n in grouped_convs)
+    surgeon.save(gm, tmp_path / "m.surgeon")
+    fresh, _ = build("regnety_400mf", seed=1)
+    loaded = surgeon.load(tmp_path / "m.surgeon", fresh)
+    assert n_params(loaded) == n_params(gm)
+    with torch.no_grad():
+        assert_same(loaded(x), gm(x))

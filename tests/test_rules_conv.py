@@ -9,7 +9,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import surgeon
-from tests.helpers import NetHarnesses, assert_exact, randomize_norms, seeded
+from tests.helpers import (
+    NetHarnesses,
+    assert_exact,
+    assert_exact_at_zero,
+    assert_slims_at_half,
+    randomize_norms,
+    seeded,
+)
 
 
 class GroupedNet(nn.Module):
@@ -68,6 +75,68 @@ def test_grouped_conv_keeps_groups_equal():
     assert g.groups == 4 and g.in_channels % 4 == 0 and g.out_channels % 4 == 0
     assert slim.dw.groups == slim.dw.in_channels and slim.dw.out_channels == 2 * slim.dw.in_channels
     assert slim.gn.num_channels % 4 == 0
+
+
+class WholeGroups(nn.Module):
+    """A grouped conv (4 groups of 4 in, of 8 out) between two 1x1 convs, as ``nn.Conv2d``
+    with a batch norm, or as ``F.conv2d``. (GroupedNet's GroupNorm removes the same offsets
+    of its own groups, which ties all of a whole-group conv's classes into one.)"""
+
+    def __init__(self, functional: bool = False):
+        super().__init__()
+        self.functional = functional
+        self.conv1 = nn.Conv2d(3, 16, 1)
+        self.grouped = nn.Conv2d(16, 32, 3, padding=1, groups=4)
+        self.bn = nn.BatchNorm2d(32)
+        self.head = nn.Conv2d(32, 5, 1)
+
+    def forward(self, x):
+        y = F.relu(self.conv1(x))
+        if self.functional:
+            y = F.conv2d(y, self.grouped.weight, self.grouped.bias, 1, 1, 1, 4)
+        else:
+            y = self.bn(self.grouped(y))
+        return self.head(F.relu(y))
+
+
+@pytest.mark.parametrize("name", ["module", "functional"])
+def test_whole_groups_prune_and_keep_their_width(name, tmp_path):
+    net, x = seeded(lambda: WholeGroups(name == "functional"), lambda: torch.randn(2, 3, 8, 8))
+    # exact: hand-zeroed whole groups go and the function stays
+    zeroed = assert_exact_at_zero(net, x, grouped="groups")
+    slim = assert_slims_at_half(net, x, tmp_path, grouped="groups")  # ORT parity inside
+    for s, groups in ((zeroed, 3), (slim, 2)):
+        w = s.grouped.weight
+        assert w.shape == (8 * groups, 4, 3, 3) and s.conv1.out_channels == 4 * groups
+        if name == "module":
+            assert (s.grouped.groups, s.grouped.in_channels) == (groups, 4 * groups)
+    assert slim.meta["surgeon.plan"]["grouped"] == "groups"
+    offsets = surgeon.slim(net, 0.5, x)
+    assert offsets.grouped.weight.shape == (16, 2, 3, 3)  # every group narrower
+    assert offsets.meta["surgeon.plan"]["grouped"] == "offsets"
+
+
+def test_grouped_auto_takes_whole_groups_at_the_measured_widths(monkeypatch):
+    import surgeon.api as api
+
+    net, x = seeded(WholeGroups, lambda: torch.randn(2, 3, 8, 8))
+    for widths, groups in (((4,), 2), ((8, 16), 4)):
+        monkeypatch.setattr(api, "grouped_widths", lambda provider, threads, w=widths: w)
+        slim = surgeon.slim(net, 0.5, x, grouped="auto")
+        assert slim.grouped.groups == groups
+        assert slim.meta["surgeon.plan"]["grouped"] == list(widths)
+    monkeypatch.setattr(api, "channel_multiple", lambda provider, threads: 1)
+    monkeypatch.setattr(api, "grouped_widths", lambda provider, threads: (4,))
+    assert surgeon.slim(net, 0.5, x, round_to="auto").grouped.groups == 2  # auto with it
+
+
+def test_round_to_counts_channels_not_classes():
+    # a class is a whole group of 4 in / 8 out channels: round_to=8 keeps an even number of
+    # groups (the old rule kept a multiple of 8 classes, here every group: nothing pruned)
+    net, x = seeded(WholeGroups, lambda: torch.randn(2, 3, 8, 8))
+    slim = surgeon.slim(net, 0.75, x, grouped="groups", round_to=8)
+    assert slim.grouped.groups == 2 and slim.grouped.out_channels == 16
+    assert slim.conv1.out_channels == 8
 
 
 class ConstChain(nn.Module):

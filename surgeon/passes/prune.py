@@ -137,7 +137,9 @@ class ChannelPrunePass(SurgeryPass):
 
     Cases:
     1. ``scope="local"``: every group removes ``floor(ratio * classes)``; with ``round_to`` the
-       kept count is rounded up to a multiple of it.
+       kept count is rounded up so that every space with a parameter slice keeps a multiple
+       of ``round_to`` channels (in classes: a multiple of ``round_to`` one-channel classes,
+       any number of 64-wide heads).
     2. ``scope="global"``: scores are divided by their group's mean and one threshold removes
        ``ratio`` of all classes, no group losing more than ``max_group_ratio`` of its own.
     3. At least one class is kept per group and per space; classes of ignored modules
@@ -155,11 +157,21 @@ class ChannelPrunePass(SurgeryPass):
         self.ignore = tuple(str(i) for i in options.ignore)
         self.max_group_ratio = options.max_group_ratio
 
-    def _n_keep(self, k: int, n_remove: int) -> int:
+    def _n_keep(self, k: int, n_remove: int, step: int) -> int:
         keep = k - n_remove
         if self.round_to:
-            keep = min(k, math.ceil(keep / self.round_to) * self.round_to)
+            keep = min(k, math.ceil(keep / step) * step)
         return max(1, keep)
+
+    def _step(self, group: Group) -> int:
+        """How many classes keep a multiple of ``round_to`` channels in every space that holds
+        a parameter slice (where the compute is; a heads dim holds none): ``round_to`` where a
+        class is one channel, fewer where it is several (a whole head, a whole conv group)."""
+        r = self.round_to
+        if not r:
+            return 1
+        spaces = {sl.space for sl in group.params if sl.space in group.class_of}
+        return math.lcm(1, *(r // math.gcd(r, _per_class(group, s) or 1) for s in spaces))
 
     def call(self, gm: fx.GraphModule) -> PassResult:
         state = self.state(gm)
@@ -174,7 +186,7 @@ class ChannelPrunePass(SurgeryPass):
             target = {}
             for g in groups:
                 n = orig[g.index]
-                keep = self._n_keep(n, int(self.ratio * n + 1e-9))
+                keep = self._n_keep(n, int(self.ratio * n + 1e-9), self._step(g))
                 target[g.index] = max(0, g.n_classes - keep)
         else:
             target = self._global_targets(groups, scores, protect, orig)
@@ -229,5 +241,5 @@ class ChannelPrunePass(SurgeryPass):
         out = {}
         for gi, n in count.items():
             g, o = by_index[gi], orig[gi]
-            out[gi] = max(0, g.n_classes - self._n_keep(o, o - g.n_classes + n))
+            out[gi] = max(0, g.n_classes - self._n_keep(o, o - g.n_classes + n, self._step(g)))
         return out

@@ -39,7 +39,7 @@ def conv_rule(ctx: RuleContext) -> None:
         ctx.param(owner, "bias", 0, yc)  # even when None: a constant fold may create it
         if kind == "dense":
             ctx.param(owner, "weight", 1, xin, role="consumer")
-        elif kind == "grouped":
+        elif kind == "grouped":  # "groups": weight dim 1 (a group's width) keeps its size
             cin, ipg = m.in_channels, m.in_channels // m.groups
             ctx.param(owner, "weight", 1, xin, index=np.arange(cin) % ipg, role="consumer")
 
@@ -79,6 +79,8 @@ def conv_function_rule(ctx: RuleContext) -> None:
         elif kind == "grouped":
             cin = view.in_channels
             ctx.couple(xin, (w.name, 1), np.arange(cin), np.arange(cin) % ws[1])
+        elif kind == "groups":
+            ctx.block((w.name, 1), "in-group width of a grouped kernel (whole groups prune)")
         else:
             ctx.block((w.name, 1), "size-1 dim of a depthwise kernel")
 
@@ -102,15 +104,17 @@ def _conv(
 
     ``m`` has the conv's ``weight``, ``bias``, ``groups``, ``padding``, ``in_channels`` and
     ``out_channels``; ``link(kind, out_space, in_space)`` records where the weight and bias
-    follow the channels (``kind``: dense, depthwise or grouped); ``on_resize(in, out, groups)``
-    writes the new sizes back.
+    follow the channels (``kind``: dense, depthwise, grouped or groups);
+    ``on_resize(in, out, groups)`` writes the new sizes back.
 
     1. groups == 1: input channels are a contraction (a sink, folded into the bias when the
        conv has no padding and the bias can be written).
     2. in/groups == 1 (depthwise, any multiplier): input channel c and the outputs of group c
        are one class: removing c removes its group; ``groups`` shrinks.
-    3. otherwise (grouped): a class spans the same in-group offset in every group, so groups
-       stay equal in size and ``groups`` is unchanged.
+    3. otherwise (grouped), by default: a class spans the same in-group offset in every
+       group, so groups stay equal in size and ``groups`` is unchanged; where
+       ``ctx.whole_groups(in/groups)``: a class is one whole group, its inputs and outputs
+       (case 2 with wider groups), so each group keeps its width and ``groups`` shrinks.
     """
     xs, ys = ctx.shape(x), ctx.out_shape
     if xs is None or ys is None:
@@ -137,6 +141,12 @@ def _conv(
         link("depthwise", yc, xin)
         ctx.couple(xin, yc, np.arange(cout) // opg, np.arange(cout))
         ctx.tag(yc, "depthwise")
+    elif ctx.whole_groups(ipg):
+        link("groups", yc, xin)
+        first = (np.arange(cin) // ipg) * opg  # the first output of each input's group
+        ctx.couple(xin, yc, np.arange(cin), first)
+        ctx.couple(yc, yc, np.arange(cout), (np.arange(cout) // opg) * opg)
+        ctx.tag(yc, "grouped")
     else:
         link("grouped", yc, xin)
         ctx.couple(xin, xin, np.arange(cin), np.arange(cin) % ipg)
@@ -159,7 +169,8 @@ def _conv(
 
     def resize(size):
         new_in, new_out = size(xin), size(yc)
-        on_resize(new_in, new_out, g * new_in // cin if 1 < g and ipg == 1 else g)
+        whole = ipg == 1 or ctx.whole_groups(ipg)  # classes are whole groups
+        on_resize(new_in, new_out, g * new_in // cin if 1 < g and whole else g)
 
     ctx.on_resize(resize)
 
