@@ -1053,9 +1053,20 @@ def export_command(
                 attention=attention.value.replace("-", "_"),
                 grouped=groups,
             )
-            slim_model = _slim(original, example, opts)
+            if asked == "auto" and not no_bench:  # time the slim model at each multiple
+                from surgeon.api import timed_round_to
+
+                slim_model = timed_round_to(
+                    original, example, opts.replace(round_to="auto"), provider=device.value,
+                    threads=threads,
+                )[0]  # fmt: skip
+                opts = opts.replace(round_to=slim_model.meta[PLAN_KEY]["round_to"])
+            else:
+                slim_model = _slim(original, example, opts)
         settings = {
             **opts.to_record(),
+            # auto: the median ms of the slim model at each multiple timed (round_to_timed)
+            "round_to_timed": slim_model.meta[PLAN_KEY].get("round_to_timed"),
             # auto: the multiple measured on --device with --threads (surgeon.hardware)
             "round_to_auto": asked == "auto",
             "model": spec,

@@ -208,8 +208,17 @@ class Report:
                 if isinstance(grouped, list)
                 else ""
             )
+            timed = self.settings.get("round_to_timed") or {}
+            fastest = (
+                " (the fastest slim model of "
+                + ", ".join(f"{m}: {ms:.3g} ms" for m, ms in timed.items())
+                + ")"
+                if timed
+                else ""
+            )
             rounded = (
-                f"round_to auto: {self.settings.get('round_to')}{whole} (measured on this device)"
+                f"round_to auto: {self.settings.get('round_to')}{fastest}{whole} (measured on "
+                "this device)"
             )
             table.caption = f"{table.caption}; {rounded}" if table.caption else rounded
         for provider, reason in self.original.unavailable.items():
