@@ -13,8 +13,8 @@ provider: every round runs each file once, in alternating order, so load from el
 machine hits all of them alike. The table reports medians and, beside them, measured speedup
 (median original / median slim), theoretical speedup (MACs original / MACs slim, Blalock et
 al.) and their ratio: how much of the MAC reduction onnxruntime turns into time. ``auto`` is
-the multiple :func:`surgeon.hardware.channel_multiple` measured on this CPU (shown in the
-label). ``--json FILE`` also writes every number.
+the multiple the slim model itself ran fastest at (:func:`surgeon.api.timed_round_to`, shown
+in the label), with grouped convs pruned as the probe measured (``grouped="auto"``). ``--json FILE`` also writes every number.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import surgeon
 from surgeon.cost import count_macs, count_params
 from surgeon.exporter import export
 from surgeon.files import write_bytes_atomic
-from surgeon.hardware import channel_multiple, device_name
+from surgeon.hardware import device_name
 from surgeon.models import ZOO, create
 
 # piped into a file or CI log, Rich would wrap the table at 80 columns
@@ -107,11 +107,11 @@ def _measure(
     variants: list[tuple[str, nn.Module, float]] = []
     for round_to in (None, *args.round_to):
         label = "slim" if round_to is None else f"slim, round_to={round_to}"
-        if round_to == "auto":
-            label += f" ({channel_multiple('cpu', threads=1)})"
         status.update(f"{name}: {label}")
         started = time.perf_counter()
         slim = surgeon.slim(model, args.ratio, x, round_to=round_to)
+        if round_to == "auto":  # the multiple its own slim model ran fastest at
+            label += f" ({slim.meta['surgeon.plan']['round_to']})"
         variants.append((label, slim, time.perf_counter() - started))
         paths.append(export(slim, x, folder / f"{stem}_slim_{round_to}.onnx"))
     original_ms, *slim_ms = _interleaved_medians(paths, args, status)
