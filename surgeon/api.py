@@ -372,7 +372,8 @@ def timed_round_to(
     data = options.data
     if data is not None and iter(data) is data:  # type: ignore[call-overload]
         options = options.replace(data=list(data))  # read once per candidate
-    options = options.replace(grouped=options.grouped or "auto")
+    # grouped convs as measured on the same provider (unless the caller chose)
+    options = options.replace(grouped=options.grouped or grouped_widths(provider, threads))
     first = channel_multiple(provider, threads=threads)
     made: dict[int, tuple[nn.Module, SurgeryState]] = {}
     shapes: dict[tuple, int] = {}
