@@ -17,12 +17,12 @@ import torch.nn as nn
 from surgeon.adopt import adopt, int_args
 from surgeon.capture import SPECIALISED_KEY
 from surgeon.diagnose import REPORT_KEY, dense_macs, diagnose
-from surgeon.errors import SurgeonInputError, SurgeonPassError
+from surgeon.errors import SurgeonError, SurgeonInputError, SurgeonPassError
 from surgeon.graph import ChannelGraph, build_channel_graph
 from surgeon.hardware import channel_multiple, grouped_widths
 from surgeon.importance import DATA_CRITERIA, DataStats, collect_stats, iter_batches
 from surgeon.modelconfig import update_config
-from surgeon.options import Leaf, SlimOptions, leaf_name
+from surgeon.options import Leaf, SlimOptions, check_grouped, leaf_name
 from surgeon.passes import (
     STATE_KEY,
     ChannelPrunePass,
@@ -93,12 +93,39 @@ def analyze(
     leaves = resolve_leaves(model, leaf_modules)
     with gc_paused():
         gm = trace(_copy(model), example_inputs, leaf_modules=leaves)
-        return build_channel_graph(gm, attention=attention, grouped=_grouped_form(grouped))
+        return channel_graph(gm, attention, _grouped_form(grouped))
 
 
-def _grouped_form(grouped: str | tuple[int, ...]) -> str | tuple[int, ...]:
-    """What the channel graph takes for ``grouped``: ``"auto"`` becomes the in-group widths
-    measured on this CPU to lose whole groups faster."""
+def channel_graph(
+    gm: fx.GraphModule,
+    attention: str,
+    grouped: str | tuple[int, ...],
+    whole: Iterable[str] | None = None,
+) -> ChannelGraph:
+    """:func:`build_channel_graph`. With measured widths (``grouped`` a tuple), a grouped
+    conv whose whole groups leave its channels unprunable (a GroupNorm or a channel shuffle
+    ties every group into one class, where narrowing each group prunes) loses offsets
+    instead: the graph is built again without it. ``whole`` (node names) keeps the decision
+    an earlier slim made, for the same model slimmed again."""
+    whole = None if whole is None else set(whole)
+    graph = build_channel_graph(gm, attention=attention, grouped=grouped, whole=whole)
+    if isinstance(grouped, str) or whole is not None:
+        return graph
+    stuck = {
+        n
+        for n, space in graph.whole_groups.items()
+        if not graph.groups[graph.group_of[space]].prunable
+    }
+    if not stuck:
+        return graph
+    kept = set(graph.whole_groups) - stuck
+    return build_channel_graph(gm, attention=attention, grouped=grouped, whole=kept)
+
+
+def _grouped_form(grouped: str | tuple[int, ...] | None) -> str | tuple[int, ...]:
+    """What the channel graph takes for ``grouped`` (validated; None: ``"offsets"``):
+    ``"auto"`` becomes the in-group widths measured on this CPU to lose whole groups faster."""
+    grouped = "offsets" if grouped is None else check_grouped(grouped)
     return grouped_widths("cpu", threads=1) if grouped == "auto" else grouped
 
 
@@ -176,9 +203,12 @@ def slim(
         scope: ``"local"`` (the same ratio in every group) or ``"global"`` (one threshold over
             scores normalised per group, at most ``max_group_ratio`` of any group).
         round_to: keep a multiple of this many channels per group (rounded up: never more
-            removed than ``ratio`` asks); ``"auto"``: the multiple onnxruntime computes fastest
-            on this CPU with one thread, measured once and cached
-            (:func:`surgeon.hardware.channel_multiple`); the plan records ``round_to_auto``.
+            removed than ``ratio`` asks; a whole head or conv group counts by its channels);
+            ``"auto"``: the multiple at which onnxruntime runs this slim model fastest on this
+            CPU with one thread: slimmed at the probe's multiple
+            (:func:`surgeon.hardware.channel_multiple`, measured once and cached) and each
+            larger one, each timed (:func:`timed_round_to`; with ``inplace``, the probe's
+            multiple alone); the plan records ``round_to_auto`` and ``round_to_timed``.
         ignore: modules (or qualified names) whose parameter shapes must not change.
         leaf_modules: module types or instances torch.fx must not trace into.
         data: an iterable of ``(input, target)`` batches (a DataLoader, a list): needed by
@@ -270,7 +300,15 @@ def _slim(
         return timed_round_to(model, example_inputs, options, original=original)
     if auto:
         options = options.replace(round_to=channel_multiple("cpu", threads=1))
-    grouped_form = _grouped_form(options.grouped or ("auto" if auto else "offsets"))
+    grouped = options.grouped
+    grouped_form = _grouped_form(grouped if grouped is not None else "auto" if auto else None)
+    meta = getattr(model, "meta", None)
+    earlier = meta.get(PLAN_KEY) if isinstance(meta, dict) else None
+    # a slim model slimmed again (an iterative schedule's next step) keeps which grouped
+    # convs lose whole groups: a width narrowed by offsets must not switch them now
+    earlier_whole = None
+    if earlier and isinstance(earlier.get("grouped"), list) and not isinstance(grouped_form, str):
+        earlier_whole = earlier.get("whole_groups")
     data = options.data
     if data is not None and iter(data) is data:  # type: ignore[call-overload]
         options = options.replace(data=list(data))  # a one-shot iterator: it is read twice
@@ -296,7 +334,7 @@ def _slim(
             try:
                 sizes_before = int_args(gm)
                 expected = _output_shapes(gm)
-                built = build_channel_graph(gm, attention=options.attention, grouped=grouped_form)
+                built = channel_graph(gm, options.attention, grouped_form, earlier_whole)
                 graph = block_groups(built, blocked)
                 macs_before = dense_macs(gm)
                 _check_original(graph, original)
@@ -330,6 +368,7 @@ def _slim(
             # what grouped convs lose: "offsets", "groups" or the in-group widths that lose
             # whole groups (grouped="auto", measured)
             "grouped": grouped_form if isinstance(grouped_form, str) else list(grouped_form),
+            "whole_groups": sorted(graph.whole_groups),  # the grouped convs that did (nodes)
             # where capture answered a size question with the example's ints (None: nowhere)
             "specialised": gm.meta.get(SPECIALISED_KEY),
         }
@@ -372,13 +411,19 @@ def timed_round_to(
     data = options.data
     if data is not None and iter(data) is data:  # type: ignore[call-overload]
         options = options.replace(data=list(data))  # read once per candidate
-    # grouped convs as measured on the same provider (unless the caller chose)
-    options = options.replace(grouped=options.grouped or grouped_widths(provider, threads))
+    if options.grouped in (None, "auto"):  # as measured on the same provider
+        options = options.replace(grouped=grouped_widths(provider, threads))
     first = channel_multiple(provider, threads=threads)
     made: dict[int, tuple[nn.Module, SurgeryState]] = {}
     shapes: dict[tuple, int] = {}
     for m in (c for c in CANDIDATES if c >= first):
-        out, state = _slim(model, example_inputs, options.replace(round_to=m), original)
+        try:
+            out, state = _slim(model, example_inputs, options.replace(round_to=m), original)
+        except SurgeonError as exc:
+            if m == first:
+                raise
+            log.info("surgeon: round_to=%d is left out of the timing: %s", m, exc)
+            continue
         key = tuple((k, tuple(v.shape)) for k, v in out.state_dict().items())
         if key not in shapes:  # a larger multiple that changes no width is the same model
             shapes[key] = m
@@ -393,11 +438,20 @@ def timed_round_to(
                     for m, (out, _) in made.items()
                 ]
                 timed = bench_interleaved(
-                    paths, providers=(provider,), warmup=3, runs=runs, threads=threads
+                    paths,
+                    example_inputs,
+                    providers=(provider,),
+                    warmup=3,
+                    runs=runs,
+                    threads=threads,
                 )
-            medians = {m: r[provider].median_ms for m, r in zip(made, timed, strict=True)}
-            best = min(medians.values())
-            pick = min(m for m, ms in medians.items() if ms <= best * (1 + TOLERANCE))
+            found = {m: r[provider].median_ms for m, r in zip(made, timed, strict=True)}
+            found = {m: ms for m, ms in found.items() if ms is not None}  # None: not run
+            if len(found) < 2:
+                raise RuntimeError(f"onnxruntime did not run them on {provider}")
+            best = min(found.values())
+            pick = min(m for m, ms in found.items() if ms <= best * (1 + TOLERANCE))
+            medians = found
         except Exception as exc:  # an export or a runtime that fails: the probe's answer
             log.warning(
                 "surgeon: round_to='auto' could not time the slim models (%s); "

@@ -90,6 +90,8 @@ class ChannelGraph:
                     blocked[s].append(why)
         self.blocked = dict(blocked)
         self.ties = [t for rec in records.values() for t in rec.ties]
+        # grouped convs (node names) that lose whole groups -> their output spaces
+        self.whole_groups = {n: rec.whole_groups for n, rec in records.items() if rec.whole_groups}
         self.group_of: dict[Space, int] = {}
         self.groups: list[Group] = []
         params: dict[Space, list[ParamSlice]] = defaultdict(list)
@@ -317,6 +319,7 @@ def build_channel_graph(
     *,
     attention: str = "heads",
     grouped: str | Collection[int] = "offsets",
+    whole: Collection[str] | None = None,
 ) -> ChannelGraph:
     """Run every node's rule over a shape-annotated GraphModule and build its ChannelGraph.
 
@@ -325,7 +328,8 @@ def build_channel_graph(
     ``"head_dim"`` the innermost (every head loses the same offsets in its width).
     ``grouped``: a grouped conv's classes are its in-group offsets (``"offsets"``), its
     whole groups (``"groups"``), or whole groups where its in-group width is in a collection
-    of widths (what ``grouped="auto"`` measured)."""
+    of widths (what ``grouped="auto"`` measured); with widths, ``whole`` (node names) can
+    name the convs that lose whole groups instead (a decision made before, kept)."""
     rules.clear_caches()
     shapes: dict[str, tuple[int, ...]] = {}
     for node in gm.graph.nodes:
@@ -338,7 +342,7 @@ def build_channel_graph(
         )
     records: dict[str, NodeRecord] = {}
     for node in gm.graph.nodes:
-        ctx = RuleContext(gm, node, shapes, grouped)
+        ctx = RuleContext(gm, node, shapes, grouped, whole)
         if node.op == "placeholder":
             for name, shape in meta_shapes(node):
                 for d in range(len(shape)):

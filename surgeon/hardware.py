@@ -40,7 +40,7 @@ WIDTHS = range(33, 65)  # one full cycle of the largest candidate
 SIDE = 28  # feature map side: a MobileNet's middle stages
 TOLERANCE = 0.03  # a larger multiple must be this much faster on average to be preferred
 #: in-group widths of the grouped-conv probe, and its (side, channels) shapes
-GROUP_WIDTHS = (2, 4, 8, 16, 32, 64)
+GROUP_WIDTHS = (2, 4, 8, 16, 32)  # each leaves at least 2 groups of the shapes' channels
 GROUPED_SHAPES = ((28, 128), (14, 256))
 
 

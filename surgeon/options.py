@@ -36,8 +36,9 @@ class SlimOptions:
             ``grad``); the last two need ``data`` and ``loss_fn``.
         scope: ``"local"`` (the same ratio in every group) or ``"global"``.
         round_to: keep a multiple of this many channels per group (``None``: no rounding;
-            ``"auto"``: the multiple onnxruntime computes fastest on this CPU with one thread,
-            measured once and cached, :func:`surgeon.hardware.channel_multiple`).
+            ``"auto"``: the multiple at which onnxruntime runs the slim model fastest on this
+            CPU with one thread, timed from the probe's multiple up,
+            :func:`surgeon.api.timed_round_to`; with ``inplace`` the probe's multiple alone).
         ignore: modules (or qualified names) whose parameter shapes must not change.
         inplace: resize the model's own submodules instead of a copy.
         leaf_modules: module types, instances or qualified names of submodules torch.fx must
@@ -98,17 +99,8 @@ class SlimOptions:
                 f"attention={self.attention!r}: use 'heads' (whole heads prune) or 'head_dim' "
                 "(every head loses the same part of its width)"
             )
-        if isinstance(self.grouped, (list, tuple)) and all(
-            isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in self.grouped
-        ):
-            set_(self, "grouped", tuple(self.grouped))
-        elif self.grouped not in (None, *GROUPED):
-            raise SurgeonInputError(
-                f"grouped={self.grouped!r}: use 'offsets' (every group of a grouped conv loses "
-                "the same offsets), 'groups' (whole groups go), 'auto' (whole groups where this "
-                "CPU runs them faster, measured), a tuple of in-group widths that lose whole "
-                "groups, or None ('auto' with round_to='auto', else 'offsets')"
-            )
+        if self.grouped is not None:
+            set_(self, "grouped", check_grouped(self.grouped))
         if self.returns not in RETURNS:
             raise SurgeonInputError(
                 f"returns={self.returns!r}: use 'auto' (the model's own class where it verifies, "
@@ -145,6 +137,22 @@ class SlimOptions:
             "attention": self.attention,
             "grouped": self.grouped if not isinstance(self.grouped, tuple) else list(self.grouped),
         }
+
+
+def check_grouped(value: Any) -> str | tuple[int, ...]:
+    """``grouped`` validated: one of :data:`GROUPED`, or in-group widths as a tuple of ints."""
+    if isinstance(value, str) and value in GROUPED:
+        return value
+    if isinstance(value, (list, tuple)) and all(
+        isinstance(w, numbers.Integral) and not isinstance(w, bool) and w > 0 for w in value
+    ):
+        return tuple(int(w) for w in value)
+    raise SurgeonInputError(
+        f"grouped={value!r}: use 'offsets' (every group of a grouped conv loses the same "
+        "offsets), 'groups' (whole groups go), 'auto' (whole groups where this CPU runs them "
+        "faster, measured), a tuple of in-group widths that lose whole groups, or None ('auto' "
+        "with round_to='auto', else 'offsets')"
+    )
 
 
 def leaf_name(m: Leaf | str) -> str:

@@ -385,8 +385,12 @@ def _rebuild(model: nn.Module, plan: dict[str, Any], leaves: list[Leaf], source:
         work = deep_copy(model)
         gm = trace(work, inputs, leaf_modules=leaves)
         before = int_args(gm)
+        grouped = plan.get("grouped", "offsets")
         graph = build_channel_graph(
-            gm, attention=plan.get("attention", "heads"), grouped=plan.get("grouped", "offsets")
+            gm,
+            attention=plan.get("attention", "heads"),
+            grouped=grouped if isinstance(grouped, str) else tuple(grouped),
+            whole=None if isinstance(grouped, str) else set(plan.get("whole_groups", ())),
         )
         graph = block_groups(graph, plan.get("blocked", {}))
         state = SurgeryState.start(graph, inputs)

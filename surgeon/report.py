@@ -205,7 +205,7 @@ class Report:
             grouped = self.settings.get("grouped")
             whole = (
                 f"; grouped convs lose whole groups at in-group widths {grouped}"
-                if isinstance(grouped, list)
+                if isinstance(grouped, list) and grouped
                 else ""
             )
             timed = self.settings.get("round_to_timed") or {}

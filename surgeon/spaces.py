@@ -129,6 +129,8 @@ class NodeRecord:
     # (a, b): the model's own code sizes b from a read of a's size (``x.reshape(B, N, C)`` with
     # ``C = y.shape[-1]``): its own forward runs after the surgery only where both keep as many
     ties: list[tuple[Space, Space]] = field(default_factory=list)
+    # a grouped conv that loses whole groups: its output space
+    whole_groups: Space | None = None
 
 
 def meta_shapes(node: fx.Node) -> list[tuple[str, tuple[int, ...]]]:
@@ -155,9 +157,11 @@ class RuleContext:
         node: fx.Node,
         shapes: dict[str, tuple[int, ...]],
         grouped: str | Collection[int] = "offsets",
+        whole: Collection[str] | None = None,
     ) -> None:
         self.gm = gm
         self.grouped = grouped
+        self.whole = whole
         self.node = node
         self.shapes = shapes
         self.record = NodeRecord()
@@ -167,10 +171,13 @@ class RuleContext:
 
     # -- reading ----------------------------------------------------------------------
     def whole_groups(self, width: int) -> bool:
-        """Whether a grouped conv of in-group ``width`` loses whole groups (``grouped``:
-        ``"groups"``, or a collection of the widths that do) instead of in-group offsets."""
+        """Whether this node, a grouped conv of in-group ``width``, loses whole groups
+        (``grouped``: ``"groups"``, or a collection of the widths that do; where ``whole``
+        names the nodes that do, those alone) instead of in-group offsets."""
         g = self.grouped
-        return g == "groups" or (not isinstance(g, str) and width in g)
+        if g == "groups" or g == "offsets":
+            return g == "groups"
+        return self.node.name in self.whole if self.whole is not None else width in g
 
     def arg(self, i: int, name: str, default: Any = None) -> Any:
         if len(self.node.args) > i:

@@ -51,6 +51,7 @@ def test_probe_finds_the_group_widths_that_halve_faster_whole(monkeypatch):
     found = hardware.probe("cpu", threads=1)
     assert found.grouped_widths == (16,), found.grouped_relative
     assert found.grouped_relative[32] == pytest.approx(2.0)
+    assert set(found.grouped_relative) == set(hardware.GROUP_WIDTHS)
 
 
 def test_probe_measures_this_machine():
@@ -94,7 +95,7 @@ def _fake_latency(fastest: int, seen: list[list[str]]):
     r<multiple>.onnx); records the files each call timed."""
     from types import SimpleNamespace
 
-    def bench(paths, **kwargs):
+    def bench(paths, example_inputs=None, **kwargs):
         seen.append([p.name for p in paths])
         ms = {int(p.stem[1:]): 1.0 if int(p.stem[1:]) == fastest else 2.0 for p in paths}
         return [{"cpu": SimpleNamespace(median_ms=ms[int(p.stem[1:])])} for p in paths]
@@ -183,3 +184,19 @@ def test_an_older_cache_entry_without_group_widths_is_measured_again(tmp_path, m
         hardware, "probe", lambda p, t: hardware.Probe("cpu: test", 16, {}, {}, (16,), {})
     )
     assert hardware.channel_multiple("cpu", threads=1) == 16
+
+
+def test_timings_onnxruntime_did_not_run_keep_the_probes_multiple(monkeypatch):
+    from types import SimpleNamespace
+
+    import surgeon.benchmark
+
+    monkeypatch.setattr(api, "channel_multiple", lambda provider, threads: 8)
+    monkeypatch.setattr(
+        surgeon.benchmark,
+        "bench_interleaved",
+        lambda paths, *a, **k: [{"cpu": SimpleNamespace(median_ms=None)} for _ in paths],
+    )
+    model, x = create("mobilenet_v2", input_shape=(1, 3, 64, 64))
+    plan = surgeon.slim(model, 0.3, x, round_to="auto").meta["surgeon.plan"]
+    assert plan["round_to"] == 8 and plan["round_to_timed"] == {}

@@ -164,3 +164,51 @@ def test_constant_channel_is_folded_only_where_exact(pad):
         net.bn.bias[[1, 4]] = torch.tensor([0.7, 1.3])
     slim = assert_exact(net, torch.randn(2, 3, 8, 8))
     assert slim.conv1.out_channels == (4 if pad == 0 else 6)
+
+
+def _grouped_chain(width: int, norm: bool = False) -> nn.Module:
+    """conv 1x1 -> grouped 3x3 (4 groups of ``width``) [-> GroupNorm(4)] -> 1x1 head."""
+    c = 4 * width
+    layers = [nn.Conv2d(3, c, 1), nn.ReLU(), nn.Conv2d(c, c, 3, padding=1, groups=4)]
+    layers += [nn.GroupNorm(4, c)] if norm else []
+    return nn.Sequential(*layers, nn.ReLU(), nn.Conv2d(c, 5, 1))
+
+
+def test_measured_widths_fall_back_to_offsets_where_whole_groups_prune_nothing():
+    # the GroupNorm removes the same offsets of its 4 groups, which ties the grouped conv's
+    # whole-group classes into one: at its measured width the conv then narrows its groups
+    torch.manual_seed(0)
+    net, x = _grouped_chain(6, norm=True).eval(), torch.randn(1, 3, 8, 8)
+    measured = surgeon.slim(net, 0.5, x, grouped=(6,))
+    offsets = surgeon.slim(net, 0.5, x, grouped="offsets")
+    assert measured[2].weight.shape == offsets[2].weight.shape == (12, 3, 3, 3)
+    assert measured.meta["surgeon.plan"]["whole_groups"] == []
+    assert surgeon.slim(net, 0.5, x, grouped="groups")[2].weight.shape == (24, 6, 3, 3)
+    plain = surgeon.slim(_grouped_chain(6).eval(), 0.5, x, grouped=(6,))  # no norm: whole
+    assert plain[2].weight.shape == (12, 6, 3, 3) and plain[2].groups == 2
+
+
+def test_an_iterative_schedule_keeps_each_convs_choice():
+    # width 16 narrowed by offsets reaches 8, a measured width: later steps must not switch
+    torch.manual_seed(0)
+    net, x = _grouped_chain(16).eval(), torch.randn(1, 3, 8, 8)
+    slim = surgeon.prune_iteratively(net, 0.75, x, steps=3, schedule="linear", grouped=(8,))
+    assert slim[2].groups == 4 and slim[2].weight.shape == (16, 4, 3, 3)
+
+
+def test_round_to_keeps_the_in_group_width_a_multiple_when_groups_narrow():
+    torch.manual_seed(0)
+    net, x = _grouped_chain(16).eval(), torch.randn(1, 3, 8, 8)
+    for ratio in (0.3, 0.5):
+        slim = surgeon.slim(net, ratio, x, round_to=16)  # offsets: 16 per group stays
+        assert slim[2].weight.shape[1] == 16
+    assert surgeon.slim(net, 0.5, x, round_to=8)[2].weight.shape[1] == 8
+
+
+def test_analyze_checks_grouped():
+    from surgeon.errors import SurgeonInputError
+
+    net, x = _grouped_chain(6).eval(), torch.randn(1, 3, 8, 8)
+    assert surgeon.analyze(net, x, grouped=None).prunable_groups()
+    with pytest.raises(SurgeonInputError, match="grouped='group'"):
+        surgeon.analyze(net, x, grouped="group")

@@ -89,6 +89,15 @@ def _per_class(group: Group, space: tuple[str, int]) -> int | None:
     return int(counts[0]) if len(counts) and (counts == counts[0]).all() else None
 
 
+def _block(group: Group, space: tuple[str, int]) -> int:
+    """The channels each class of ``group`` holds in ``space`` where every class is one
+    contiguous block of the same size; else 1."""
+    cls = group.class_of[space]
+    runs = 1 + int(np.count_nonzero(cls[1:] != cls[:-1])) if len(cls) else 0
+    per = _per_class(group, space)
+    return per if per and runs == len(np.unique(cls)) else 1
+
+
 def _tie_targets(graph: ChannelGraph, prunable: dict[int, Group], target: dict[int, int]) -> None:
     """Groups whose widths the model's own code ties (``graph.ties``: it reshapes a head
     merge to the width it reads off the embedding, ``C // num_heads`` of it) keep widths that
@@ -166,12 +175,14 @@ class ChannelPrunePass(SurgeryPass):
     def _step(self, group: Group) -> int:
         """How many classes keep a multiple of ``round_to`` channels in every space that holds
         a parameter slice (where the compute is; a heads dim holds none): ``round_to`` where a
-        class is one channel, fewer where it is several (a whole head, a whole conv group)."""
+        class is one channel, fewer where it is a block of several (a whole head, a whole
+        conv group). A class spread over the space (one offset of every group or head) counts
+        as one channel: what a runtime blocks on there is the width inside each group."""
         r = self.round_to
         if not r:
             return 1
         spaces = {sl.space for sl in group.params if sl.space in group.class_of}
-        return math.lcm(1, *(r // math.gcd(r, _per_class(group, s) or 1) for s in spaces))
+        return math.lcm(1, *(r // math.gcd(r, _block(group, s)) for s in spaces))
 
     def call(self, gm: fx.GraphModule) -> PassResult:
         state = self.state(gm)

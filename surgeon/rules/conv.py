@@ -147,6 +147,7 @@ def _conv(
         ctx.couple(xin, yc, np.arange(cin), first)
         ctx.couple(yc, yc, np.arange(cout), (np.arange(cout) // opg) * opg)
         ctx.tag(yc, "grouped")
+        ctx.record.whole_groups = yc
     else:
         link("grouped", yc, xin)
         ctx.couple(xin, xin, np.arange(cin), np.arange(cin) % ipg)
