@@ -7,7 +7,8 @@ import copy
 import dataclasses
 import gc
 import logging
-from collections.abc import Callable, Iterable
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -416,11 +417,14 @@ def timed_round_to(
     first = channel_multiple(provider, threads=threads)
     made: dict[int, tuple[nn.Module, SurgeryState]] = {}
     shapes: dict[tuple, int] = {}
+    said: dict[int, list[logging.LogRecord]] = {}  # what each candidate's slim logged
     for m in (c for c in CANDIDATES if c >= first):
         try:
-            out, state = _slim(model, example_inputs, options.replace(round_to=m), original)
+            with _held_logs(said.setdefault(m, [])):
+                out, state = _slim(model, example_inputs, options.replace(round_to=m), original)
         except SurgeonError as exc:
             if m == first:
+                _replay(said[m])
                 raise
             log.info("surgeon: round_to=%d is left out of the timing: %s", m, exc)
             continue
@@ -460,11 +464,42 @@ def timed_round_to(
                 first,
             )
     out, state = made[pick]
+    _replay(said[pick])  # the chosen model's warnings, once (not every candidate's)
     plan = out.meta[PLAN_KEY]
     plan["round_to_auto"] = True
     plan["round_to_timed"] = {str(m): ms for m, ms in medians.items()}  # JSON keys
     log.info("surgeon: round_to='auto' picked %d (median ms per multiple: %s)", pick, medians)
     return out, state
+
+
+@contextlib.contextmanager
+def _held_logs(held: list[logging.LogRecord]) -> Iterator[None]:
+    """Hold back what surgeon's loggers log in this thread (into ``held``) for the duration."""
+    me = threading.get_ident()
+
+    def hold(record: logging.LogRecord) -> bool:
+        if record.thread != me:
+            return True
+        held.append(record)
+        return False
+
+    loggers = [logging.getLogger("surgeon")] + [
+        logging.getLogger(name)
+        for name in logging.root.manager.loggerDict
+        if name.startswith("surgeon.")
+    ]
+    for logger in loggers:
+        logger.addFilter(hold)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(hold)
+
+
+def _replay(records: list[logging.LogRecord]) -> None:
+    for record in records:
+        logging.getLogger(record.name).handle(record)
 
 
 def _changed_sizes(state: SurgeryState) -> dict[int, set[int]]:

@@ -200,3 +200,17 @@ def test_timings_onnxruntime_did_not_run_keep_the_probes_multiple(monkeypatch):
     model, x = create("mobilenet_v2", input_shape=(1, 3, 64, 64))
     plan = surgeon.slim(model, 0.3, x, round_to="auto").meta["surgeon.plan"]
     assert plan["round_to"] == 8 and plan["round_to_timed"] == {}
+
+
+def test_only_the_chosen_candidates_warnings_are_logged(monkeypatch, caplog):
+    # every candidate is slimmed; a warning each one logs reaches the user once
+    import surgeon.benchmark
+
+    seen: list[list[str]] = []
+    monkeypatch.setattr(api, "channel_multiple", lambda provider, threads: 8)
+    monkeypatch.setattr(surgeon.benchmark, "bench_interleaved", _fake_latency(16, seen))
+    model, x = create("mobilenet_v2", input_shape=(1, 3, 64, 64))
+    with caplog.at_level("WARNING", logger="surgeon"):
+        surgeon.slim(model, 0.3, x, round_to="auto", ignore=[model.features])
+    little = [r for r in caplog.records if "little was pruned" in r.getMessage()]
+    assert len(little) == 1, [r.getMessage() for r in little]
