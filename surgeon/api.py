@@ -18,7 +18,7 @@ import torch.nn as nn
 from surgeon.adopt import adopt, int_args
 from surgeon.capture import SPECIALISED_KEY
 from surgeon.diagnose import REPORT_KEY, dense_macs, diagnose
-from surgeon.errors import SurgeonError, SurgeonInputError, SurgeonPassError
+from surgeon.errors import SurgeonInputError, SurgeonPassError
 from surgeon.graph import ChannelGraph, build_channel_graph
 from surgeon.hardware import channel_multiple, grouped_widths
 from surgeon.importance import DATA_CRITERIA, DataStats, collect_stats, iter_batches
@@ -422,8 +422,8 @@ def timed_round_to(
         try:
             with _held_logs(said.setdefault(m, [])):
                 out, state = _slim(model, example_inputs, options.replace(round_to=m), original)
-        except SurgeonError as exc:
-            if m == first:
+        except Exception as exc:
+            if m == first:  # the probe's multiple fails: slim fails, saying what it said
                 _replay(said[m])
                 raise
             log.info("surgeon: round_to=%d is left out of the timing: %s", m, exc)
@@ -485,7 +485,7 @@ def _held_logs(held: list[logging.LogRecord]) -> Iterator[None]:
 
     loggers = [logging.getLogger("surgeon")] + [
         logging.getLogger(name)
-        for name in logging.root.manager.loggerDict
+        for name in list(logging.root.manager.loggerDict)
         if name.startswith("surgeon.")
     ]
     for logger in loggers:

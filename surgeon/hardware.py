@@ -235,6 +235,8 @@ def _measured(provider: str, threads: int | None) -> dict[str, Any]:
         isinstance(entry, dict)
         and entry.get("multiple") in CANDIDATES
         and isinstance(entry.get("grouped_widths"), list)
+        # timed at the widths this surgeon times (an older one timed others)
+        and sorted(int(w) for w in entry.get("grouped_relative", {})) == list(GROUP_WIDTHS)
     ):
         return entry
     found = probe(provider, threads)

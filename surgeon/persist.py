@@ -390,7 +390,10 @@ def _rebuild(model: nn.Module, plan: dict[str, Any], leaves: list[Leaf], source:
             gm,
             attention=plan.get("attention", "heads"),
             grouped=grouped if isinstance(grouped, str) else tuple(grouped),
-            whole=None if isinstance(grouped, str) else set(plan.get("whole_groups", ())),
+            # a plan that names them keeps its convs; one that does not chose by width
+            whole=None
+            if isinstance(grouped, str) or "whole_groups" not in plan
+            else set(plan["whole_groups"]),
         )
         graph = block_groups(graph, plan.get("blocked", {}))
         state = SurgeryState.start(graph, inputs)

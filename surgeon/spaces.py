@@ -175,7 +175,7 @@ class RuleContext:
         (``grouped``: ``"groups"``, or a collection of the widths that do; where ``whole``
         names the nodes that do, those alone) instead of in-group offsets."""
         g = self.grouped
-        if g == "groups" or g == "offsets":
+        if isinstance(g, str):  # "groups", else "offsets"
             return g == "groups"
         return self.node.name in self.whole if self.whole is not None else width in g
 

@@ -67,7 +67,8 @@ def test_the_answer_is_cached_per_device_and_thread_count(tmp_path, monkeypatch)
 
     def probe(provider, threads):
         calls.append(threads)
-        return hardware.Probe("cpu: test", 8, {1: 1.0, 8: 0.8}, {}, (16,), {16: 0.7})
+        relative = {w: 0.7 if w == 16 else 1.2 for w in hardware.GROUP_WIDTHS}
+        return hardware.Probe("cpu: test", 8, {1: 1.0, 8: 0.8}, {}, (16,), relative)
 
     monkeypatch.setattr(hardware, "probe", probe)
     assert hardware.channel_multiple("cpu", threads=1) == 8
@@ -179,11 +180,13 @@ def test_a_model_name_with_other_vector_units_is_another_device(tmp_path, monkey
 def test_an_older_cache_entry_without_group_widths_is_measured_again(tmp_path, monkeypatch):
     monkeypatch.setenv("SURGEON_CACHE_DIR", str(tmp_path))
     key = f"{hardware.device_name('cpu')}; threads 1"
-    (tmp_path / "channel_multiple.json").write_text(json.dumps({key: {"multiple": 4}}))
-    monkeypatch.setattr(
-        hardware, "probe", lambda p, t: hardware.Probe("cpu: test", 16, {}, {}, (16,), {})
-    )
-    assert hardware.channel_multiple("cpu", threads=1) == 16
+    older = {"multiple": 4, "grouped_widths": [64], "grouped_relative": {"64": 0.9}}
+    for entry in ({"multiple": 4}, older):  # no widths; widths this surgeon no longer times
+        (tmp_path / "channel_multiple.json").write_text(json.dumps({key: entry}))
+        monkeypatch.setattr(
+            hardware, "probe", lambda p, t: hardware.Probe("cpu: test", 16, {}, {}, (16,), {})
+        )
+        assert hardware.channel_multiple("cpu", threads=1) == 16
 
 
 def test_timings_onnxruntime_did_not_run_keep_the_probes_multiple(monkeypatch):

@@ -387,3 +387,15 @@ def test_whole_group_pruning_round_trips(grouped: Any, tmp_path: Path) -> None:
     assert n_params(loaded) == n_params(gm)
     with torch.no_grad():
         assert_same(loaded(x), gm(x))
+
+
+def test_a_plan_without_whole_group_names_loads_by_width(tmp_path: Path) -> None:
+    # plans written before the names were recorded chose whole groups by width alone
+    model, x = build("regnety_400mf", seed=0)
+    gm = surgeon.slim(model, 0.5, x, grouped=(8,))
+    assert gm.meta[PLAN_KEY].pop("whole_groups")
+    surgeon.save(gm, tmp_path / "m.surgeon")
+    loaded = surgeon.load(tmp_path / "m.surgeon", build("regnety_400mf", seed=1)[0])
+    assert n_params(loaded) == n_params(gm)
+    with torch.no_grad():
+        assert_same(loaded(x), gm(x))

@@ -52,3 +52,19 @@ def test_local_scope_prunes_every_concatenated_input_alike():
     glob = surgeon.slim(net, 0.5, x, scope="global")  # one threshold over all classes
     assert glob.loud.out_channels == 8 and glob.quiet.out_channels < 12
     assert_exact_at_zero(net, x)
+
+
+def test_round_to_block_counts_the_classes_a_space_holds():
+    # a concatenated input holds two of four whole-group classes, 8 channels each
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from surgeon.passes.prune import _block
+
+    def block(cls):
+        return _block(SimpleNamespace(class_of={("x", 1): np.array(cls)}, n_classes=4), ("x", 1))
+
+    assert block([0] * 8 + [1] * 8) == 8
+    assert block([0, 0, 1, 1, 0, 0, 1, 1]) == 1  # spread: one offset of every group
+    assert block([]) == 1

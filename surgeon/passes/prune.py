@@ -93,9 +93,12 @@ def _block(group: Group, space: tuple[str, int]) -> int:
     """The channels each class of ``group`` holds in ``space`` where every class is one
     contiguous block of the same size; else 1."""
     cls = group.class_of[space]
-    runs = 1 + int(np.count_nonzero(cls[1:] != cls[:-1])) if len(cls) else 0
-    per = _per_class(group, space)
-    return per if per and runs == len(np.unique(cls)) else 1
+    if not len(cls):
+        return 1
+    runs = 1 + int(np.count_nonzero(cls[1:] != cls[:-1]))
+    counts = np.bincount(cls)
+    counts = counts[counts > 0]  # the classes this space holds (a cat input: some of them)
+    return int(counts[0]) if runs == len(counts) and (counts == counts[0]).all() else 1
 
 
 def _tie_targets(graph: ChannelGraph, prunable: dict[int, Group], target: dict[int, int]) -> None:
