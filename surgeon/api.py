@@ -296,6 +296,7 @@ def _slim(
         ignore=tuple(_ignore_names(model, options.ignore)),
         leaf_modules=resolve_leaves(model, options.leaf_modules),
     )
+    options = _data_listed(options)
     auto = options.round_to == "auto"
     if auto and not options.inplace:  # inplace: one try only, the probe's multiple
         return timed_round_to(model, example_inputs, options, original=original)
@@ -303,16 +304,7 @@ def _slim(
         options = options.replace(round_to=channel_multiple("cpu", threads=1))
     grouped = options.grouped
     grouped_form = _grouped_form(grouped if grouped is not None else "auto" if auto else None)
-    meta = getattr(model, "meta", None)
-    earlier = meta.get(PLAN_KEY) if isinstance(meta, dict) else None
-    # a slim model slimmed again (an iterative schedule's next step) keeps which grouped
-    # convs lose whole groups: a width narrowed by offsets must not switch them now
-    earlier_whole = None
-    if earlier and isinstance(earlier.get("grouped"), list) and not isinstance(grouped_form, str):
-        earlier_whole = earlier.get("whole_groups")
-    data = options.data
-    if data is not None and iter(data) is data:  # type: ignore[call-overload]
-        options = options.replace(data=list(data))  # a one-shot iterator: it is read twice
+    earlier_whole = _earlier_whole(model, grouped_form)
     blocked: dict[int, str] = {}  # groups whose resizing failed in an earlier attempt
     # The user's own forward on the slim model is compared with the slim graph before the own
     # class comes back: that covers the check that the trace computes what the model computes,
@@ -385,6 +377,25 @@ def _slim(
         return out, state
 
 
+def _data_listed(options: SlimOptions) -> SlimOptions:
+    """``options`` with a one-shot iterator of data made a list: it is read more than once."""
+    data = options.data
+    if data is not None and iter(data) is data:  # type: ignore[call-overload]
+        return options.replace(data=list(data))
+    return options
+
+
+def _earlier_whole(model: nn.Module, grouped: str | tuple[int, ...]) -> list[str] | None:
+    """The grouped convs (node names) that lost whole groups when ``model``, a slim model,
+    was made with measured widths: slimmed again (an iterative schedule's next step) with
+    widths, they keep that choice, so a width narrowed by offsets does not switch them now."""
+    meta = getattr(model, "meta", None)
+    earlier = meta.get(PLAN_KEY) if isinstance(meta, dict) else None
+    if not earlier or not isinstance(earlier.get("grouped"), list) or isinstance(grouped, str):
+        return None
+    return earlier.get("whole_groups")
+
+
 def timed_round_to(
     model: nn.Module,
     example_inputs: Any,
@@ -409,9 +420,7 @@ def timed_round_to(
     from surgeon.exporter import export
     from surgeon.hardware import CANDIDATES, TOLERANCE
 
-    data = options.data
-    if data is not None and iter(data) is data:  # type: ignore[call-overload]
-        options = options.replace(data=list(data))  # read once per candidate
+    options = _data_listed(options)  # read once per candidate
     if options.grouped in (None, "auto"):  # as measured on the same provider
         options = options.replace(grouped=grouped_widths(provider, threads))
     first = channel_multiple(provider, threads=threads)

@@ -170,11 +170,12 @@ def _caches_kept(root: Any):
                     continue
                 if k not in state:
                     delattr(m, k)
-                elif v is state[k] and isinstance(v, dict) and k in copies:  # written in place
-                    v.clear()
-                    v.update(copies[k])
-                elif v is state[k] and isinstance(v, list) and k in copies:
-                    v[:] = copies[k]
+                elif v is state[k] and k in copies:  # a dict or list written in place
+                    if isinstance(v, dict):
+                        v.clear()
+                        v.update(copies[k])
+                    else:
+                        v[:] = copies[k]
                 else:
                     setattr(m, k, state[k])
 
