@@ -17,13 +17,15 @@ import torch.nn as nn
 
 from surgeon.adopt import adopt, int_args
 from surgeon.capture import SPECIALISED_KEY
-from surgeon.diagnose import REPORT_KEY, dense_macs, diagnose
+from surgeon.diagnose import dense_macs, diagnose
 from surgeon.errors import SurgeonInputError, SurgeonPassError
 from surgeon.graph import ChannelGraph, build_channel_graph
 from surgeon.hardware import channel_multiple, grouped_widths
 from surgeon.importance import DATA_CRITERIA, DataStats, collect_stats, iter_batches
+from surgeon.keys import DIAGNOSIS_KEY, PLAN_KEY
 from surgeon.modelconfig import update_config
-from surgeon.options import Leaf, SlimOptions, check_grouped, leaf_name
+from surgeon.names import leaf_name, resolve_ignore, resolve_leaves
+from surgeon.options import Leaf, SlimOptions, check_grouped
 from surgeon.passes import (
     STATE_KEY,
     ChannelPrunePass,
@@ -45,7 +47,6 @@ from surgeon.trace import (
     input_spec,
     inputs_from_spec,
     nonfinite,
-    resolve_leaves,
     trace,
     unshare_parameters,
 )
@@ -145,26 +146,6 @@ def _copy(model: nn.Module) -> nn.Module:
             "torch.nn.utils.weight_norm / spectral_norm, which keep a computed weight: use "
             "torch.nn.utils.parametrizations.weight_norm / spectral_norm, or pass inplace=True"
         ) from exc
-
-
-def _ignore_names(model: nn.Module, ignore: Iterable[nn.Module | str]) -> list[str]:
-    names = {id(m): n for n, m in model.named_modules()}
-    out = []
-    for item in ignore:
-        if isinstance(item, str):
-            if item not in dict(model.named_modules()):
-                raise SurgeonInputError(
-                    f"ignore names {item!r}, which is not a submodule of the model"
-                )
-            out.append(item)
-        elif isinstance(item, nn.Module) and id(item) in names:
-            out.append(names[id(item)])
-        else:
-            raise SurgeonInputError(
-                f"ignore holds {type(item).__name__}, which is not a submodule of the model; pass the "
-                "module objects (or their qualified names) that must keep their shapes"
-            )
-    return out
 
 
 def slim(
@@ -293,7 +274,7 @@ def _slim(
     if not isinstance(model, nn.Module):
         raise SurgeonInputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     options = options.replace(
-        ignore=tuple(_ignore_names(model, options.ignore)),
+        ignore=resolve_ignore(model, options.ignore),
         leaf_modules=resolve_leaves(model, options.leaf_modules),
     )
     options = _data_listed(options)
@@ -673,14 +654,11 @@ def _plan_record(
     return record
 
 
-PLAN_KEY = "surgeon.plan"
-
-
 def _warn_if_little(gm: fx.GraphModule, graph: ChannelGraph, before: int, ratio: float) -> None:
-    """Log a warning (and keep the diagnosis in ``gm.meta[REPORT_KEY]``) when the MAC drop is
+    """Log a warning (and keep the diagnosis in ``gm.meta[DIAGNOSIS_KEY]``) when the MAC drop is
     under half of what ``ratio`` gives on free groups, with the top blocked reasons."""
     found = diagnose(graph, before, dense_macs(gm), ratio)
-    gm.meta[REPORT_KEY] = found
+    gm.meta[DIAGNOSIS_KEY] = found
     if found is None:
         return
     why = "; ".join(

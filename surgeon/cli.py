@@ -847,7 +847,7 @@ def _print_diagnosis(found: dict[str, Any] | None) -> None:
 
 def _form(slim_model: nn.Module) -> str:
     """Which form slim returned: the model's own class, or the graph and why."""
-    from surgeon.api import PLAN_KEY
+    from surgeon.keys import PLAN_KEY
 
     plan = slim_model.meta.get(PLAN_KEY, {})
     if plan.get("form") == "module":
@@ -1031,8 +1031,7 @@ def export_command(
         _check_device(device.value)
         out, report_path, save_path = _output_paths(_spec_name(spec), output, report, save)
 
-        from surgeon.api import PLAN_KEY
-        from surgeon.diagnose import REPORT_KEY
+        from surgeon.keys import DIAGNOSIS_KEY, PLAN_KEY
 
         with _step(f"load {spec}"):
             name, original, example = _build(spec, shape, weights)
@@ -1079,7 +1078,7 @@ def export_command(
             "threads": threads,
             "onnx": str(out),
             "save": None if save_path is None else str(save_path),
-            "little_pruned": slim_model.meta.get(REPORT_KEY),
+            "little_pruned": slim_model.meta.get(DIAGNOSIS_KEY),
             "specialised": slim_model.meta.get(PLAN_KEY, {}).get("specialised"),
             "form": _form(slim_model),
         }
@@ -1180,7 +1179,7 @@ def _print_preview(
 ) -> None:
     """Per group with parameters: channels before -> after at ``opts.ratio``, the modules it
     touches; at most ``max_rows`` rows, then how many groups were left out."""
-    from surgeon.api import PLAN_KEY
+    from surgeon.keys import PLAN_KEY
 
     plan = slim_model.meta.get(PLAN_KEY, {})
     removed = {int(k): len(v) for k, v in plan.get("removed", {}).items()}

@@ -14,9 +14,8 @@ import torch.nn.functional as F
 
 from surgeon.graph import ChannelGraph
 
-__all__ = ["REPORT_KEY", "dense_macs", "blocked_reasons", "diagnose"]
+__all__ = ["dense_macs", "blocked_reasons", "diagnose"]
 
-REPORT_KEY = "surgeon.diagnosis"
 
 _CONV_FNS = {F.conv1d, F.conv2d, F.conv3d}
 

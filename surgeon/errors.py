@@ -19,7 +19,13 @@ class SurgeonError(Exception):
 
 
 class SurgeonInputError(SurgeonError, ValueError):
-    """A user-given argument is out of range or of the wrong kind."""
+    """A user-given argument is out of range or of the wrong kind. ``option``: the setting at
+    fault (a :class:`~surgeon.options.SlimOptions` field such as ``"ratio"`` or
+    ``"leaf_modules"``), when one is; the CLI names its flag from it."""
+
+    def __init__(self, message: str, option: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option
 
 
 class SurgeonTraceError(SurgeonError):

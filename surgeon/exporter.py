@@ -56,6 +56,7 @@ from torch.utils import _pytree as pytree
 from surgeon.cost import as_args
 from surgeon.errors import SurgeonExportError, SurgeonInputError
 from surgeon.files import check_output_path, publish, temp_sibling
+from surgeon.keys import PLAN_KEY
 from surgeon.trace import eval_mode
 
 __all__ = ["SurgeonExportError", "export"]
@@ -586,7 +587,7 @@ def _check_one_batch(signature: _Signature) -> None:
 def _specialised(model: nn.Module) -> bool:
     """A slim graph captured with sizes specialised to the example (the plan says where)."""
     meta = getattr(model, "meta", None)
-    plan = meta.get("surgeon.plan") if isinstance(meta, dict) else None
+    plan = meta.get(PLAN_KEY) if isinstance(meta, dict) else None
     return isinstance(model, torch.fx.GraphModule) and bool(plan and plan.get("specialised"))
 
 

@@ -51,7 +51,8 @@ def edge_of(sink: Sink) -> Edge:
 def _check_known(importance: Any) -> None:
     if importance not in CRITERIA:
         raise SurgeonInputError(
-            f"importance={importance!r} is not a known criterion; use one of {CRITERIA}"
+            f"importance={importance!r} is not a known criterion; use one of {CRITERIA}",
+            option="importance",
         )
 
 
@@ -64,12 +65,14 @@ def check_criterion(importance: Any, data: Any, loss_fn: Any) -> None:
             f"importance={importance!r} is computed from gradients on data and needs {missing}: "
             "pass data= (an iterable of (input, target) batches, e.g. a DataLoader or a list of "
             "a few batches) and loss_fn= (e.g. torch.nn.functional.cross_entropy), or use a "
-            "weight criterion ('l2', 'l1', 'bn_scale')"
+            "weight criterion ('l2', 'l1', 'bn_scale')",
+            option="importance",
         )
     if loss_fn is not None and not callable(loss_fn):
         raise SurgeonInputError(
             f"loss_fn={loss_fn!r} is not callable: pass a function loss_fn(output, target) "
-            "returning a scalar tensor"
+            "returning a scalar tensor",
+            option="loss_fn",
         )
 
 

@@ -17,6 +17,7 @@ import torch.nn as nn
 
 from surgeon.errors import SurgeonInputError
 from surgeon.importance import check_criterion
+from surgeon.names import leaf_name
 
 __all__ = ["SlimOptions", "Leaf", "SCOPES", "RETURNS", "GROUPED"]
 
@@ -83,7 +84,9 @@ class SlimOptions:
         set_(self, "ratio", _check_ratio(self.ratio))
         check_criterion(self.importance, self.data, self.loss_fn)
         if self.scope not in SCOPES:
-            raise SurgeonInputError(f"scope={self.scope!r}: use 'local' or 'global'")
+            raise SurgeonInputError(
+                f"scope={self.scope!r}: use 'local' or 'global'", option="scope"
+            )
         r = self.round_to
         if (
             r != "auto"
@@ -92,27 +95,33 @@ class SlimOptions:
         ):
             raise SurgeonInputError(
                 f"round_to={r!r}: use None, a whole number >= 1 (e.g. 8) or 'auto' (the "
-                "multiple onnxruntime computes fastest on this CPU, measured)"
+                "multiple onnxruntime computes fastest on this CPU, measured)",
+                option="round_to",
             )
         if self.attention not in ("heads", "head_dim"):
             raise SurgeonInputError(
                 f"attention={self.attention!r}: use 'heads' (whole heads prune) or 'head_dim' "
-                "(every head loses the same part of its width)"
+                "(every head loses the same part of its width)",
+                option="attention",
             )
         if self.grouped is not None:
             set_(self, "grouped", check_grouped(self.grouped))
         if self.returns not in RETURNS:
             raise SurgeonInputError(
                 f"returns={self.returns!r}: use 'auto' (the model's own class where it verifies, "
-                "else the graph), 'module' or 'graph'"
+                "else the graph), 'module' or 'graph'",
+                option="returns",
             )
         for name in ("compensate", "inplace"):
             if not isinstance(getattr(self, name), bool):
-                raise SurgeonInputError(f"{name}={getattr(self, name)!r}: use True or False")
+                raise SurgeonInputError(
+                    f"{name}={getattr(self, name)!r}: use True or False", option=name
+                )
         g = self.max_group_ratio
         if isinstance(g, bool) or not isinstance(g, numbers.Real) or not 0 < g <= 1:
             raise SurgeonInputError(
-                f"max_group_ratio={g!r}: use a number with 0 < max_group_ratio <= 1"
+                f"max_group_ratio={g!r}: use a number with 0 < max_group_ratio <= 1",
+                option="max_group_ratio",
             )
         set_(self, "ignore", _as_tuple(self.ignore, "ignore"))
         set_(self, "leaf_modules", _as_tuple(self.leaf_modules, "leaf_modules"))
@@ -151,29 +160,23 @@ def check_grouped(value: Any) -> str | tuple[int, ...]:
         f"grouped={value!r}: use 'offsets' (every group of a grouped conv loses the same "
         "offsets), 'groups' (whole groups go), 'auto' (whole groups where this CPU runs them "
         "faster, measured), a tuple of in-group widths that lose whole groups, or None ('auto' "
-        "with round_to='auto', else 'offsets')"
+        "with round_to='auto', else 'offsets')",
+        option="grouped",
     )
-
-
-def leaf_name(m: Leaf | str) -> str:
-    """``package.module.Class`` of a leaf module type or instance; a qualified submodule name
-    as it is."""
-    if isinstance(m, str):
-        return m
-    t = m if isinstance(m, type) else type(m)
-    return f"{t.__module__}.{t.__qualname__}"
 
 
 def _check_ratio(ratio: Any) -> float:
     if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real):
         raise SurgeonInputError(
             f"ratio={ratio!r} is not a number: it is the fraction of each group's channels to "
-            "remove, 0 <= ratio < 1 (e.g. 0.5)"
+            "remove, 0 <= ratio < 1 (e.g. 0.5)",
+            option="ratio",
         )
     if not 0 <= float(ratio) < 1:
         raise SurgeonInputError(
             f"ratio={ratio!r} is out of range: it is the fraction of each group's channels to "
-            "remove, a number with 0 <= ratio < 1 (e.g. 0.5)"
+            "remove, a number with 0 <= ratio < 1 (e.g. 0.5)",
+            option="ratio",
         )
     return float(ratio)
 
@@ -185,5 +188,6 @@ def _as_tuple(items: Any, name: str) -> tuple:
         return tuple(items)
     except TypeError:
         raise SurgeonInputError(
-            f"{name}={items!r} is not a list: pass a list or tuple (e.g. {name}=[model.fc])"
+            f"{name}={items!r} is not a list: pass a list or tuple (e.g. {name}=[model.fc])",
+            option=name,
         ) from None

@@ -52,9 +52,10 @@ from surgeon.api import PLAN_KEY, block_groups, gc_paused
 from surgeon.errors import SurgeonError, SurgeonInputError, SurgeonLoadError, SurgeonPassError
 from surgeon.files import check_output_path, write_atomic
 from surgeon.graph import build_channel_graph
-from surgeon.options import Leaf, leaf_name
+from surgeon.names import leaf_name, resolve_leaves
+from surgeon.options import Leaf
 from surgeon.passes import STATE_KEY, ResizePass, SurgeryState
-from surgeon.trace import deep_copy, inputs_from_spec, resolve_leaves, trace
+from surgeon.trace import deep_copy, inputs_from_spec, trace
 
 __all__ = ["SurgeonLoadError", "save", "load", "FORMAT", "FORMAT_VERSION"]
 

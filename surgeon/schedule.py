@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from surgeon.errors import SurgeonInputError
+from surgeon.keys import HISTORY_KEY
 from surgeon.options import SlimOptions
 
 __all__ = [
@@ -108,12 +109,13 @@ def prune_iteratively(
     Returns the final slim ``GraphModule``; ``meta["surgeon.history"]`` lists, per step, the
     ratio, parameters and MACs.
     """
-    from surgeon.api import _ignore_names, _slim, options_from
+    from surgeon.api import _slim, options_from
     from surgeon.cost import count_macs, count_params
+    from surgeon.names import resolve_ignore
 
     options = options_from(ratio, settings)
     _check_schedule(options, steps, schedule, finetune, rewind)
-    options = options.replace(ignore=tuple(_ignore_names(model, options.ignore)))
+    options = options.replace(ignore=resolve_ignore(model, options.ignore))
     start = _rewind_start(model, rewind)
     original: dict[int, int] = {}  # class counts per group, filled by the first step
     kept: dict[str, dict[int, np.ndarray]] = {}
@@ -187,9 +189,6 @@ def _compose_kept(
         total = kept.setdefault(name, {})
         for dim, idx in dims.items():
             total[dim] = idx if dim not in total else total[dim][idx]
-
-
-HISTORY_KEY = "surgeon.history"
 
 
 def _rewind(

@@ -394,32 +394,6 @@ def keep_unreached(model: torch.nn.Module, gm: fx.GraphModule) -> list[str]:
     return added
 
 
-def resolve_leaves(
-    model: torch.nn.Module, leaf_modules: Iterable[Any]
-) -> tuple[type[torch.nn.Module] | str, ...]:
-    """``leaf_modules`` as module types and qualified names of ``model``'s submodules (an
-    instance becomes its name, so it still matches in a copy of the model); anything else
-    raises :class:`SurgeonInputError`."""
-    names = {id(m): n for n, m in model.named_modules() if n}
-    known = dict(model.named_modules())
-    out: list[type[torch.nn.Module] | str] = []
-    for leaf in leaf_modules:
-        if isinstance(leaf, type) and issubclass(leaf, torch.nn.Module):
-            out.append(leaf)
-        elif isinstance(leaf, str) and leaf and leaf in known:
-            out.append(leaf)
-        elif isinstance(leaf, torch.nn.Module) and id(leaf) in names:
-            out.append(names[id(leaf)])
-        else:
-            what = repr(leaf) if isinstance(leaf, str) else type(leaf).__name__
-            raise SurgeonInputError(
-                f"leaf_modules holds {what}, which is neither a torch.nn.Module type nor a "
-                f"submodule of the {type(model).__name__} (an instance or its qualified name, "
-                "e.g. 'layer4.1'); pass the module types or submodules fx must not trace into"
-            )
-    return tuple(out)
-
-
 def trace(
     model: torch.nn.Module,
     example_inputs: Any,

@@ -8,7 +8,8 @@ import torch
 import torch.nn as nn
 
 import surgeon
-from surgeon.diagnose import REPORT_KEY, dense_macs
+from surgeon.diagnose import dense_macs
+from surgeon.keys import DIAGNOSIS_KEY
 from surgeon.models import create
 from surgeon.trace import trace
 
@@ -38,7 +39,7 @@ def test_little_pruned_is_said_with_the_reasons(caplog):
     x = torch.randn(1, 3, 8, 8)
     with caplog.at_level(logging.WARNING):
         slim = surgeon.slim(Mostly().eval(), 0.5, x)
-    found = slim.meta[REPORT_KEY]
+    found = slim.meta[DIAGNOSIS_KEY]
     assert found["mac_drop"] < 2 and found["expected"] == 4.0
     (top,) = found["top_blocked"]
     assert (
@@ -52,7 +53,7 @@ def test_a_model_that_prunes_well_says_nothing(caplog):
     model, x = create("resnet18")
     with caplog.at_level(logging.WARNING):
         slim = surgeon.slim(model, 0.5, x)
-    assert slim.meta[REPORT_KEY] is None and "little was pruned" not in caplog.text
+    assert slim.meta[DIAGNOSIS_KEY] is None and "little was pruned" not in caplog.text
 
 
 class Scaled(nn.Module):
@@ -72,7 +73,7 @@ def test_an_input_that_carries_channels_is_named_when_nothing_else_blocks(caplog
     example = {"x": torch.randn(1, 3, 12, 12), "scale": torch.rand(1, 8, 1, 1)}
     with caplog.at_level(logging.WARNING):
         slim = surgeon.slim(Scaled().eval(), 0.5, example)
-    reasons = [r["reason"] for r in slim.meta[REPORT_KEY]["top_blocked"]]
+    reasons = [r["reason"] for r in slim.meta[DIAGNOSIS_KEY]["top_blocked"]]
     assert "model input [scale dim 1]" in reasons
     assert "model input [scale dim 1] (1 group)" in caplog.text
     assert "the prunable groups are small" not in caplog.text

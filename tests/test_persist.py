@@ -22,9 +22,9 @@ from torch import nn
 
 import surgeon
 import surgeon.persist
-from surgeon.api import PLAN_KEY
 from surgeon.errors import SurgeonError, SurgeonInputError
 from surgeon.exporter import SurgeonExportError
+from surgeon.keys import PLAN_KEY
 from surgeon.models import ZOO, create
 from surgeon.persist import FORMAT, SurgeonLoadError
 from tests.helpers import assert_same, randomize_norms
@@ -61,7 +61,7 @@ from pathlib import Path
 import torch
 
 import surgeon
-from surgeon.api import PLAN_KEY
+from surgeon.keys import PLAN_KEY
 from surgeon.models import create
 
 torch.set_num_threads(int(sys.argv[2]))

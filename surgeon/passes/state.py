@@ -18,10 +18,10 @@ import torch.fx as fx
 from surgeon.errors import SurgeonPassError
 from surgeon.graph import ChannelGraph
 from surgeon.importance import DataStats
+from surgeon.keys import STATE_KEY
 
 __all__ = ["STATE_KEY", "SurgeryState", "Sizes", "begin", "state_of"]
 
-STATE_KEY = "surgeon.state"
 
 Masks = Mapping[int, np.ndarray]
 
