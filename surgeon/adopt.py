@@ -30,7 +30,8 @@ import torch.fx as fx
 import torch.nn as nn
 from torch.utils import _pytree as pytree
 
-from surgeon.trace import as_args, capture_defaults, eval_mode
+from surgeon.capture import as_args, eval_mode
+from surgeon.capture.keywords import capture_defaults
 
 __all__ = ["adopt", "differs", "int_args", "MODULE_TOLERANCE"]
 

@@ -27,8 +27,8 @@ from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
 from surgeon import rules
+from surgeon.capture import as_args
 from surgeon.errors import SurgeonInputError
-from surgeon.trace import as_args
 
 log = logging.getLogger(__name__)
 

@@ -2,8 +2,9 @@
 loop (with optional distillation) used to measure pruning quality.
 
 ``load_digits_split()`` gives 1437 train / 360 test images upsampled to 16x16;
-``fit(digits_cnn(), data, epochs=4)`` trains the zoo's ``DigitsNet`` to ~99% test accuracy in
-a few seconds on two CPU cores; ``accuracy(model, data.x_test, data.y_test)`` scores it.
+``fit(digits_cnn(), data, epochs=4)`` trains the zoo's ``DigitsNet`` (what it reaches, before
+and after pruning, is in docs/benchmarks.md); ``accuracy(model, data.x_test, data.y_test)``
+scores it.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from surgeon.capture import eval_mode
 from surgeon.errors import SurgeonInputError
 from surgeon.schedule import distill_loss
-from surgeon.trace import eval_mode
 
 __all__ = ["DigitsData", "accuracy", "fit", "load_digits_split"]
 

@@ -15,9 +15,9 @@ batch dimension. Both give the same numbers (onnxruntime within ~1e-6 of PyTorch
 ``exporter="auto"``, uses the TorchScript exporter (``dynamo=False``) and falls back to the
 dynamo exporter only when TorchScript cannot translate an op:
 
-* TorchScript is 5-20x faster on the small and medium models (MobileNetV2: 0.4 s against
-  8.6 s; ResNet-18: 0.7 s against 4.6 s), which matters because ``surgeon export`` exports two
-  models and the tests export every zoo model twice; it writes one self-contained file and is
+* TorchScript is several times faster on the small and medium models (measured in
+  docs/speed.md), which matters because ``surgeon export`` exports two models and the tests
+  export every zoo model twice; it writes one self-contained file and is
   quiet. A batch size the model hard-codes is caught by the parity check at the second batch
   size, with a message that says so. It is deprecated since torch 2.9 (the DeprecationWarning is
   logged at DEBUG) and misses a few ops, e.g. ``adaptive_avg_pool2d`` to a size that does not
@@ -53,11 +53,11 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
+from surgeon.capture import eval_mode
 from surgeon.cost import as_args
 from surgeon.errors import SurgeonExportError, SurgeonInputError
 from surgeon.files import check_output_path, publish, temp_sibling
 from surgeon.keys import PLAN_KEY
-from surgeon.trace import eval_mode
 
 __all__ = ["SurgeonExportError", "export"]
 

@@ -41,6 +41,8 @@ class Group:
     tags: set[str]
     n_classes: int = 0
     class_of: dict[Space, np.ndarray] = field(default_factory=dict)
+    widest: Space | None = None
+    width: int = 0
 
     @property
     def blocked(self) -> bool:
@@ -52,8 +54,17 @@ class Group:
 
     @property
     def channels(self) -> int:
-        """Channel count of the group: the number of its channel classes."""
-        return self.n_classes
+        """How many channels the group has: the size of its widest space. A class can hold
+        several (a head holds head_dim channels, a whole conv group its width): this is not
+        ``n_classes``."""
+        return self.width
+
+    def channels_in(self, classes: Collection[int]) -> int:
+        """How many of the group's channels (in its widest space) the classes ``classes``
+        hold."""
+        if self.widest is None or self.widest not in self.class_of:
+            return 0
+        return int(np.isin(self.class_of[self.widest], list(classes)).sum())
 
 
 class ChannelGraph:
@@ -129,6 +140,8 @@ class ChannelGraph:
                     [p for s in comp for p in params.get(s, ())],
                     [k for s in comp for k in sinks.get(s, ())],
                     set().union(*(tags.get(s, set()) for s in comp)),
+                    widest=max(comp, key=lambda s: self.sizes[s]),
+                    width=max(self.sizes[s] for s in comp),
                 )
             )
         self._classes()
@@ -229,7 +242,8 @@ class ChannelGraph:
             status = "prunable" if g.prunable else "blocked" if g.blocked else "fixed"
             tags = f" ({', '.join(sorted(g.tags))})" if g.tags else ""
             lines.append(
-                f"group {g.index} [{status}]{tags}: {g.channels} channels, {len(g.spaces)} spaces"
+                f"group {g.index} [{status}]{tags}: {g.channels} channels in {g.n_classes} "
+                f"classes, {len(g.spaces)} spaces"
             )
             members = []
             for p in g.params:
@@ -338,7 +352,7 @@ def build_channel_graph(
                 shapes[name] = shape
     if not shapes:
         raise SurgeonPassError(
-            "no tensor metadata on the graph: run surgeon.trace.propagate_shapes first"
+            "no tensor metadata on the graph: run surgeon.capture.propagate_shapes first"
         )
     records: dict[str, NodeRecord] = {}
     for node in gm.graph.nodes:

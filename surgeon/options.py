@@ -29,39 +29,65 @@ GROUPED = ("offsets", "groups", "auto")
 
 @dataclass(frozen=True)
 class SlimOptions:
-    """What to remove and how.
+    """What to remove and how: every setting of one slimming, each documented here once.
 
     Attributes:
-        ratio: fraction of each prunable group's channels removed, ``0 <= ratio < 1``.
-        importance: the criterion (``l2``, ``l1``, ``bn_scale``, ``random``, ``taylor``,
-            ``grad``); the last two need ``data`` and ``loss_fn``.
-        scope: ``"local"`` (the same ratio in every group) or ``"global"``.
-        round_to: keep a multiple of this many channels per group (``None``: no rounding;
-            ``"auto"``: the multiple at which onnxruntime runs the slim model fastest on this
-            CPU with one thread, timed from the probe's multiple up,
-            :func:`surgeon.api.timed_round_to`; with ``inplace`` the probe's multiple alone).
-        ignore: modules (or qualified names) whose parameter shapes must not change.
-        inplace: resize the model's own submodules instead of a copy.
-        leaf_modules: module types, instances or qualified names of submodules torch.fx must
-            not trace into.
+        ratio: the fraction of each prunable group's channels removed, ``0 <= ratio < 1``.
+            With ``0`` nothing new is pruned, but channels that are already dead (all-zero
+            filters, zero norm scales) are removed: the function is unchanged.
+        importance: the criterion, aggregated over every member of a channel class (the
+            producers' filters, the consumers' input slices, the norms' scales): ``"l2"`` /
+            ``"l1"`` weight magnitude, ``"bn_scale"`` (|gamma| of the norms), ``"random"`` (a
+            seeded baseline), or, from gradients on ``data``, ``"taylor"`` (|activation x
+            gradient| at every consumer input, normalised per input) and ``"grad"``
+            (|w x dL/dw|).
+        scope: ``"local"`` (the same ratio in every group) or ``"global"`` (scores divided by
+            their group's mean, one threshold over all groups, no group losing more than
+            ``max_group_ratio``).
+        round_to: keep a multiple of this many channels in each group (rounded up: never more
+            removed than ``ratio`` asks; a whole head or conv group counts by its channels).
+            ``None``: no rounding. ``"auto"``: the multiple at which onnxruntime runs this slim
+            model fastest on this CPU with one thread: the slim model is made at the multiple a
+            probe measured (:func:`surgeon.hardware.channel_multiple`, cached) and at each larger
+            one, and each is timed (:func:`surgeon.autotune.timed_round_to`); with ``inplace``,
+            the probe's multiple alone. The plan records ``round_to_auto`` and
+            ``round_to_timed``.
+        ignore: modules, or their qualified names, whose parameter shapes must not change.
+        inplace: resize the model's own submodules instead of a copy's; the model itself must
+            then no longer be called.
+        leaf_modules: module types, instances, qualified names or class names of submodules
+            torch.fx must not trace into (their dims are blocked).
         max_group_ratio: with ``scope="global"``, the most any group may lose.
-        data: ``(input, target)`` batches for the data criteria and measured compensation.
-        loss_fn: ``loss_fn(output, target) -> scalar`` for ``taylor`` and ``grad``.
-        compensate: fold removed channels' expected values into their consumers.
-        returns: ``"auto"`` (the user's own model, its class and state-dict names, when its
-            own ``forward`` verifiably computes what the slim graph computes, else the
-            graph), ``"module"`` (that, or an error saying why not) or ``"graph"`` (the
-            ``torch.fx.GraphModule``).
-        attention: where a width is split into heads x head_dim, what prunes: ``"heads"``
-            (whole heads, the default) or ``"head_dim"`` (the same offsets in every head).
+        data: an iterable of ``(input, target)`` batches (a DataLoader, a list): needed by
+            ``taylor`` and ``grad``; with any criterion it also gives compensation measured
+            means. Read in eval mode, on a copy of the model.
+        loss_fn: ``loss_fn(output, target)`` -> scalar tensor, for ``taylor`` and ``grad``.
+        compensate: fold the expected value of every removed channel into its consumers (a
+            following batch norm's running mean, else the consumer's bias), so the slim model
+            loses less before fine-tuning. The expected value is measured on ``data`` when
+            given, else derived from the batch norm that produced the channel. With ``data``,
+            the removed inputs of each consumer are first regressed on its kept ones and folded
+            into the kept weights, and the batch norms' running statistics are re-estimated
+            afterwards.
+        returns: which form comes back. ``"auto"``: the model's own class (its methods,
+            attributes and state-dict names), its modules cut as the graph's, when its own
+            ``forward`` then computes what the slim graph computes on the example inputs; else
+            the graph, with the reason in the plan (``form``, ``form_reason``). ``"module"``:
+            that, or :class:`SurgeonPassError` with the reason. ``"graph"``: always the
+            ``torch.fx.GraphModule``.
+        attention: where a width is split into heads x head_dim (attention), what prunes:
+            ``"heads"`` (whole heads across q, k, v and the output projection; with grouped-query
+            attention the kv heads and their query groups together) or ``"head_dim"`` (every
+            head keeps its count and loses the same offsets of its width; rotary embeddings keep
+            their rotated halves paired).
         grouped: what a grouped (not depthwise) convolution loses: ``"offsets"`` (the same
             in-group offsets of every group: ``groups`` stays, each group narrows; the most
             MACs removed), ``"groups"`` (whole groups: each keeps its width, ``groups``
             shrinks; fewer MACs removed, but a runtime can compute a narrowed group slowly)
-            or ``"auto"`` (whole groups for the in-group widths onnxruntime runs faster so on
+            or ``"auto"`` (whole groups at the in-group widths onnxruntime runs faster so on
             this CPU, measured: :func:`surgeon.hardware.grouped_widths`; a tuple of widths is
             such an answer). ``None``: ``"auto"`` with ``round_to="auto"``, else
-            ``"offsets"``.
+            ``"offsets"``. The plan records what was used.
     """
 
     ratio: float

@@ -47,15 +47,13 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 import surgeon
-from surgeon.adopt import adopt, int_args
-from surgeon.api import PLAN_KEY, block_groups, gc_paused
-from surgeon.errors import SurgeonError, SurgeonInputError, SurgeonLoadError, SurgeonPassError
+from surgeon.capture import inputs_from_spec
+from surgeon.errors import SurgeonInputError, SurgeonLoadError
 from surgeon.files import check_output_path, write_atomic
-from surgeon.graph import build_channel_graph
+from surgeon.keys import PLAN_KEY
 from surgeon.names import leaf_name, resolve_leaves
 from surgeon.options import Leaf
-from surgeon.passes import STATE_KEY, ResizePass, SurgeryState
-from surgeon.trace import deep_copy, inputs_from_spec, trace
+from surgeon.pipeline import ReplayError, gc_paused, replay
 
 __all__ = ["SurgeonLoadError", "save", "load", "FORMAT", "FORMAT_VERSION"]
 
@@ -363,9 +361,9 @@ def _inputs_desc(plan: dict[str, Any]) -> str:
 
 
 def _rebuild(model: nn.Module, plan: dict[str, Any], leaves: list[Leaf], source: str) -> nn.Module:
-    """Trace a copy of ``model`` on zero inputs of the recorded shapes and cut its classes
-    (after cutting, first, the plans of earlier steps an iterative schedule recorded); a plan
-    slimmed into the model's own class (``form: module``) gives that class back again."""
+    """Replay ``plan`` on a copy of ``model`` (:func:`surgeon.pipeline.replay`, on zero inputs
+    of the recorded shapes), after replaying, first, the plans of earlier steps an iterative
+    schedule recorded; the errors say which part of the plan does not fit."""
     previous = plan.get("previous")
     if previous is not None:
         if not isinstance(previous, dict):
@@ -383,55 +381,24 @@ def _rebuild(model: nn.Module, plan: dict[str, Any], leaves: list[Leaf], source:
     name, made_from = type(model).__name__, plan["model"]
     made = f"it was made from a {made_from} on inputs {_inputs_desc(plan)}"
     try:
-        work = deep_copy(model)
-        gm = trace(work, inputs, leaf_modules=leaves)
-        before = int_args(gm)
-        grouped = plan.get("grouped", "offsets")
-        graph = build_channel_graph(
-            gm,
-            attention=plan.get("attention", "heads"),
-            grouped=grouped if isinstance(grouped, str) else tuple(grouped),
-            # a plan that names them keeps its convs; one that does not chose by width
-            whole=None
-            if isinstance(grouped, str) or "whole_groups" not in plan
-            else set(plan["whole_groups"]),
-        )
-        graph = block_groups(graph, plan.get("blocked", {}))
-        state = SurgeryState.start(graph, inputs)
-    except (SurgeonError, RuntimeError, TypeError, ValueError) as exc:
+        return replay(model, plan, inputs, tuple(leaves))
+    except ReplayError as exc:
+        if exc.stage == "record":
+            raise _corrupt(
+                source, f"its removed classes do not index the model's groups ({exc})"
+            ) from exc
         raise SurgeonLoadError(
-            f"the plan in {source!r} does not fit this {name}: {made}, and tracing this model on "
-            f"such inputs failed: {exc}"
+            {
+                "capture": f"the plan in {source!r} does not fit this {name}: {made}, and tracing "
+                f"this model on such inputs failed: {exc}",
+                "plan": f"the plan in {source!r} does not fit this {name}: {made}, and this "
+                "model's channel graph differs (another architecture, other constructor "
+                "arguments or other leaf modules); load it onto a fresh instance of the model it "
+                "was made from, built with the same arguments",
+                "passes": f"cutting this {name} by the plan in {source!r} failed ({made}): {exc}; "
+                "load it onto a fresh instance of the model it was made from",
+            }[exc.stage]
         ) from exc
-    try:
-        state = state.with_record(plan)
-    except SurgeonPassError as exc:
-        raise SurgeonLoadError(
-            f"the plan in {source!r} does not fit this {name}: {made}, and this model's channel "
-            "graph differs (another architecture, other constructor arguments or other leaf "
-            "modules); load it onto a fresh instance of the model it was made from, built with "
-            "the same arguments"
-        ) from exc
-    except (IndexError, KeyError, TypeError, ValueError) as exc:
-        raise _corrupt(
-            source, f"its removed classes do not index the model's groups ({exc})"
-        ) from exc
-    try:
-        gm.meta[STATE_KEY] = state
-        ResizePass()(gm)
-        del gm.meta[STATE_KEY]
-    except (SurgeonError, RuntimeError, IndexError, TypeError, ValueError) as exc:
-        raise SurgeonLoadError(
-            f"cutting this {name} by the plan in {source!r} failed ({made}): {exc}; load it onto "
-            "a fresh instance of the model it was made from"
-        ) from exc
-    if plan.get("form") == "module":  # it was slimmed into its own class: so is the copy
-        module, why, _ = adopt(work, gm, inputs, before)
-        if module is not None:
-            module.meta = {}
-            return module
-        log.warning("surgeon: %s is loaded as a torch.fx.GraphModule: %s", name, why)
-    return gm
 
 
 def _created_bias(gm: fx.GraphModule, key: str, value: torch.Tensor) -> bool:

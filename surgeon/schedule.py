@@ -109,20 +109,23 @@ def prune_iteratively(
     Returns the final slim ``GraphModule``; ``meta["surgeon.history"]`` lists, per step, the
     ratio, parameters and MACs.
     """
-    from surgeon.api import _slim, options_from
+    from surgeon.api import options_from
     from surgeon.cost import count_macs, count_params
     from surgeon.names import resolve_ignore
+    from surgeon.pipeline import slim_model
 
     options = options_from(ratio, settings)
     _check_schedule(options, steps, schedule, finetune, rewind)
     options = options.replace(ignore=resolve_ignore(model, options.ignore))
     start = _rewind_start(model, rewind)
-    original: dict[int, int] = {}  # class counts per group, filled by the first step
+    original: dict[int, int] | None = None  # class counts per group, from the first step
     kept: dict[str, dict[int, np.ndarray]] = {}
     history = []
     current: nn.Module = model
     for step, r in enumerate(step_ratios(options.ratio, steps, schedule)):
-        current, state = _slim(current, example_inputs, options.replace(ratio=r), original)
+        slimmed = slim_model(current, example_inputs, options.replace(ratio=r), original)
+        current, state = slimmed.model, slimmed.state
+        original = slimmed.counts if original is None else original
         _compose_kept(kept, state.kept)
         if start:
             _rewind(current, start, kept)

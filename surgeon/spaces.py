@@ -233,7 +233,7 @@ class RuleContext:
         """``space`` is new here (a parameter's dim, a Conv / Linear output)."""
         self.record.described.add(space)
 
-    def passes(self, space: Space) -> None:
+    def reads_metadata(self, space: Space) -> None:
         """The node reads ``space`` without depending on its values (metadata only)."""
         self.record.described.add(space)
 

@@ -114,9 +114,8 @@ def expected_mean(
                 rows = torch.arange(n)
                 if only is not None:  # the channels of the wanted indices (after flatten)
                     rows = torch.as_tensor(np.unique(np.asarray(only) // repeat), dtype=torch.long)
-                # float32 unless the model is float64: a third of the time on ~4000 points
-                # per channel, relative error below 1e-5 (far below what the Gaussian model
-                # of the channel assumes)
+                # float32 unless the model is float64: faster, and its relative error stays
+                # far below what the Gaussian model of the channel assumes
                 float64 = any(
                     t is not None and t.dtype == torch.float64 for t in (m.weight, m.running_mean)
                 )
@@ -362,7 +361,7 @@ def recalibrate_norms(model: nn.Module, batches: Iterable[Any]) -> int:
     ``(input, target)``: a cumulative average over one pass (momentum ``None``), without
     gradients. Every other module stays in its mode; the norms get theirs back. Returns the
     number of norms re-estimated."""
-    from surgeon.trace import as_args
+    from surgeon.capture import as_args
 
     norms = [
         m

@@ -43,9 +43,9 @@ class PropagatePass(SurgeryPass):
         if state.applied:
             return PassResult(gm, False, {"dead_classes": 0, "folds": 0})
         graph = state.graph
-        removed = {k: v.copy() for k, v in state.removed.items()}
-        dead = {k: v.copy() for k, v in state.dead.items()}
-        current = state.replace(removed=removed)  # sees the masks below as they grow
+        removed = dict(state.removed)  # each mask replaced, never changed in place
+        dead = dict(state.dead)
+        current = state
         groups = graph.prunable_groups()
         protect = {g.index: protected_classes(g, self.ignore) for g in groups}
         dead_total = folds = 0
@@ -96,8 +96,9 @@ class PropagatePass(SurgeryPass):
                     if len(idx):
                         sink.fold(idx, v[idx])
                         folds += len(idx)
-                mask |= new_dead
-                dead[g.index] |= new_dead
+                removed[g.index] = mask | new_dead
+                dead[g.index] = dead[g.index] | new_dead
+                current = state.replace(removed=dict(removed))  # what later groups see
                 dead_total += int(new_dead.sum())
                 new_any = True
             if not new_any:

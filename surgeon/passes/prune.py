@@ -61,7 +61,7 @@ def segments(group: Group) -> list[np.ndarray]:
     return [np.flatnonzero(label == k) for k in np.argsort(first, kind="stable")]
 
 
-def _spread(group: Group, mask: np.ndarray, order: list[int], want: int) -> int:
+def _remove_evenly(group: Group, mask: np.ndarray, order: list[int], want: int) -> int:
     """Remove ``want`` classes in ``order`` (least important first), each segment of the group
     first losing its own share of them, so that every concatenated input shrinks alike
     (``scope="local"`` means the same ratio for every layer, also inside a concatenation);
@@ -89,7 +89,7 @@ def _per_class(group: Group, space: tuple[str, int]) -> int | None:
     return int(counts[0]) if len(counts) and (counts == counts[0]).all() else None
 
 
-def _block(group: Group, space: tuple[str, int]) -> int:
+def _contiguous_width(group: Group, space: tuple[str, int]) -> int:
     """The channels each class of ``group`` holds in ``space`` where every class is one
     contiguous block of the same size; else 1."""
     cls = group.class_of[space]
@@ -175,7 +175,7 @@ class ChannelPrunePass(SurgeryPass):
             keep = min(k, math.ceil(keep / step) * step)
         return max(1, keep)
 
-    def _step(self, group: Group) -> int:
+    def _class_multiple(self, group: Group) -> int:
         """How many classes keep a multiple of ``round_to`` channels in every space that holds
         a parameter slice (where the compute is; a heads dim holds none): ``round_to`` where a
         class is one channel, fewer where it is a block of several (a whole head, a whole
@@ -185,7 +185,7 @@ class ChannelPrunePass(SurgeryPass):
         if not r:
             return 1
         spaces = {sl.space for sl in group.params if sl.space in group.class_of}
-        return math.lcm(1, *(r // math.gcd(r, _block(group, s)) for s in spaces))
+        return math.lcm(1, *(r // math.gcd(r, _contiguous_width(group, s)) for s in spaces))
 
     def call(self, gm: fx.GraphModule) -> PassResult:
         state = self.state(gm)
@@ -200,7 +200,7 @@ class ChannelPrunePass(SurgeryPass):
             target = {}
             for g in groups:
                 n = orig[g.index]
-                keep = self._n_keep(n, int(self.ratio * n + 1e-9), self._step(g))
+                keep = self._n_keep(n, int(self.ratio * n + 1e-9), self._class_multiple(g))
                 target[g.index] = max(0, g.n_classes - keep)
         else:
             target = self._global_targets(groups, scores, protect, orig)
@@ -214,7 +214,7 @@ class ChannelPrunePass(SurgeryPass):
             ]
             want = max(0, target[g.index] - before)
             if self.options.scope == "local":
-                _spread(g, mask, order, want)
+                _remove_evenly(g, mask, order, want)
             else:
                 _take(mask, order, want)
             _keep_one_per_space(g, mask, scores[g.index])
@@ -255,5 +255,7 @@ class ChannelPrunePass(SurgeryPass):
         out = {}
         for gi, n in count.items():
             g, o = by_index[gi], orig[gi]
-            out[gi] = max(0, g.n_classes - self._n_keep(o, o - g.n_classes + n, self._step(g)))
+            out[gi] = max(
+                0, g.n_classes - self._n_keep(o, o - g.n_classes + n, self._class_multiple(g))
+            )
         return out

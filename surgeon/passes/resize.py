@@ -11,11 +11,11 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from surgeon.capture import propagate_shapes
 from surgeon.errors import SurgeonPassError, SurgeonTraceError
 from surgeon.passes.base import PassResult, SurgeryPass
 from surgeon.passes.state import Sizes, SurgeryState
 from surgeon.spaces import meta_shapes
-from surgeon.trace import propagate_shapes
 
 __all__ = ["ResizePass"]
 

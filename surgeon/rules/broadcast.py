@@ -13,8 +13,8 @@ import torch.fx as fx
 
 from surgeon.rules.base import (
     NAN,
-    _nan,
     block_all,
+    unknown_values,
 )
 from surgeon.rules.registry import register
 from surgeon.spaces import RuleContext, Space
@@ -130,7 +130,7 @@ def _operand_constant(c: Callable, kind: str, val: Any, n: int) -> np.ndarray:
         return c(val)
     if kind == "scalar" and val is not None:
         return np.full(n, val)
-    return _nan(n)
+    return unknown_values(n)
 
 
 def _combine(op: str, x: np.ndarray, y: np.ndarray, alpha: float) -> np.ndarray:
@@ -163,7 +163,7 @@ def _couple_broadcast(ctx: RuleContext, operands: list[fx.Node]) -> dict[int, li
             else:
                 ctx.block((v.name, di), "size-1 dim broadcast by an elementwise op")
     for d in range(len(ys)):
-        ctx.passes((out, d))
+        ctx.reads_metadata((out, d))
     return spaces
 
 
@@ -204,7 +204,7 @@ def _select(ctx: RuleContext, tensors: list[fx.Node], a: Any, b: Any) -> None:
             return np.full(ys[d], float(v))
         lead = len(ys) - len(ctx.shape(v))
         space = (v.name, d - lead)
-        return c(space) if d >= lead and space in spaces[d] else _nan(ys[d])
+        return c(space) if d >= lead and space in spaces[d] else unknown_values(ys[d])
 
     def transfer(c):
         res = {}
@@ -235,8 +235,8 @@ def addcmul_rule(ctx: RuleContext) -> None:
         lead = len(ys) - len(ctx.shape(v))
         space = (v.name, d - lead)
         if d < lead:
-            return _nan(ys[d])
-        return c(space) if space in spaces[d] else _nan(ys[d])
+            return unknown_values(ys[d])
+        return c(space) if space in spaces[d] else unknown_values(ys[d])
 
     def transfer(c):
         res = {}

@@ -14,12 +14,12 @@ import torch.nn.functional as F
 from surgeon.rules.base import (
     NAN,
     FunctionalWeights,
-    _nan,
-    _np,
     _tuple,
     add_bias,
+    as_values,
     block_all,
     set_arg,
+    unknown_values,
     zero_cols,
     zero_rows,
 )
@@ -158,13 +158,13 @@ def _conv(
     def transfer(c):
         xz = (c(xin) == 0).reshape(g, ipg)
         if m.weight is None:
-            return {yc: _nan(cout)}
+            return {yc: unknown_values(cout)}
         if not xz.any():  # the usual case: only all-zero filters give constants
             dead = None
         else:
             dead = xz[0] if g == 1 else np.repeat(xz, opg, axis=0)
         ok = zero_rows(m.weight, dead)
-        return {yc: np.where(ok, _np(m.bias, cout), NAN)}
+        return {yc: np.where(ok, as_values(m.bias, cout), NAN)}
 
     ctx.transfer(transfer)
 

@@ -216,7 +216,7 @@ def passthrough_method_rule(ctx: RuleContext) -> None:
     for other in ctx.tensor_inputs():  # x.type_as(y), x.to(y): only y's dtype and device
         if other is not x:
             for d in range(len(ctx.shape(other) or ())):
-                ctx.passes((other.name, d))
+                ctx.reads_metadata((other.name, d))
     _same_shape_unary(ctx, x, (lambda v: v) if exact else None)
 
 

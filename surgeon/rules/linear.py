@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from surgeon.rules.base import (
     NAN,
     FunctionalWeights,
-    _nan,
-    _np,
     add_bias,
+    as_values,
     block_all,
+    unknown_values,
     zero_cols,
     zero_rows,
 )
@@ -73,9 +73,9 @@ def _contraction(
     def transfer(c):
         xz = c(xin) == 0
         if m.weight is None:
-            return {yc: _nan(ctx.shapes[yc[0]][yc[1]])}
+            return {yc: unknown_values(ctx.shapes[yc[0]][yc[1]])}
         ok = zero_rows(m.weight, xz if xz.any() else None, transposed=flip)
-        return {yc: np.where(ok, _np(m.bias, len(ok)), NAN)}
+        return {yc: np.where(ok, as_values(m.bias, len(ok)), NAN)}
 
     ctx.transfer(transfer)
 
@@ -171,7 +171,7 @@ def _embedding(ctx: RuleContext, x: fx.Node, m: Any) -> Space:
 
     def transfer(c):
         if m.weight is None:
-            return {yc: _nan(ctx.out_shape[-1])}
+            return {yc: unknown_values(ctx.out_shape[-1])}
         w = m.weight.detach()
         lo, hi = w.min(0).values, w.max(0).values
         return {yc: np.where((lo == hi).numpy(), lo.double().numpy(), NAN)}

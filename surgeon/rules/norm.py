@@ -15,7 +15,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from surgeon.rules.base import NAN, FunctionalWeights, _nan, _np, block_all, set_arg
+from surgeon.rules.base import NAN, FunctionalWeights, as_values, block_all, set_arg, unknown_values
 from surgeon.rules.registry import register
 from surgeon.spaces import RuleContext, Space
 
@@ -113,19 +113,19 @@ def _channel_norm(
     n = xs[1]
 
     def transfer(c):
-        res = {(out, d): _nan(xs[d]) for d in range(len(xs)) if d != 1}
+        res = {(out, d): unknown_values(xs[d]) for d in range(len(xs)) if d != 1}
         if not getattr(m, "known", True):
-            res[yc] = _nan(n)
+            res[yc] = unknown_values(n)
             return res
         xv = c((x.name, 1))
-        gamma, beta = _np(m.weight, n, 1.0), _np(m.bias, n, 0.0)
+        gamma, beta = as_values(m.weight, n, 1.0), as_values(m.bias, n, 0.0)
         train = np.where(np.isnan(xv), NAN, beta)  # batch statistics: a constant channel gives beta
         if m.running_mean is None:
             normed = train
         elif not batch_stats:  # an instance norm that may use its running statistics
-            normed = _nan(n)
+            normed = unknown_values(n)
         else:
-            rm, rv = _np(m.running_mean, n), _np(m.running_var, n, 1.0)
+            rm, rv = as_values(m.running_mean, n), as_values(m.running_var, n, 1.0)
             evaluated = gamma * (xv - rm) / np.sqrt(rv + m.eps) + beta
             normed = np.where(np.isclose(evaluated, train, rtol=0, atol=1e-7), evaluated, NAN)
         res[yc] = np.where(gamma == 0, beta, normed)
@@ -177,11 +177,11 @@ def _layer_norm(
         link([((out, first + j), "weight", j), ((out, first + j), "bias", j)])
 
     def transfer(c):
-        res = {(out, d): _nan(xs[d]) for d in range(len(xs))}
+        res = {(out, d): unknown_values(xs[d]) for d in range(len(xs))}
         if k == 1 and m.weight is not None and getattr(m, "known", True):
             n = xs[-1]
-            beta = _np(m.bias, n)
-            res[(out, first)] = np.where(_np(m.weight, n, 1.0) == 0, beta, NAN)
+            beta = as_values(m.bias, n)
+            res[(out, first)] = np.where(as_values(m.weight, n, 1.0) == 0, beta, NAN)
         return res
 
     ctx.transfer(transfer)
@@ -222,9 +222,9 @@ def _group_norm(
     link([(yc, "weight", 0), (yc, "bias", 0)])
 
     def transfer(c):
-        res = {(out, d): _nan(xs[d]) for d in range(len(xs))}
+        res = {(out, d): unknown_values(xs[d]) for d in range(len(xs))}
         if m.weight is not None and getattr(m, "known", True):
-            res[yc] = np.where(_np(m.weight, c_, 1.0) == 0, _np(m.bias, c_), NAN)
+            res[yc] = np.where(as_values(m.weight, c_, 1.0) == 0, as_values(m.bias, c_), NAN)
         return res
 
     ctx.transfer(transfer)

@@ -8,8 +8,8 @@ import torch.nn as nn
 
 from surgeon.rules.base import (
     NAN,
-    _nan,
     attr_tensor,
+    unknown_values,
 )
 from surgeon.spaces import RuleContext
 
@@ -45,12 +45,12 @@ def constant_slices(t: torch.Tensor) -> list[np.ndarray]:
             n = t.shape[d]
             view = t.movedim(d, 0)
             if t.numel() == 0:
-                res.append(_nan(n))
+                res.append(unknown_values(n))
                 continue
             corner = (slice(None),) + (0,) * (t.dim() - 1)
             last = (slice(None),) + (-1,) * (t.dim() - 1)
             cand = torch.nonzero(view[corner] == view[last]).reshape(-1)
-            vals = _nan(n)
+            vals = unknown_values(n)
             if len(cand):
                 flat = view.index_select(0, cand).reshape(len(cand), -1).double()
                 lo, hi = flat.min(1).values, flat.max(1).values

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from surgeon.rules.base import (
     NAN,
     _dim,
-    _nan,
     _same_shape_unary,
     block_all,
+    unknown_values,
 )
 from surgeon.rules.registry import register
 from surgeon.spaces import RuleContext
@@ -41,7 +41,7 @@ def _softmax(ctx: RuleContext, x: fx.Node, dim: Any) -> None:
     xs = ctx.shape(x)
     if not isinstance(dim, int) or xs is None:
         return block_all(ctx, f"{ctx.describe_name()} without a constant dim")
-    _same_shape_unary(ctx, x, lambda v: _nan(len(v)))
+    _same_shape_unary(ctx, x, lambda v: unknown_values(len(v)))
     ctx.sink((x.name, _dim(dim, len(xs))), "stat")
 
 

@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from surgeon.rules.base import (
     NAN,
     _dim,
-    _nan,
     _shape_args,
     block_all,
     output_spaces,
+    unknown_values,
 )
 from surgeon.rules.registry import register
 from surgeon.spaces import FactorSite, RuleContext, Space
@@ -264,7 +264,7 @@ def size_rule(ctx: RuleContext) -> None:
         return block_all(ctx)
     for n in ctx.tensor_inputs():
         for d in range(len(ctx.shape(n))):
-            ctx.passes((n.name, d))
+            ctx.reads_metadata((n.name, d))
 
 
 @register("new_zeros", "new_ones", "new_full", "new_empty", "new_tensor")
@@ -275,7 +275,7 @@ def new_tensor_rule(ctx: RuleContext) -> None:
     for n in ctx.tensor_inputs():
         for d in range(len(ctx.shape(n))):
             if n is x:
-                ctx.passes((n.name, d))
+                ctx.reads_metadata((n.name, d))
             else:
                 ctx.block((n.name, d), f"read by {ctx.describe_name()}")
     for name, shape in output_spaces(ctx):
@@ -390,7 +390,9 @@ def pad_rule(ctx: RuleContext) -> None:
     out = ctx.out
     ctx.transfer(
         lambda c: {
-            (out, d): np.where(c((x.name, d)) == 0, 0.0, NAN) if keeps_zero else _nan(xs[d])
+            (out, d): np.where(c((x.name, d)) == 0, 0.0, NAN)
+            if keeps_zero
+            else unknown_values(xs[d])
             for d in range(len(xs))
             if d not in padded
         }

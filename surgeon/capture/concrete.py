@@ -8,13 +8,13 @@ carries the value its node has on those inputs. Where Python needs a real ``bool
 records the place (file, line): the graph is then specialised to the example's sizes at those
 places and nowhere else (a size that only flows into other ops stays symbolic, so the batch dim
 stays free where the graph allows). A question about tensor *values* (``if x.sum() > 0``,
-``int(t)``) is still refused: that branch would be taken on data, not on shapes.
-"""
+``int(t)``) is still refused: that branch would be taken on data, not on shapes."""
 
 from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
 import math
 import operator
 import os
@@ -25,12 +25,29 @@ import torch.fx as fx
 from torch.fx.proxy import Attribute, Proxy, TraceError
 from torch.utils import _pytree as pytree
 
-__all__ = ["ConcreteTracer", "SPECIALISED_KEY", "erase_new_nodes", "wrapped_without_rule"]
+from surgeon.capture.inputs import as_args, defaults_not_given
+from surgeon.capture.shapes import eval_mode
+from surgeon.capture.tracer import SurgeonTracer, erase_new_nodes
 
-SPECIALISED_KEY = "surgeon.specialised"
+__all__ = [
+    "ConcreteTracer",
+    "SpecialisingTracer",
+    "wrapped_without_rule",
+    "traced_specialised",
+    "has_wrapped_without_rule",
+]
+
+
+log = logging.getLogger(__name__)
+
+
 _UNKNOWN = object()  # a node whose value could not be computed (it then answers nothing)
+
+
 _TORCH_DIR = os.path.dirname(torch.__file__)
-_HERE = os.path.dirname(__file__)
+
+
+_HERE = os.path.dirname(os.path.dirname(__file__))  # surgeon/
 
 
 class ConcreteTracer(fx.Tracer):
@@ -115,7 +132,7 @@ class ConcreteTracer(fx.Tracer):
                     return getattr(a[0], target)(*a[1:], **kw)
                 if kind == "call_module":
                     module = self.root.get_submodule(target)
-                    with _eval(module):  # a leaf's statistics must not move
+                    with eval_mode(module):  # a leaf's statistics must not move
                         return module(*a, **kw)
         except Exception:  # noqa: BLE001 - a value we cannot compute only answers nothing
             return _UNKNOWN
@@ -228,13 +245,6 @@ class ConcreteAttribute(_Answers, Attribute):
     pass
 
 
-def erase_new_nodes(graph: fx.Graph, before: set[fx.Node]) -> None:
-    """Take out the nodes a failed attempt at tracing added (those not in ``before``)."""
-    for node in reversed(list(graph.nodes)):
-        if node not in before:
-            graph.erase_node(node)
-
-
 def wrapped_without_rule(fn: Any) -> bool:
     """A function fx records as one call only because a library wrapped it (not a torch op,
     an operator or a builtin), and that has no rule: its body is traced instead."""
@@ -266,17 +276,6 @@ def _unpatched() -> contextlib.AbstractContextManager:
     return revert() if revert is not None else contextlib.nullcontext()
 
 
-@contextlib.contextmanager
-def _eval(module: torch.nn.Module):
-    flags = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
-
-
 def _user_line() -> str:
     """``file:line: code`` of the innermost frame outside torch and surgeon."""
     frame = inspect.currentframe()
@@ -288,3 +287,28 @@ def _user_line() -> str:
             return f"{os.path.basename(name)}:{frame.f_lineno}: {code}"
         frame = frame.f_back
     return ""
+
+
+class SpecialisingTracer(ConcreteTracer, SurgeonTracer):
+    """:class:`SurgeonTracer` whose size queries answer with the example's integers. Buffers
+    read in ``forward`` are traced too (``self.position_ids[:, :n]``): sliced by a size this
+    tracer answers, a buffer would otherwise become a plain tensor the graph cannot follow."""
+
+    proxy_buffer_attributes = True
+
+
+def has_wrapped_without_rule(graph: fx.Graph) -> bool:
+    return any(n.op == "call_function" and wrapped_without_rule(n.target) for n in graph.nodes)
+
+
+def traced_specialised(
+    model: torch.nn.Module, example_inputs: Any, leaves: list
+) -> tuple[fx.Tracer, fx.Graph] | None:
+    tracer = SpecialisingTracer(leaves)
+    tracer.concrete_setup(model, *as_args(example_inputs))
+    try:
+        graph = tracer.trace(model, concrete_args=defaults_not_given(model, example_inputs) or None)
+    except Exception as exc:  # noqa: BLE001 - the plain graph stands
+        log.info("surgeon: tracing through wrapped functions failed: %s", exc)
+        return None
+    return tracer, graph

@@ -1,0 +1,570 @@
+"""The pipeline: a model through capture -> channel graph -> block -> plan -> passes -> verify ->
+adopt, each stage a function of values that returns what it made.
+
+:func:`slim_model` runs it for :func:`surgeon.slim` (and for every candidate the
+``round_to="auto"`` search times, and for every step of :func:`surgeon.prune_iteratively`);
+:func:`analyze_model` runs its first two stages for :func:`surgeon.analyze`; :func:`replay`
+runs it with a saved plan in place of the decision, for :func:`surgeon.load`. Nothing else
+builds the flow by hand.
+
+A pass that fails at a node blocks the groups around that node and the model goes through
+again from a fresh copy (the group is refused, never the model), at most
+:data:`MAX_BLOCK_RETRIES` groups in all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import gc
+import logging
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from surgeon.adopt import adopt, int_args
+from surgeon.capture import Captured, as_args, capture, check_trace
+from surgeon.copying import unshare_parameters, working_copy
+from surgeon.diagnose import dense_macs, diagnose
+from surgeon.errors import SurgeonError, SurgeonInputError, SurgeonPassError
+from surgeon.graph import ChannelGraph, build_channel_graph
+from surgeon.hardware import channel_multiple, grouped_widths
+from surgeon.importance import DATA_CRITERIA, DataStats, collect_stats, iter_batches
+from surgeon.keys import DIAGNOSIS_KEY, PLAN_KEY, STATE_KEY
+from surgeon.modelconfig import update_config
+from surgeon.names import leaf_name, resolve_ignore, resolve_leaves
+from surgeon.options import SlimOptions, check_grouped
+from surgeon.passes import (
+    ChannelPrunePass,
+    CompensatePass,
+    Pass,
+    PassManager,
+    PropagatePass,
+    ResizePass,
+    SurgeryState,
+)
+from surgeon.passes.compensate import recalibrate_norms
+from surgeon.verify import output_shapes, refuse_nan, self_check
+
+__all__ = [
+    "Slimmed",
+    "slim_model",
+    "analyze_model",
+    "replay",
+    "channel_graph",
+    "with_blocked",
+    "surgery_passes",
+    "gc_paused",
+    "MAX_BLOCK_RETRIES",
+]
+
+log = logging.getLogger(__name__)
+
+MAX_BLOCK_RETRIES = 16
+
+
+@dataclass(frozen=True)
+class Slimmed:
+    """What one run of the pipeline made.
+
+    Attributes:
+        model: the slim model, in the form ``options.returns`` asked for; its plan is in
+            ``model.meta[PLAN_KEY]``.
+        state: the final decision (what each group lost, what each tensor kept).
+        counts: class count per group of the model as it was captured (the originals an
+            iterative schedule keeps its ratio to).
+    """
+
+    model: nn.Module
+    state: SurgeryState
+    counts: dict[int, int]
+
+
+# -- settings the stages read --------------------------------------------------------------
+def prepared(model: nn.Module, options: SlimOptions) -> SlimOptions:
+    """``options`` with ``ignore`` and ``leaf_modules`` resolved against ``model`` (names and
+    types, which still match in a copy) and one-shot data listed (it is read more than once)."""
+    if not isinstance(model, nn.Module):
+        raise SurgeonInputError(
+            f"model must be a torch.nn.Module, got {type(model).__name__}", option="model"
+        )
+    options = options.replace(
+        ignore=resolve_ignore(model, options.ignore),
+        leaf_modules=resolve_leaves(model, options.leaf_modules),
+    )
+    data = options.data
+    if data is not None and iter(data) is data:  # type: ignore[call-overload]
+        options = options.replace(data=list(data))
+    return options
+
+
+def grouped_form(grouped: str | tuple[int, ...] | None) -> str | tuple[int, ...]:
+    """What the channel graph takes for ``grouped`` (validated; None: ``"offsets"``): ``"auto"``
+    becomes the in-group widths measured on this CPU to lose whole groups faster."""
+    grouped = "offsets" if grouped is None else check_grouped(grouped)
+    return grouped_widths("cpu", threads=1) if grouped == "auto" else grouped
+
+
+def whole_groups_kept(model: nn.Module, grouped: str | tuple[int, ...]) -> list[str] | None:
+    """The grouped convs (node names) that lost whole groups when ``model``, a slim model, was
+    made with measured widths: slimmed again with widths, they keep that choice, so a conv
+    narrowed by offsets does not switch now. None: nothing to keep."""
+    earlier = plan_of(model)
+    if not earlier or not isinstance(earlier.get("grouped"), list) or isinstance(grouped, str):
+        return None
+    return earlier.get("whole_groups")
+
+
+def plan_of(model: nn.Module) -> dict[str, Any] | None:
+    """The plan ``model`` carries (a slim model), or None."""
+    meta = getattr(model, "meta", None)
+    return meta.get(PLAN_KEY) if isinstance(meta, dict) else None
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Analysis allocates many small objects that live until it ends: pausing the cyclic
+    collector keeps its cost linear in graph size (each full collection would walk them all)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+# -- 1. capture ---------------------------------------------------------------------------
+def capture_copy(
+    model: nn.Module, inputs: Any, options: SlimOptions, *, check: bool
+) -> tuple[nn.Module, Captured]:
+    """The model the passes will cut (``model`` itself with ``inplace``, else a copy sharing
+    its parameters) and its capture."""
+    work = model if options.inplace else working_copy(model)
+    return work, capture(work, inputs, leaf_modules=options.leaf_modules, check=check)
+
+
+# -- 2. channel graph -----------------------------------------------------------------------
+def channel_graph(
+    gm: fx.GraphModule,
+    attention: str,
+    grouped: str | tuple[int, ...],
+    whole: Iterable[str] | None = None,
+) -> ChannelGraph:
+    """:func:`build_channel_graph`. With measured widths (``grouped`` a tuple), a grouped conv
+    whose whole groups leave its channels unprunable (a GroupNorm or a channel shuffle ties
+    every group into one class, where narrowing each group prunes) loses offsets instead: the
+    graph is built again without it. ``whole`` (node names) keeps an earlier choice."""
+    whole = None if whole is None else set(whole)
+    graph = build_channel_graph(gm, attention=attention, grouped=grouped, whole=whole)
+    if isinstance(grouped, str) or whole is not None:
+        return graph
+    stuck = {
+        n
+        for n, space in graph.whole_groups.items()
+        if not graph.groups[graph.group_of[space]].prunable
+    }
+    if not stuck:
+        return graph
+    kept = set(graph.whole_groups) - stuck
+    return build_channel_graph(gm, attention=attention, grouped=grouped, whole=kept)
+
+
+def analyze_model(model: nn.Module, inputs: Any, options: SlimOptions) -> ChannelGraph:
+    """Capture a copy of ``model`` and return its channel graph; ``model`` is not modified."""
+    options = prepared(model, options)
+    with gc_paused():
+        _, captured = capture_copy(model, inputs, options.replace(inplace=False), check=True)
+        return channel_graph(captured.gm, options.attention, grouped_form(options.grouped))
+
+
+# -- 3. block -----------------------------------------------------------------------------
+def with_blocked(graph: ChannelGraph, blocked: Mapping[int | str, str]) -> ChannelGraph:
+    """``graph`` with the groups of ``blocked`` (index -> reason) blocked: a new graph value
+    (the groups it blocks are new; the rest is shared with ``graph``)."""
+    if not blocked:
+        return graph
+    groups = list(graph.groups)
+    for key, why in blocked.items():
+        g = groups[int(key)]
+        if why not in g.reasons:
+            groups[int(key)] = dataclasses.replace(g, reasons=[*g.reasons, why])
+    out = copy.copy(graph)
+    out.groups = groups
+    return out
+
+
+def blocked_after(
+    graph: ChannelGraph, exc: SurgeonPassError, blocked: Mapping[int, str]
+) -> dict[int, str] | None:
+    """``blocked`` and the prunable groups around the node a pass failed at (the node and what
+    its sizes are read from), so the next run leaves them alone; None when there is nothing
+    new to block or the retries are spent."""
+    if exc.node is None or len(blocked) >= MAX_BLOCK_RETRIES:
+        return None
+    node = next((n for n in graph.gm.graph.nodes if n.name == exc.node), None)
+    if node is None:
+        return None
+    names = {node.name, *_size_sources(node)}
+    found = {
+        gi
+        for (name, _), gi in graph.group_of.items()
+        if name in names and graph.groups[gi].prunable
+    }
+    if not found:
+        return None
+    why = f"resizing it failed at node '{exc.node}' (this group is left as it is)"
+    log.warning("surgeon: %s; retrying with %d group(s) blocked: %s", exc, len(found), why)
+    return {**blocked, **dict.fromkeys(found, why)}
+
+
+def _size_sources(node: fx.Node) -> set[str]:
+    """The tensors ``node`` reads, directly or through size arithmetic (``C // heads`` from
+    ``x.shape``): the spaces a failed resize at ``node`` depends on."""
+    out: set[str] = set()
+    todo, seen = list(node.all_input_nodes), set()
+    while todo:
+        n = todo.pop()
+        if n.name in seen:
+            continue
+        seen.add(n.name)
+        out.add(n.name)
+        if not hasattr(n.meta.get("tensor_meta"), "shape"):  # a Python value: follow it up
+            todo.extend(n.all_input_nodes)
+    return out
+
+
+# -- 4. plan ------------------------------------------------------------------------------
+def plan(
+    gm: fx.GraphModule,
+    graph: ChannelGraph,
+    inputs: Any,
+    options: SlimOptions,
+    original: Mapping[int, int] | None,
+) -> SurgeryState:
+    """The decision the passes start from: nothing removed yet, with what the criterion and
+    compensation measured on ``options.data`` and the class counts the ratio refers to
+    (``original``: the model before earlier prune steps; None: this one)."""
+    if original is not None and (
+        len(original) != len(graph.groups)
+        or any(g.n_classes > original.get(g.index, -1) for g in graph.groups)
+    ):
+        raise SurgeonPassError(
+            "the model's channel groups changed between prune steps (a resize merged or split "
+            "them), so the schedule cannot track the original counts; prune in one step "
+            "(schedule='oneshot') or report the model"
+        )
+    return SurgeryState.start(graph, inputs, stats=measured(gm, graph, options), original=original)
+
+
+def measured(gm: fx.GraphModule, graph: ChannelGraph, options: SlimOptions) -> DataStats | None:
+    """What the criterion and compensation need from ``options.data`` (None: nothing)."""
+    crit = options.importance
+    wanted = crit in DATA_CRITERIA or (options.compensate and options.data is not None)
+    if options.ratio <= 0 or not wanted:
+        return None
+    return collect_stats(
+        gm,
+        graph,
+        options.data,  # type: ignore[arg-type]
+        options.loss_fn,
+        taylor=crit == "taylor",
+        grads=crit == "grad",
+        means=options.compensate,
+    )
+
+
+# -- 5. passes ----------------------------------------------------------------------------
+def surgery_passes(options: SlimOptions) -> list[Pass]:
+    """The passes ``slim`` runs for ``options``: prune, [compensate], propagate, resize."""
+    passes: list[Pass] = [ChannelPrunePass(options)]
+    if options.compensate:
+        passes.append(CompensatePass(new_bias=options.returns == "graph"))
+    ignore = tuple(str(i) for i in options.ignore)
+    return passes + [PropagatePass(ignore=ignore), ResizePass()]
+
+
+def run_passes(
+    gm: fx.GraphModule, state: SurgeryState, passes: list[Pass]
+) -> tuple[fx.GraphModule, SurgeryState, dict[str, Any]]:
+    """Run ``passes`` on ``gm`` from ``state``; the slim graph, the final decision and the
+    passes' statistics. The state travels in ``gm.meta[STATE_KEY]`` between passes only."""
+    gm.meta[STATE_KEY] = state
+    try:
+        result = PassManager(passes).run(gm)
+    except BaseException:
+        gm.meta.pop(STATE_KEY, None)
+        raise
+    return result.module, result.module.meta.pop(STATE_KEY), result.stats
+
+
+# -- the whole ----------------------------------------------------------------------------
+def slim_model(
+    model: nn.Module,
+    inputs: Any,
+    options: SlimOptions,
+    original: Mapping[int, int] | None = None,
+) -> Slimmed:
+    """Slim ``model`` as ``options`` say (``round_to="auto"`` included: then the timed search
+    of :mod:`surgeon.autotune` runs this pipeline once per candidate). ``original``: class
+    counts per group before earlier prune steps, which make the ratio cumulative."""
+    options = prepared(model, options)
+    auto = options.round_to == "auto"
+    if auto and not options.inplace:  # inplace: one try only, the probe's multiple
+        from surgeon.autotune import timed_round_to
+
+        return timed_round_to(model, inputs, options, original=original)
+    if auto:
+        options = options.replace(round_to=channel_multiple("cpu", threads=1))
+    grouped = grouped_form(
+        options.grouped if options.grouped is not None else "auto" if auto else None
+    )
+    with gc_paused():
+        return _slim_once(model, inputs, options, original, grouped, auto)
+
+
+def _slim_once(
+    model: nn.Module,
+    inputs: Any,
+    options: SlimOptions,
+    original: Mapping[int, int] | None,
+    grouped: str | tuple[int, ...],
+    auto: bool,
+) -> Slimmed:
+    """Stages 1-7 for resolved ``options``; a failed resize blocks its groups and goes again."""
+    whole = whole_groups_kept(model, grouped)
+    # The user's own forward on the slim model is compared with the slim graph before the own
+    # class comes back: that covers the check that the graph computes what the model does,
+    # which then runs (on the untouched input model) only where the graph comes back.
+    defer = not options.inplace and options.returns != "graph"
+    blocked: dict[int, str] = {}
+    while True:
+        work, captured = capture_copy(model, inputs, options, check=not defer)
+        if not all(captured.finite):
+            refuse_nan(model, inputs)
+        graph = None
+        try:
+            graph = with_blocked(
+                channel_graph(captured.gm, options.attention, grouped, whole), blocked
+            )
+            sizes_before = int_args(captured.gm)
+            expected = output_shapes(captured.gm)
+            macs_before = dense_macs(captured.gm)
+            state = plan(captured.gm, graph, inputs, options, original)
+            gm, state, stats = run_passes(captured.gm, state, surgery_passes(options))
+            break
+        except Exception as exc:
+            if not captured.checked:  # a graph that is not the model's function explains it
+                check_trace(model, inputs, captured.output)
+            retry = (
+                blocked_after(graph, exc, blocked)
+                if isinstance(exc, SurgeonPassError) and not options.inplace and graph is not None
+                else None
+            )
+            if retry is None:
+                raise
+            blocked = retry
+    if not options.inplace:  # the weights no pass cut are still the input model's
+        unshare_parameters(model, gm, work)
+    output = state.output
+    if options.compensate and options.data is not None and state.n_removed():
+        recalibrate_norms(gm, iter_batches(options.data))
+        output = _run(gm, inputs)
+    self_check(gm, expected, output, model, inputs, captured.finite)
+    gm.meta[PLAN_KEY] = plan_record(
+        model, state, inputs, options, captured, graph, blocked, grouped, auto
+    )
+    gm.meta[DIAGNOSIS_KEY] = _diagnosis(gm, graph, macs_before, options.ratio)
+    log.info("slim: %s", stats)
+    checked = captured.checked or not defer
+    out = returned_form(model, work, gm, inputs, sizes_before, options, output, captured, checked)
+    counts = {g.index: g.n_classes for g in graph.groups}
+    return Slimmed(_config_follows(model, out, gm, state, inputs), state, counts)
+
+
+def _run(gm: fx.GraphModule, inputs: Any) -> Any:
+    args, kwargs = as_args(inputs)
+    with torch.no_grad():
+        return gm(*args, **kwargs)
+
+
+def plan_record(
+    model: nn.Module,
+    state: SurgeryState,
+    inputs: Any,
+    options: SlimOptions,
+    captured: Captured,
+    graph: ChannelGraph,
+    blocked: Mapping[int, str],
+    grouped: str | tuple[int, ...],
+    auto: bool,
+) -> dict[str, Any]:
+    """What ``PLAN_KEY`` keeps (see :data:`surgeon.keys.PLAN_KEY`), JSON-able."""
+    from surgeon.capture import input_spec
+
+    previous = plan_of(model)
+    record = {
+        **state.to_record(),
+        "model": previous["model"] if previous else type(model).__name__,
+        "inputs": input_spec(inputs),
+        "leaf_modules": sorted(leaf_name(m) for m in options.leaf_modules),
+        "attention": options.attention,
+    }
+    if previous:
+        record["previous"] = copy.deepcopy(previous)
+    return {
+        **record,
+        "blocked": dict(blocked),
+        "round_to": options.round_to,
+        "round_to_auto": auto,
+        "grouped": grouped if isinstance(grouped, str) else list(grouped),
+        "whole_groups": sorted(graph.whole_groups),
+        # where capture answered a size question with the example's ints (None: nowhere); a
+        # slim graph slimmed again was captured by its earlier plan
+        "specialised": (previous or {}).get("specialised")
+        if captured.how == "graph"
+        else captured.specialised,
+        "captured": captured.how,
+    }
+
+
+def _diagnosis(gm: fx.GraphModule, graph: ChannelGraph, before: int, ratio: float) -> Any:
+    """:func:`diagnose`, logged as a warning when little was pruned."""
+    found = diagnose(graph, before, dense_macs(gm), ratio)
+    if found is None:
+        return None
+    why = "; ".join(
+        f"{r['reason']} ({r['groups']} group{'s' if r['groups'] != 1 else ''}"
+        + (f", first: {r['first']})" if r["first"] != r["reason"] else ")")
+        for r in found["top_blocked"]
+    )
+    log.warning(
+        "surgeon: little was pruned: MACs dropped %.2fx where ratio %g gives %.1fx on free "
+        "groups (%d of %d groups prunable). Top blocked reasons: %s",
+        found["mac_drop"],
+        ratio,
+        found["expected"],
+        found["prunable_groups"],
+        found["groups"],
+        why or "none (the prunable groups are small)",
+    )
+    return found
+
+
+# -- 6-7. verify and adopt ------------------------------------------------------------------
+def returned_form(
+    model: nn.Module,
+    work: nn.Module,
+    gm: fx.GraphModule,
+    inputs: Any,
+    sizes_before: dict[str, list[Any]],
+    options: SlimOptions,
+    output: Any,
+    captured: Captured,
+    checked: bool,
+) -> nn.Module:
+    """The form ``options.returns`` asks for: the user's own model (``work``, its modules cut
+    like the graph's, verified by :func:`~surgeon.adopt.adopt` against ``output``, the graph's
+    output on the example) or the graph; the plan records which (``form``) and, for a graph in
+    ``"auto"``, why (``form_reason``). Before the graph comes back, or ``"module"`` refuses,
+    the graph is checked against the model if it has not been (``checked``)."""
+    record = gm.meta[PLAN_KEY]
+    why = "returns='graph' was asked for"
+    if options.returns != "graph":
+        meta = getattr(work, "meta", None)
+        if meta is not None and not (isinstance(meta, dict) and PLAN_KEY in meta):
+            why = f"{type(model).__name__} has an attribute 'meta' of its own"
+        else:
+            module, why, changes = adopt(work, gm, inputs, sizes_before, output)
+            if module is not None:
+                record.update(form="module", form_reason="", sized=changes)
+                module.meta = {k: v for k, v in gm.meta.items() if k.startswith("surgeon.")}
+                return module
+        if not checked:
+            check_trace(model, inputs, captured.output)
+        if options.returns == "module":
+            raise SurgeonPassError(
+                f"returns='module': the slim {type(model).__name__} cannot be given back as its "
+                f"own class: {why}; pass returns='auto' (the graph form then) or 'graph'"
+            )
+        log.warning(
+            "surgeon: the slim model is a torch.fx.GraphModule, not a %s: %s",
+            type(model).__name__,
+            why,
+        )
+    record.update(form="graph", form_reason=why, sized=[])
+    return gm
+
+
+def _config_follows(
+    model: nn.Module, out: nn.Module, gm: fx.GraphModule, state: SurgeryState, inputs: Any
+) -> nn.Module:
+    """The model's own class built from a config (Hugging Face's): the config follows the new
+    sizes, or the plan says why it keeps the original."""
+    if out is gm or not hasattr(getattr(out, "config", None), "to_dict"):
+        return out
+    changed: dict[int, set[int]] = {}  # original class count -> new class counts
+    for gi, mask in state.removed.items():
+        if mask.any():
+            n = state.graph.groups[gi].n_classes
+            changed.setdefault(n, set()).add(n - int(mask.sum()))
+    why = update_config(out, changed, inputs)
+    out.meta[PLAN_KEY]["config"] = why or "updated"
+    if why:
+        log.warning("surgeon: %s keeps its original config: %s", type(model).__name__, why)
+    return out
+
+
+# -- a saved plan, replayed ------------------------------------------------------------------
+class ReplayError(SurgeonError):
+    """A saved plan does not fit the model it is replayed on; ``stage`` says where."""
+
+    def __init__(self, message: str, stage: str) -> None:
+        super().__init__(message)
+        self.stage = stage
+
+
+def replay(model: nn.Module, record: Mapping[str, Any], inputs: Any, leaves: tuple) -> nn.Module:
+    """The slim model a plan ``record`` describes, cut from a copy of ``model`` by the same
+    stages :func:`slim_model` runs, the recorded decision standing in for the prune pass.
+    Raises :class:`ReplayError` (``stage``: ``"capture"``, ``"plan"``, ``"record"`` or
+    ``"passes"``) where the plan does not fit."""
+    grouped = record.get("grouped", "offsets")
+    grouped = grouped if isinstance(grouped, str) else tuple(grouped)
+    # a plan that names its whole-group convs keeps them; one that does not chose by width
+    whole = None if isinstance(grouped, str) else record.get("whole_groups")
+    options = SlimOptions(0.0, leaf_modules=leaves, attention=record.get("attention", "heads"))
+    try:
+        work, captured = capture_copy(model, inputs, options, check=True)
+        before = int_args(captured.gm)
+        graph = with_blocked(
+            channel_graph(captured.gm, options.attention, grouped, whole), record.get("blocked", {})
+        )
+        state = SurgeryState.start(graph, inputs)
+    except (SurgeonError, RuntimeError, TypeError, ValueError) as exc:
+        raise ReplayError(str(exc), "capture") from exc
+    try:
+        state = state.with_record(record)
+    except SurgeonPassError as exc:
+        raise ReplayError(str(exc), "plan") from exc
+    except (IndexError, KeyError, TypeError, ValueError) as exc:
+        raise ReplayError(str(exc), "record") from exc
+    try:
+        gm, _, _ = run_passes(captured.gm, state, [ResizePass()])
+    except (SurgeonError, RuntimeError, IndexError, TypeError, ValueError) as exc:
+        raise ReplayError(str(exc), "passes") from exc
+    unshare_parameters(model, gm, work)  # the saved weights are loaded into these in place
+    if record.get("form") == "module":  # it was slimmed into its own class: so is the copy
+        module, why, _ = adopt(work, gm, inputs, before)
+        if module is not None:
+            module.meta = {}
+            return module
+        log.warning(
+            "surgeon: %s is loaded as a torch.fx.GraphModule: %s", type(model).__name__, why
+        )
+    return gm
