@@ -30,10 +30,13 @@ import torch.fx as fx
 import torch.nn as nn
 from torch.utils import _pytree as pytree
 
-from surgeon.capture import as_args, eval_mode
+from surgeon.capture import Captured, as_args, check_trace, eval_mode
 from surgeon.capture.keywords import capture_defaults
+from surgeon.errors import SurgeonPassError
+from surgeon.keys import PLAN_KEY
+from surgeon.options import SlimOptions
 
-__all__ = ["adopt", "differs", "int_args", "MODULE_TOLERANCE"]
+__all__ = ["adopt", "returned_form", "differs", "int_args", "MODULE_TOLERANCE"]
 
 log = logging.getLogger(__name__)
 
@@ -217,3 +220,48 @@ def differs(work: nn.Module, gm: nn.Module, example_inputs: Any, want: Any = Non
                 "in its code)"
             )
     return ""
+
+
+# -- 6-7. verify and adopt ------------------------------------------------------------------
+def returned_form(
+    model: nn.Module,
+    work: nn.Module,
+    gm: fx.GraphModule,
+    inputs: Any,
+    sizes_before: dict[str, list[Any]],
+    options: SlimOptions,
+    output: Any,
+    captured: Captured,
+    checked: bool,
+) -> nn.Module:
+    """The form ``options.returns`` asks for: the user's own model (``work``, its modules cut
+    like the graph's, verified by :func:`~surgeon.adopt.adopt` against ``output``, the graph's
+    output on the example) or the graph; the plan records which (``form``) and, for a graph in
+    ``"auto"``, why (``form_reason``). Before the graph comes back, or ``"module"`` refuses,
+    the graph is checked against the model if it has not been (``checked``)."""
+    record = gm.meta[PLAN_KEY]
+    why = "returns='graph' was asked for"
+    if options.returns != "graph":
+        meta = getattr(work, "meta", None)
+        if meta is not None and not (isinstance(meta, dict) and PLAN_KEY in meta):
+            why = f"{type(model).__name__} has an attribute 'meta' of its own"
+        else:
+            module, why, changes = adopt(work, gm, inputs, sizes_before, output)
+            if module is not None:
+                record.update(form="module", form_reason="", sized=changes)
+                module.meta = {k: v for k, v in gm.meta.items() if k.startswith("surgeon.")}
+                return module
+        if not checked:
+            check_trace(model, inputs, captured.output)
+        if options.returns == "module":
+            raise SurgeonPassError(
+                f"returns='module': the slim {type(model).__name__} cannot be given back as its "
+                f"own class: {why}; pass returns='auto' (the graph form then) or 'graph'"
+            )
+        log.warning(
+            "surgeon: the slim model is a torch.fx.GraphModule, not a %s: %s",
+            type(model).__name__,
+            why,
+        )
+    record.update(form="graph", form_reason=why, sized=[])
+    return gm

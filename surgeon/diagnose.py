@@ -3,6 +3,7 @@ the ratio would give on free groups, and the most common blocked reasons."""
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections import Counter
@@ -14,7 +15,9 @@ import torch.nn.functional as F
 
 from surgeon.graph import ChannelGraph
 
-__all__ = ["dense_macs", "blocked_reasons", "diagnose"]
+log = logging.getLogger(__name__)
+
+__all__ = ["logged_diagnosis", "dense_macs", "blocked_reasons", "diagnose"]
 
 
 _CONV_FNS = {F.conv1d, F.conv2d, F.conv3d}
@@ -93,3 +96,26 @@ def diagnose(graph: ChannelGraph, before: int, after: int, ratio: float) -> dict
         "groups": sum(1 for g in graph.groups if g.params),
         "top_blocked": blocked_reasons(graph),
     }
+
+
+def logged_diagnosis(gm: fx.GraphModule, graph: ChannelGraph, before: int, ratio: float) -> Any:
+    """:func:`diagnose`, logged as a warning when little was pruned."""
+    found = diagnose(graph, before, dense_macs(gm), ratio)
+    if found is None:
+        return None
+    why = "; ".join(
+        f"{r['reason']} ({r['groups']} group{'s' if r['groups'] != 1 else ''}"
+        + (f", first: {r['first']})" if r["first"] != r["reason"] else ")")
+        for r in found["top_blocked"]
+    )
+    log.warning(
+        "surgeon: little was pruned: MACs dropped %.2fx where ratio %g gives %.1fx on free "
+        "groups (%d of %d groups prunable). Top blocked reasons: %s",
+        found["mac_drop"],
+        ratio,
+        found["expected"],
+        found["prunable_groups"],
+        found["groups"],
+        why or "none (the prunable groups are small)",
+    )
+    return found

@@ -18,14 +18,20 @@ from __future__ import annotations
 
 import copy
 import itertools
+import logging
 from typing import Any
 
 import torch
+import torch.fx as fx
 import torch.nn as nn
 
 from surgeon.adopt import differs
+from surgeon.keys import PLAN_KEY
+from surgeon.passes.state import SurgeryState
 
-__all__ = ["update_config"]
+__all__ = ["update_config", "config_follows"]
+
+log = logging.getLogger(__name__)
 
 
 def update_config(model: nn.Module, changed: dict[int, set[int]], example_inputs: Any) -> str:
@@ -137,3 +143,22 @@ def _shapes(model: nn.Module, config: Any, changes: dict[str, int]) -> dict[str,
 
 def _misfit(got: dict[str, tuple], want: dict[str, tuple]) -> int:
     return sum(got.get(k) != v for k, v in want.items()) + len(set(got) - set(want))
+
+
+def config_follows(
+    model: nn.Module, out: nn.Module, gm: fx.GraphModule, state: SurgeryState, inputs: Any
+) -> nn.Module:
+    """The model's own class built from a config (Hugging Face's): the config follows the new
+    sizes, or the plan says why it keeps the original."""
+    if out is gm or not hasattr(getattr(out, "config", None), "to_dict"):
+        return out
+    changed: dict[int, set[int]] = {}  # original class count -> new class counts
+    for gi, mask in state.removed.items():
+        if mask.any():
+            n = state.graph.groups[gi].n_classes
+            changed.setdefault(n, set()).add(n - int(mask.sum()))
+    why = update_config(out, changed, inputs)
+    out.meta[PLAN_KEY]["config"] = why or "updated"
+    if why:
+        log.warning("surgeon: %s keeps its original config: %s", type(model).__name__, why)
+    return out

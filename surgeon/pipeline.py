@@ -27,16 +27,16 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from surgeon.adopt import adopt, int_args
+from surgeon.adopt import adopt, int_args, returned_form
 from surgeon.capture import Captured, as_args, capture, check_trace
 from surgeon.copying import unshare_parameters, working_copy
-from surgeon.diagnose import dense_macs, diagnose
+from surgeon.diagnose import dense_macs, logged_diagnosis
 from surgeon.errors import SurgeonError, SurgeonInputError, SurgeonPassError
 from surgeon.graph import ChannelGraph, build_channel_graph
 from surgeon.hardware import channel_multiple, grouped_widths
 from surgeon.importance import DATA_CRITERIA, DataStats, collect_stats, iter_batches
 from surgeon.keys import DIAGNOSIS_KEY, PLAN_KEY, STATE_KEY
-from surgeon.modelconfig import update_config
+from surgeon.modelconfig import config_follows
 from surgeon.names import leaf_name, resolve_ignore, resolve_leaves
 from surgeon.options import SlimOptions, check_grouped
 from surgeon.passes import (
@@ -379,12 +379,13 @@ def _slim_once(
     gm.meta[PLAN_KEY] = plan_record(
         model, state, inputs, options, captured, graph, blocked, grouped, auto
     )
-    gm.meta[DIAGNOSIS_KEY] = _diagnosis(gm, graph, macs_before, options.ratio)
+    gm.meta[DIAGNOSIS_KEY] = logged_diagnosis(gm, graph, macs_before, options.ratio)
     log.info("slim: %s", stats)
     checked = captured.checked or not defer
     out = returned_form(model, work, gm, inputs, sizes_before, options, output, captured, checked)
+    out = config_follows(model, out, gm, state, inputs)
     counts = {g.index: g.n_classes for g in graph.groups}
-    return Slimmed(_config_follows(model, out, gm, state, inputs), state, counts)
+    return Slimmed(out, state, counts)
 
 
 def _run(gm: fx.GraphModule, inputs: Any) -> Any:
@@ -431,93 +432,6 @@ def plan_record(
         else captured.specialised,
         "captured": captured.how,
     }
-
-
-def _diagnosis(gm: fx.GraphModule, graph: ChannelGraph, before: int, ratio: float) -> Any:
-    """:func:`diagnose`, logged as a warning when little was pruned."""
-    found = diagnose(graph, before, dense_macs(gm), ratio)
-    if found is None:
-        return None
-    why = "; ".join(
-        f"{r['reason']} ({r['groups']} group{'s' if r['groups'] != 1 else ''}"
-        + (f", first: {r['first']})" if r["first"] != r["reason"] else ")")
-        for r in found["top_blocked"]
-    )
-    log.warning(
-        "surgeon: little was pruned: MACs dropped %.2fx where ratio %g gives %.1fx on free "
-        "groups (%d of %d groups prunable). Top blocked reasons: %s",
-        found["mac_drop"],
-        ratio,
-        found["expected"],
-        found["prunable_groups"],
-        found["groups"],
-        why or "none (the prunable groups are small)",
-    )
-    return found
-
-
-# -- 6-7. verify and adopt ------------------------------------------------------------------
-def returned_form(
-    model: nn.Module,
-    work: nn.Module,
-    gm: fx.GraphModule,
-    inputs: Any,
-    sizes_before: dict[str, list[Any]],
-    options: SlimOptions,
-    output: Any,
-    captured: Captured,
-    checked: bool,
-) -> nn.Module:
-    """The form ``options.returns`` asks for: the user's own model (``work``, its modules cut
-    like the graph's, verified by :func:`~surgeon.adopt.adopt` against ``output``, the graph's
-    output on the example) or the graph; the plan records which (``form``) and, for a graph in
-    ``"auto"``, why (``form_reason``). Before the graph comes back, or ``"module"`` refuses,
-    the graph is checked against the model if it has not been (``checked``)."""
-    record = gm.meta[PLAN_KEY]
-    why = "returns='graph' was asked for"
-    if options.returns != "graph":
-        meta = getattr(work, "meta", None)
-        if meta is not None and not (isinstance(meta, dict) and PLAN_KEY in meta):
-            why = f"{type(model).__name__} has an attribute 'meta' of its own"
-        else:
-            module, why, changes = adopt(work, gm, inputs, sizes_before, output)
-            if module is not None:
-                record.update(form="module", form_reason="", sized=changes)
-                module.meta = {k: v for k, v in gm.meta.items() if k.startswith("surgeon.")}
-                return module
-        if not checked:
-            check_trace(model, inputs, captured.output)
-        if options.returns == "module":
-            raise SurgeonPassError(
-                f"returns='module': the slim {type(model).__name__} cannot be given back as its "
-                f"own class: {why}; pass returns='auto' (the graph form then) or 'graph'"
-            )
-        log.warning(
-            "surgeon: the slim model is a torch.fx.GraphModule, not a %s: %s",
-            type(model).__name__,
-            why,
-        )
-    record.update(form="graph", form_reason=why, sized=[])
-    return gm
-
-
-def _config_follows(
-    model: nn.Module, out: nn.Module, gm: fx.GraphModule, state: SurgeryState, inputs: Any
-) -> nn.Module:
-    """The model's own class built from a config (Hugging Face's): the config follows the new
-    sizes, or the plan says why it keeps the original."""
-    if out is gm or not hasattr(getattr(out, "config", None), "to_dict"):
-        return out
-    changed: dict[int, set[int]] = {}  # original class count -> new class counts
-    for gi, mask in state.removed.items():
-        if mask.any():
-            n = state.graph.groups[gi].n_classes
-            changed.setdefault(n, set()).add(n - int(mask.sum()))
-    why = update_config(out, changed, inputs)
-    out.meta[PLAN_KEY]["config"] = why or "updated"
-    if why:
-        log.warning("surgeon: %s keeps its original config: %s", type(model).__name__, why)
-    return out
 
 
 # -- a saved plan, replayed ------------------------------------------------------------------
