@@ -13,7 +13,7 @@ provider: every round runs each file once, in alternating order, so load from el
 machine hits all of them alike. The table reports medians and, beside them, measured speedup
 (median original / median slim), theoretical speedup (MACs original / MACs slim, Blalock et
 al.) and their ratio: how much of the MAC reduction onnxruntime turns into time. ``auto`` is
-the multiple the slim model itself ran fastest at (:func:`surgeon.api.timed_round_to`, shown
+the multiple the slim model itself ran fastest at (:func:`surgeon.autotune.timed_round_to`, shown
 in the label), with grouped convs pruned as the probe measured (``grouped="auto"``). ``--json FILE`` also writes every number.
 """
 

@@ -9,8 +9,8 @@ target thread count, and picks the multiple ``m`` that makes a width rounded up 
 fastest on average (the cost of the kept channels included: a larger multiple keeps more).
 It also times grouped convs of several in-group widths halved two ways, every group narrowed
 (``grouped="offsets"``) or half the groups removed (``"groups"``), and keeps the widths where
-whole groups run faster though they remove half as many MACs (on AVX-512, width 16: halved to
-8 it leaves the runtime's 16-channel block). The answer is cached per device, onnxruntime
+whole groups run faster though they remove half as many MACs (a group as wide as the
+runtime's block, narrowed, leaves the block). The answer is cached per device, onnxruntime
 version and thread count.
 """
 
@@ -209,8 +209,8 @@ def _cache_file() -> Path:
 
 def channel_multiple(provider: str = "cpu", threads: int | None = 1) -> int:
     """The channel multiple ``provider`` computes fastest with ``threads`` intra-op threads
-    (``None``: onnxruntime's default): measured once by :func:`probe` (about a second on a
-    CPU), then read from the cache (``$SURGEON_CACHE_DIR``, else ``~/.cache/surgeon``)."""
+    (``None``: onnxruntime's default): measured once by :func:`probe`, then read from the
+    cache (``$SURGEON_CACHE_DIR``, else ``~/.cache/surgeon``)."""
     return int(_measured(provider, threads)["multiple"])
 
 

@@ -4,11 +4,15 @@ affine consumer's bias) go, repeatedly, and a fold that would not be exact is no
 
 from __future__ import annotations
 
+import logging
+
+import pytest
 import torch
 import torch.nn as nn
 
+from surgeon.models import create
 from surgeon.passes import PropagatePass, state_of
-from tests.helpers import assert_exact, constant_channels, traced_with_state
+from tests.helpers import assert_exact, assert_same, constant_channels, traced_with_state
 
 
 def test_propagate_pass_finds_dead_channels_once():
@@ -59,3 +63,24 @@ def test_module_called_twice_is_not_folded_twice():
     net = CalledTwice()
     constant_channels(net.a, 2, 1.0)
     assert_exact(net, torch.randn(5, 4))
+
+
+def test_propagate_says_when_it_stops_at_its_round_limit(caplog):
+    import surgeon.pipeline
+    from surgeon.options import SlimOptions
+
+    model, x = create("resnet18", input_shape=(1, 3, 32, 32))
+    with torch.no_grad():
+        model.layer1[0].conv1.weight[:4] = 0  # dead filters: one round of propagation
+    original = surgeon.pipeline.surgery_passes
+
+    def limited(options: SlimOptions):
+        passes = original(options)
+        return [PropagatePass(max_rounds=1) if isinstance(p, PropagatePass) else p for p in passes]
+
+    with pytest.MonkeyPatch.context() as mp, caplog.at_level(logging.WARNING):
+        mp.setattr(surgeon.pipeline, "surgery_passes", limited)
+        slim = surgeon.slim(model, 0.0, x)
+    assert "PropagatePass stopped at its round limit (1 rounds)" in caplog.text
+    with torch.no_grad():
+        assert_same(slim(x), model(x), 1e-5)

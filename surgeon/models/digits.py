@@ -32,8 +32,8 @@ class DigitsNet(nn.Module):
 
     Four Conv3x3-BN-ReLU blocks of ``widths`` channels; a 2x2 max pool after the first and the
     third (16x16 -> 8x8 -> 4x4); global average pooling and one linear layer. At the default
-    widths it is heavily over-parameterised: slimmed by 80% in every layer (23x fewer MACs) and
-    fine-tuned for two epochs it is back above 96% test accuracy.
+    widths it is heavily over-parameterised, so that even deep slimming can be fine-tuned back
+    (how far: the accuracy tables of docs/benchmarks.md).
     """
 
     def __init__(self, num_classes: int = 10, widths: Sequence[int] = DEFAULT_WIDTHS) -> None:
