@@ -200,16 +200,16 @@ def test_export_module_factory(workdir: Path) -> None:
         (["export", "models.py:broken", "--input-shape", "1,3,8,8"], ["no weights today"]),
         (["export", "no_such_pkg.mod:f"], ["cannot import module 'no_such_pkg.mod'"]),
         (["export", "resnet9"], ["unknown model 'resnet9'", "resnet18"]),
-        (["export", "--ratio", "1.5"], ["--ratio 1.5", "0 <= ratio < 1"]),
-        (["export", "--ratio", "-0.1"], ["--ratio -0.1"]),
+        (["export", "--ratio", "1.5"], ["--ratio: ratio=1.5", "0 <= ratio < 1"]),
+        (["export", "--ratio", "-0.1"], ["--ratio: ratio=-0.1"]),
         (["export", "--input-shape", "1,x,3"], ["--input-shape '1,x,3'"]),
         (["export", "-o", "missing/out.onnx"], ["does not exist"]),
         (["export", "-o", "models.py/out.onnx"], ["not a folder"]),
         (["export", "lenet5", "--report", "missing/r.json"], ["report file", "does not exist"]),
         (["export", "--scope", "everywhere"], ["--scope"]),
-        (["export", "--round-to", "0"], ["--round-to"]),
+        (["export", "--round-to", "0"], ["--round-to: round_to=0"]),
         (["export", "--importance", "taylor"], ["--importance taylor", "data", "bn_scale"]),
-        (["export", "--importance", "l3"], ["importance='l3'", "bn_scale"]),
+        (["export", "--importance", "l3"], ["--importance: importance='l3'", "bn_scale"]),
         (["export", "models.py:lies", "--input-shape", "1,3,8,8"], ["disagrees", "tolerance"]),
         (["inspect"], ["Missing argument"]),
         (["bench", "nothere.onnx"], ["'nothere.onnx' does not exist"]),
@@ -220,14 +220,21 @@ def test_export_module_factory(workdir: Path) -> None:
         (["export", "-o", "a.onnx", "--save", "a.onnx"], ["--output and --save", "same file"]),
         (
             ["export", "models.py:make", "--input-shape", "1,3,8,8", "--ignore", "conv9"],
-            ["--ignore 'conv9' is not a submodule of the Net", "'conv1'"],
+            ["--ignore: ignore names 'conv9', which is not a submodule of the Net", "'conv1'"],
         ),
         (
             ["export", "models.py:blocky", "--input-shape", "1,3,8,8", "--leaf-module", "blok"],
-            ["--leaf-module 'blok' is neither a submodule", "'block'", "Block"],
+            [
+                "--leaf-module: leaf_modules names 'blok', which is neither a submodule",
+                "'block'",
+                "Block",
+            ],
         ),
-        (["inspect", "lenet5", "--ratio", "1.5"], ["--ratio 1.5"]),
-        (["inspect", "lenet5", "--leaf-module", "nope"], ["--leaf-module 'nope'", "'conv1'"]),
+        (["inspect", "lenet5", "--ratio", "1.5"], ["--ratio: ratio=1.5"]),
+        (
+            ["inspect", "lenet5", "--leaf-module", "nope"],
+            ["--leaf-module: leaf_modules names 'nope'", "'conv1'"],
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(workdir: Path, args, needles) -> None:
@@ -258,10 +265,10 @@ def test_device_cuda_without_cuda(workdir: Path) -> None:
 
 def test_unexpected_error_exit_1_with_debug_hint(tmp_path: Path) -> None:
     code = (
-        "import surgeon.cli as cli\n"
+        "import surgeon.cli as cli, surgeon.cli.loading as loading\n"
         "def boom(*args, **kwargs):\n"
         "    raise RuntimeError('kaboom')\n"
-        "cli.load_model = boom\n"
+        "loading.load_model = boom\n"
         "cli.main(['inspect', 'lenet5'{debug}])\n"
     )
     result = subprocess.run(
@@ -394,7 +401,7 @@ def test_round_to_auto_is_the_default_and_recorded(workdir: Path) -> None:
     settings = json.loads(result.stdout)["settings"]
     assert settings["round_to_auto"] is False and settings["round_to"] == 3
     result = run("export", "models.py:make", "--round-to", "fast", cwd=workdir)
-    assert_user_error(result, "--round-to fast must be a whole number >= 1", "or auto")
+    assert_user_error(result, "--round-to: round_to='fast'", "whole number >= 1", "or 'auto'")
 
 
 GROUPED_FILE = """
