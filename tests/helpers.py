@@ -18,12 +18,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import surgeon
+from surgeon.capture import as_args, trace
 from surgeon.cost import count_params
 from surgeon.graph import ChannelGraph, Group, build_channel_graph
 from surgeon.models import create
 from surgeon.passes import begin
 from surgeon.spaces import ParamSlice
-from surgeon.trace import as_args, trace
 
 
 # -- harnesses ------------------------------------------------------------------------------
@@ -371,3 +371,69 @@ def digits_test_accuracy(model: nn.Module, data: Any) -> float:
     from surgeon.digits import accuracy
 
     return accuracy(model, data.x_test, data.y_test)
+
+
+# -- small nets the API, capture, copying, naming and registry tests share ------------------
+class ConvBN(nn.Module):
+    """conv (8 -> 8, 3x3) -> batch norm: a submodule to script or to make a leaf."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+
+    def forward(self, x):
+        return self.bn(self.conv(x))
+
+
+class UnusedHeadNet(nn.Module):
+    """conv -> [inner] -> conv -> head, with an auxiliary head forward never calls in eval
+    (and a buffer it never reads). Input: ``(N, 3, H, W)``."""
+
+    def __init__(self, inner: nn.Module | None = None) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.inner = inner if inner is not None else ConvBN()
+        self.b = nn.Conv2d(8, 16, 3, padding=1)
+        self.head = nn.Linear(16, 4)
+        self.aux = nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(8))  # unused: stays whole
+        self.register_buffer("unused_table", torch.arange(5.0))
+
+    def forward(self, x):
+        x = self.inner(torch.relu(self.a(x)))
+        return self.head(torch.relu(self.b(x)).mean((2, 3)))
+
+
+def unused_head_net(inner: nn.Module | None = None) -> UnusedHeadNet:
+    """A seeded :class:`UnusedHeadNet` in eval mode (``inner``: its middle block)."""
+    torch.manual_seed(0)
+    return UnusedHeadNet(inner).eval()
+
+
+def weight_norm_net(kind: str) -> nn.Module:
+    """conv -> relu -> a conv under ``parametrizations.weight_norm`` (``kind="weight"``) or
+    ``spectral_norm`` (``"spectral"``) -> relu -> conv -> pooled linear head; seeded, eval
+    mode. Input: ``(N, 3, H, W)``."""
+    from torch.nn.utils import parametrizations
+
+    torch.manual_seed(0)
+    norm = {"weight": parametrizations.weight_norm, "spectral": parametrizations.spectral_norm}
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        norm[kind](nn.Conv2d(8, 8, 3, padding=1)),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 4),
+    ).eval()
+
+
+def tiny_conv() -> tuple[nn.Module, torch.Tensor]:
+    """``(model, x)``: conv -> batch norm -> relu -> flatten (3 -> 4 channels, 6x6 input),
+    seeded, eval mode."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten())
+    return model.eval(), torch.randn(1, 3, 6, 6)

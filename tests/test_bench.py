@@ -1,4 +1,5 @@
-"""surgeon.bench (onnxruntime latency) and surgeon.report (original vs slim)."""
+"""surgeon.bench (surgeon/benchmark.py): onnxruntime latency, one model or several
+interleaved. (The original-vs-slim report: tests/test_report.py.)"""
 
 from __future__ import annotations
 
@@ -8,16 +9,12 @@ import math
 import onnxruntime as ort
 import pytest
 import torch
-from rich.console import Console
-from torch import nn
 
 import surgeon
 from surgeon.benchmark import BenchResult, ProviderTiming, SurgeonBenchError, bench
-from surgeon.cost import count_macs, count_params
 from surgeon.errors import SurgeonInputError
 from surgeon.exporter import export
 from surgeon.models import create
-from surgeon.report import ModelSummary, Report, build_report
 
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
 
@@ -43,9 +40,25 @@ def test_cpu_timing_is_sane(lenet_onnx) -> None:
     assert list(result.timings) == ["cpu"]
 
 
-def test_default_threads_are_recorded_as_onnxruntime_default(lenet_onnx) -> None:
-    result = bench(lenet_onnx[2], warmup=1, runs=3, providers="cpu")
-    assert result.cpu is not None and result.cpu.threads is None
+def test_default_threads_are_recorded_as_onnxruntime_default(lenet_onnx, monkeypatch) -> None:
+    """threads=None leaves the session at onnxruntime's own intra-op default (the option stays
+    0) and the result records None, the "default" the report prints; a count given reaches the
+    session and is recorded as given, so the None is a recording, not a field left unset."""
+    opened: list[int] = []
+    session = ort.InferenceSession
+
+    def recording(model, sess_options=None, *args, **kwargs):
+        opened.append(sess_options.intra_op_num_threads)
+        return session(model, sess_options, *args, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", recording)
+    default = bench(lenet_onnx[2], warmup=1, runs=3, providers="cpu")
+    given = bench(lenet_onnx[2], warmup=1, runs=3, providers="cpu", threads=2)
+    assert opened == [0, 2]
+    assert default.cpu is not None and default.cpu.threads is None
+    assert given.cpu is not None and given.cpu.threads == 2
+    assert default.to_dict()["timings"]["cpu"]["threads"] is None
+    assert given.to_dict()["timings"]["cpu"]["threads"] == 2
 
 
 def test_example_inputs_set_the_shape(lenet_onnx) -> None:
@@ -117,41 +130,6 @@ def test_public_name_is_the_function_after_importing_the_module(lenet_onnx) -> N
     assert surgeon.bench(lenet_onnx[2], warmup=0, runs=2, providers="cpu")["cpu"].runs == 2
 
 
-# --------------------------------------------------------------------------------------------
-# Report.
-# --------------------------------------------------------------------------------------------
-
-
-def _render(report: Report) -> str:
-    console = Console(width=160, record=True)
-    console.print(report.render())
-    return console.export_text()
-
-
-def test_report_arithmetic() -> None:
-    report = Report(
-        model="m",
-        original=ModelSummary(params=1000, macs=8000, onnx_bytes=4000, latency_ms={"cpu": 10.0}),
-        slim=ModelSummary(params=250, macs=2000, onnx_bytes=1000, latency_ms={"cpu": 5.0}),
-        settings={"ratio": 0.5},
-    )
-    assert report.compression_ratio == 4.0
-    assert report.theoretical_speedup == 4.0
-    assert report.measured_speedup("cpu") == 2.0
-    assert report.efficiency("cpu") == 0.5
-    assert report.measured_speedup("cuda") is None and report.efficiency("cuda") is None
-    data = json.loads(report.to_json())
-    assert data["compression_ratio"] == 4.0
-    assert data["theoretical_speedup"] == 4.0
-    assert data["measured_speedup"] == {"cpu": 2.0}
-    assert data["measured_over_theoretical"] == {"cpu": 0.5}
-    assert data["original"]["latency_median_ms"] == {"cpu": 10.0}
-    text = _render(report)
-    assert "m at ratio 0.5" in text
-    assert "4.00x compression" in text and "4.00x theoretical" in text
-    assert "2.00x measured" in text and "0.50" in text
-
-
 def test_interleaved_files_are_timed_round_by_round(lenet_onnx, tmp_path, monkeypatch) -> None:
     import surgeon.benchmark as benchmark
 
@@ -180,77 +158,3 @@ def test_interleaved_files_are_timed_round_by_round(lenet_onnx, tmp_path, monkey
     # each round runs each file once, the order alternating: ABBAABBAAB
     a, b = str(path), str(other)
     assert order == [a, b, b, a, a, b, b, a, a, b]
-
-
-def _timed(original: tuple[float, float], slim: tuple[float, float]) -> Report:
-    def summary(median_p90: tuple[float, float]) -> ModelSummary:
-        median, p90 = median_p90
-        return ModelSummary(params=1, macs=1, latency_ms={"cpu": median}, p90_ms={"cpu": p90})
-
-    return Report(model="m", original=summary(original), slim=summary(slim))
-
-
-def test_a_difference_within_the_noise_is_said_to_be() -> None:
-    # the slim model measured slower, by less than the spread: a caveat, not a verdict
-    noisy = _timed(original=(10.0, 10.5), slim=(10.2, 13.0))
-    assert "not told apart" in noisy.noise("cpu")
-    assert "not told apart" in noisy.to_dict()["latency_notes"]["cpu"]
-    assert "not told apart" in _render(noisy)
-    clear = _timed(original=(10.0, 10.5), slim=(5.0, 5.4))
-    assert clear.noise("cpu") is None and clear.to_dict()["latency_notes"] == {}
-    assert "note" not in _render(clear) and "p90 (cpu)" in _render(clear)
-
-
-def test_report_without_latency() -> None:
-    report = Report(
-        model="m", original=ModelSummary(params=10, macs=10), slim=ModelSummary(params=5, macs=2)
-    )
-    assert report.compression_ratio == 2.0 and report.theoretical_speedup == 5.0
-    assert report.providers == [] and report.measured_speedup() is None
-    data = report.to_dict()
-    assert data["measured_speedup"] == {} and data["original"]["onnx_bytes"] is None
-    assert "latency" not in _render(report)
-
-
-class Small(nn.Module):
-    def __init__(self, width: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, width, 3)
-        self.fc = nn.Linear(width, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.conv(x).mean(dim=(2, 3)))
-
-
-def test_build_report_measures_both_models(tmp_path) -> None:
-    torch.manual_seed(0)
-    wide, narrow = Small(16).eval(), Small(4).eval()
-    x = torch.randn(1, 1, 16, 16)
-    paths = [export(m, x, tmp_path / f"{n}.onnx") for n, m in (("w", wide), ("n", narrow))]
-    results = [bench(p, warmup=1, runs=5) for p in paths]
-    report = build_report(
-        "small",
-        wide,
-        narrow,
-        x,
-        original_onnx=paths[0],
-        slim_onnx=paths[1],
-        original_bench=results[0],
-        slim_bench=results[1],
-        settings={"ratio": 0.75},
-    )
-    assert report.original.params == count_params(wide) == 16 * 9 + 16 + 16 * 10 + 10
-    assert report.slim.params == count_params(narrow) == 4 * 9 + 4 + 4 * 10 + 10
-    assert report.original.macs == count_macs(wide, x) == 16 * 9 * 14 * 14 + 16 * 10
-    assert report.slim.macs == count_macs(narrow, x) == 4 * 9 * 14 * 14 + 4 * 10
-    assert report.compression_ratio == pytest.approx(330 / 90)
-    assert report.original.onnx_bytes == paths[0].stat().st_size
-    assert report.original.latency_ms["cpu"] == results[0]["cpu"].median_ms
-    assert report.measured_speedup() == pytest.approx(
-        results[0]["cpu"].median_ms / results[1]["cpu"].median_ms
-    )
-    if not HAS_CUDA:
-        assert "CUDAExecutionProvider" in report.original.unavailable["cuda"]
-        assert "unavailable" in _render(report)
-    saved = report.save_json(tmp_path / "report.json")
-    assert json.loads(saved.read_text())["slim"]["params"] == 90

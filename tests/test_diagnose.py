@@ -8,10 +8,10 @@ import torch
 import torch.nn as nn
 
 import surgeon
+from surgeon.capture import trace
 from surgeon.diagnose import dense_macs
 from surgeon.keys import DIAGNOSIS_KEY
 from surgeon.models import create
-from surgeon.trace import trace
 
 
 class Mostly(nn.Module):

@@ -1,5 +1,5 @@
 """Bad input gets a clear error naming the value and the way out. (Errors of tracing and of
-example inputs: tests/test_trace.py.)"""
+example inputs: tests/test_capture.py.)"""
 
 from __future__ import annotations
 

@@ -1,10 +1,9 @@
-"""surgeon.export: ONNX export, onnx.checker, onnxruntime parity, atomic and deterministic."""
+"""surgeon.export: ONNX export, onnx.checker, onnxruntime parity, atomic and deterministic.
+(The output folder's checks and the atomic write itself: tests/test_files.py.)"""
 
 from __future__ import annotations
 
 import logging
-import os
-import stat
 import subprocess
 import sys
 
@@ -19,6 +18,7 @@ import surgeon
 from surgeon.errors import SurgeonError, SurgeonInputError
 from surgeon.exporter import SurgeonExportError, export
 from surgeon.models import ZOO, create
+from tests.helpers import tiny_conv
 
 # Small inputs keep the suite fast while every zoo model is still exported. ViT-Ti has a fixed
 # 14x14 patch grid and VGG-16-BN's adaptive pool to 7x7 only exports with TorchScript when 7
@@ -159,72 +159,6 @@ def test_hard_coded_batch_is_reported_and_static_export_works(tmp_path) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# The output folder.
-# --------------------------------------------------------------------------------------------
-
-
-def _tiny() -> tuple[nn.Module, torch.Tensor]:
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten())
-    return model.eval(), torch.randn(1, 3, 6, 6)
-
-
-def test_missing_folder(tmp_path) -> None:
-    model, x = _tiny()
-    with pytest.raises(SurgeonExportError, match="does not exist"):
-        export(model, x, tmp_path / "nope" / "m.onnx")
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_folder_is_a_file(tmp_path) -> None:
-    model, x = _tiny()
-    (tmp_path / "file").write_text("x")
-    with pytest.raises(SurgeonExportError, match="is not a folder"):
-        export(model, x, tmp_path / "file" / "m.onnx")
-
-
-def test_path_is_a_folder(tmp_path) -> None:
-    model, x = _tiny()
-    with pytest.raises(SurgeonExportError, match="is a folder"):
-        export(model, x, tmp_path)
-
-
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can write to read-only folders")
-def test_read_only_folder(tmp_path) -> None:
-    model, x = _tiny()
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    folder.chmod(stat.S_IRUSR | stat.S_IXUSR)
-    try:
-        with pytest.raises(SurgeonExportError, match="not writable"):
-            export(model, x, folder / "m.onnx")
-        assert list(folder.iterdir()) == []
-    finally:
-        folder.chmod(stat.S_IRWXU)
-
-
-def test_folder_that_refuses_files(tmp_path, monkeypatch) -> None:
-    """Where the OS refuses the write (read-only mount, quota), the error says so."""
-    model, x = _tiny()
-
-    def refuse(*args, **kwargs):
-        raise PermissionError(13, "Permission denied")
-
-    monkeypatch.setattr("surgeon.exporter.tempfile.mkstemp", refuse)
-    with pytest.raises(SurgeonExportError, match="cannot create a file in .*Permission denied"):
-        export(model, x, tmp_path / "m.onnx")
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_written_file_has_normal_permissions(tmp_path) -> None:
-    model, x = _tiny()
-    umask = os.umask(0)
-    os.umask(umask)
-    path = export(model, x, tmp_path / "m.onnx")
-    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
-
-
-# --------------------------------------------------------------------------------------------
 # Determinism, inputs, model state.
 # --------------------------------------------------------------------------------------------
 
@@ -318,7 +252,7 @@ def test_model_mode_and_buffers_are_untouched(tmp_path) -> None:
 
 
 def test_bad_arguments(tmp_path) -> None:
-    model, x = _tiny()
+    model, x = tiny_conv()
     with pytest.raises(SurgeonInputError, match="rtol"):
         export(model, x, tmp_path / "m.onnx", rtol=-1.0)
     with pytest.raises(SurgeonInputError, match="opset"):
@@ -379,7 +313,28 @@ def test_dynamo_exporter_is_deterministic(tmp_path) -> None:
 def test_public_name_is_the_function_after_importing_the_module(tmp_path) -> None:
     import surgeon.exporter as module
 
-    model, x = _tiny()
+    model, x = tiny_conv()
     assert surgeon.export is module.export
     assert surgeon.export(model, x, tmp_path / "m.onnx") == tmp_path / "m.onnx"
     assert issubclass(SurgeonExportError, SurgeonError)
+
+
+def test_a_float64_export_onnxruntime_cannot_run_says_so(tmp_path):
+    model, x = create("digits_cnn")
+    with pytest.raises(SurgeonExportError, match="computes in float64.*model.float"):
+        surgeon.export(model.double(), x.double(), tmp_path / "m.onnx")
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("opset", [6, 1000])
+def test_an_opset_out_of_range_is_refused(opset, tmp_path):
+    model, x = create("digits_cnn")
+    with pytest.raises(SurgeonInputError, match="opset must be an int from 7 to"):
+        surgeon.export(model, x, tmp_path / "m.onnx", opset=opset)
+
+
+def test_an_opset_the_exporter_would_replace_is_refused(tmp_path):
+    model, x = create("digits_cnn")
+    with pytest.raises(SurgeonExportError, match="wrote opset 18 where opset 17 was asked"):
+        surgeon.export(model, x, tmp_path / "m.onnx", opset=17, exporter="dynamo")
+    assert not list(tmp_path.iterdir())

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from surgeon.capture import trace
 from surgeon.errors import SurgeonPassError
 from surgeon.models import create
 from surgeon.options import SlimOptions
@@ -24,7 +25,6 @@ from surgeon.passes import (
     SurgeryState,
     state_of,
 )
-from surgeon.trace import trace
 from tests.helpers import traced_with_state, weights_of
 
 

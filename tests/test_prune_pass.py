@@ -60,10 +60,12 @@ def test_round_to_block_counts_the_classes_a_space_holds():
 
     import numpy as np
 
-    from surgeon.passes.prune import _block
+    from surgeon.passes.prune import _contiguous_width
 
     def block(cls):
-        return _block(SimpleNamespace(class_of={("x", 1): np.array(cls)}, n_classes=4), ("x", 1))
+        return _contiguous_width(
+            SimpleNamespace(class_of={("x", 1): np.array(cls)}, n_classes=4), ("x", 1)
+        )
 
     assert block([0] * 8 + [1] * 8) == 8
     assert block([0, 0, 1, 1, 0, 0, 1, 1]) == 1  # spread: one offset of every group

@@ -1,4 +1,6 @@
-"""The rule registry: one decorator for modules, functions and methods; traits; strict mode."""
+"""The rule registry (surgeon/rules/registry.py): one decorator for modules, functions and
+methods; traits; strict mode; no rule is trusted for a subclass that overrides a method, nor
+cuts a weight it cannot see (a parametrized one: its channels stay, and analyze says why)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import surgeon
 from surgeon import rules
 from surgeon.errors import SurgeonRuleError
 from surgeon.rules import registry
+from tests.helpers import assert_exact, assert_same, constant_channels, weight_norm_net
 
 
 def test_register_tells_modules_functions_and_methods_apart():
@@ -87,3 +90,37 @@ def test_normal_mode_blocks_the_broken_ops_dims_and_slims_the_rest(broken_erf, c
 
 def test_functional_forms_register_beside_their_modules():
     assert registry._FUNCTIONS[F.relu] is registry._FUNCTIONS[torch.relu]
+
+
+class WSConv(nn.Conv2d):
+    """A conv subclass that changes the computation without overriding forward."""
+
+    def _conv_forward(self, x, w, b):
+        w = (w - w.mean((1, 2, 3), keepdim=True)) / (w.var((1, 2, 3), keepdim=True) + 1e-5).sqrt()
+        return super()._conv_forward(x, w, b)
+
+
+def test_leaf_subclass_that_overrides_a_method_is_not_trusted():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 1), WSConv(8, 4, 1), nn.Conv2d(4, 2, 1))
+    constant_channels(net[0], 2)
+    slim = assert_exact(net, torch.randn(2, 3, 4, 4), leaf_modules=(WSConv,))
+    assert slim.get_submodule("1").in_channels == 8
+
+
+X = torch.randn(2, 3, 12, 12)
+
+
+@pytest.mark.parametrize("kind", ["weight", "spectral"])
+def test_a_parametrized_weight_keeps_its_channels_and_says_why(kind):
+    model = weight_norm_net(kind)
+    keys = list(model.state_dict())
+    slim0 = surgeon.slim(model, 0.0, X)
+    with torch.no_grad():
+        assert_same(slim0(X), model(X), 1e-6)
+    assert list(slim0.state_dict()) == keys
+    slim = surgeon.slim(model, 0.5, X)
+    assert list(slim.state_dict()) == keys
+    assert slim[2].weight.shape == (8, 8, 3, 3)  # the parametrized conv stays whole
+    assert slim[4].weight.shape == (8, 8, 3, 3)  # the next group still prunes
+    assert "is parametrized" in str(surgeon.analyze(model, X))

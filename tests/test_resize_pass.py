@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 import surgeon
+from surgeon.capture import trace
 from surgeon.cost import count_params
 from surgeon.errors import SurgeonError, SurgeonPassError
 from surgeon.graph import build_channel_graph
@@ -22,7 +23,6 @@ from surgeon.passes import (
     state_of,
 )
 from surgeon.passes import resize as resize_module
-from surgeon.trace import trace
 from tests.helpers import assert_exact_at_zero, traced_with_state
 
 

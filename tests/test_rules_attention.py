@@ -12,8 +12,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import surgeon
+from surgeon.capture import trace
 from surgeon.cost import count_macs
-from surgeon.trace import trace
 from tests.helpers import NetHarnesses, assert_exact_at_zero, assert_slims_at_half, seeded
 
 

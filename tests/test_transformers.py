@@ -1,7 +1,7 @@
 """Hugging Face transformers models, built from tiny configs (random weights, no download):
 decorated ``**kwargs`` forwards captured through an explicit signature, sizes specialised to
 the example, attention heads pruned whole, and the user's own class given back (a causal LM
-still generates)."""
+still generates). (The config that follows the slim sizes: tests/test_modelconfig.py.)"""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 import surgeon
 from surgeon.cost import count_macs
-from tests.helpers import assert_exact_at_zero, assert_slims_at_half, main_output
+from tests.helpers import assert_exact_at_zero, assert_slims_at_half
 
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
@@ -209,31 +209,6 @@ def test_tied_input_and_output_embeddings_stay_tied():
     slim = surgeon.slim(model, 0.5, x)
     assert slim.lm_head.weight is slim.transformer.wte.weight
     assert slim.lm_head.weight.shape[0] == 100  # the vocabulary is never pruned
-
-
-# swin: head counts per stage; falcon: its fused multi-query heads stay (split by list
-# indexing) while the hidden width halves, so head_dim = hidden / heads no longer holds;
-# gemma: forward scales embeddings by sqrt(config.hidden_size), which a config with the slim
-# width would change (slim checks and keeps the original config, the graph's constant)
-@pytest.mark.parametrize("name", [n for n in MODELS if n not in ("swin", "falcon", "gemma")])
-def test_save_pretrained_and_from_pretrained_give_the_slim_model_back(name, tmp_path):
-    """The config follows the slim sizes (hidden, MLP, head and kv-head counts), so the
-    library's own save / load round-trips with the same outputs."""
-    model, x, _ = build(name)
-    slim = surgeon.slim(model, 0.5, x)
-    assert slim.meta["surgeon.plan"]["config"] == "updated"
-    slim.save_pretrained(tmp_path)
-    back = type(model).from_pretrained(tmp_path).eval()
-    with torch.no_grad():
-        torch.testing.assert_close(main_output(back(**x)), main_output(slim(**x)))
-
-
-def test_a_config_that_cannot_hold_the_slim_sizes_is_left_alone_with_the_reason():
-    """Swin's head counts are a list per stage: no int field scales with them."""
-    model, x, _ = build("swin")
-    slim = surgeon.slim(model, 0.5, x)
-    assert "no config of SwinConfig builds the slim shapes" in slim.meta["surgeon.plan"]["config"]
-    assert slim.config.to_dict() == model.config.to_dict()
 
 
 @pytest.mark.parametrize("name, halves", [("bert", True), ("llama", False)])

@@ -1,4 +1,4 @@
-"""Tracing (surgeon/trace.py): what fx cannot trace gets a SurgeonTraceError naming the module,
+"""Capture (surgeon/capture/): what fx cannot trace gets a SurgeonTraceError naming the module,
 the line and the way out (leaf modules); example inputs are a tensor, a tuple or a dict, are
 checked against forward, and are never changed; the shape run leaves BatchNorm statistics
 alone; a graph that computes something else than the model is refused."""
@@ -14,10 +14,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import surgeon
-from surgeon.capture import SPECIALISED_KEY
+from surgeon.capture import capture, trace
 from surgeon.errors import SurgeonError, SurgeonInputError, SurgeonTraceError
 from surgeon.models import create
-from surgeon.trace import AUTO_LEAVES_KEY, trace
 from tests.helpers import (
     assert_exact_at_zero,
     assert_same,
@@ -62,7 +61,7 @@ def test_data_dependent_control_flow_at_the_top_is_refused():
         surgeon.slim(TopBranchy(), 0.5, torch.randn(1, 3, 8, 8))
     msg = str(info.value)
     assert "the top-level forward" in msg
-    assert "test_trace.py" in msg and "if y.mean() > 0" in msg
+    assert "test_capture.py" in msg and "if y.mean() > 0" in msg
     assert "leaf_modules" in msg
     assert isinstance(info.value, SurgeonError)
 
@@ -85,8 +84,7 @@ class Deep(nn.Module):
 def test_an_untraceable_submodule_becomes_a_leaf_and_the_rest_slims(caplog):
     torch.manual_seed(0)
     net, x = Deep().eval(), torch.randn(1, 3, 8, 8)
-    gm = trace(net, x)
-    (why,) = gm.meta[AUTO_LEAVES_KEY]
+    (why,) = capture(net, x).auto_leaves
     assert why.startswith("gate.gate (Gate)") and "if x.mean() > 0" in why
     assert "traced as a leaf" in caplog.text
     slim = surgeon.slim(net, 0.5, x)
@@ -207,8 +205,9 @@ def test_code_that_branches_on_sizes_is_captured_specialised_and_slims(tmp_path,
     net, x = SamePad().eval(), torch.randn(2, 3, 17, 17)
     with pytest.raises((TypeError, torch.fx.proxy.TraceError)):  # what plain fx says
         torch.fx.symbolic_trace(net)
-    gm = trace(net, x)
-    where = gm.meta[SPECIALISED_KEY]
+    captured = capture(net, x)
+    assert captured.how == "specialised"
+    where = captured.specialised
     assert where["inputs"]["shape"] == [2, 3, 17, 17]
     assert any("math.ceil(ih / 2)" in w for w in where["where"])
     assert any("if y.shape[-1] > 4" in w for w in where["where"])
@@ -326,9 +325,10 @@ class SizedFactories(nn.Module):
 def test_factories_with_traced_sizes_trace_and_slim(tmp_path):
     net, x = SizedFactories().eval(), torch.randn(2, 5, 6)
     before = torch.ones, torch.zeros, torch.tensor
-    gm = trace(net, x)
+    captured = capture(net, x)
     assert (torch.ones, torch.zeros, torch.tensor) == before  # torch's own again
-    assert gm.meta[SPECIALISED_KEY] is None  # plain symbolic tracing took it: sizes stay free
+    assert captured.specialised is None  # plain symbolic tracing took it: sizes stay free
+    assert captured.how == "symbolic"
     assert_exact_at_zero(net, x)
     slim = assert_slims_at_half(net, x, tmp_path)
     assert slim.fc1.out_features == 6
@@ -374,3 +374,25 @@ def test_what_forward_caches_while_traced_is_not_kept():
     with torch.no_grad():
         assert_same(gm(x), net(x))
     assert_exact_at_zero(net, x)
+
+
+class TwoHeads(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Conv2d(3, 8, 3)
+        self.aux = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        y = self.body(x)
+        if self.training:
+            return y, self.aux(y)
+        return y
+
+
+def test_the_trace_check_compares_the_output_count():
+    model, x = TwoHeads().train(), torch.randn(2, 3, 12, 12)
+    with pytest.raises(SurgeonTraceError, match=r"returns 2 tensor\(s\) where the model returns 1"):
+        surgeon.slim(model, 0.5, x)
+    with pytest.raises(SurgeonTraceError, match="call model.eval"):
+        surgeon.slim(model, 0.5, x)
+    assert isinstance(surgeon.slim(model.eval(), 0.5, x), TwoHeads)
