@@ -381,8 +381,9 @@ def _slim_once(
     )
     gm.meta[DIAGNOSIS_KEY] = logged_diagnosis(gm, graph, macs_before, options.ratio)
     log.info("slim: %s", stats)
-    checked = captured.checked or not defer
-    out = returned_form(model, work, gm, inputs, sizes_before, options, output, captured, checked)
+    out = returned_form(
+        model, work, gm, inputs, sizes_before, options, output, captured, captured.checked
+    )
     out = config_follows(model, out, gm, state, inputs)
     counts = {g.index: g.n_classes for g in graph.groups}
     return Slimmed(out, state, counts)
