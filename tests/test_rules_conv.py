@@ -117,16 +117,17 @@ def test_whole_groups_prune_and_keep_their_width(name, tmp_path):
 
 
 def test_grouped_auto_takes_whole_groups_at_the_measured_widths(monkeypatch):
-    import surgeon.api as api
+    import surgeon.autotune as autotune
+    import surgeon.pipeline as pipeline
 
     net, x = seeded(WholeGroups, lambda: torch.randn(2, 3, 8, 8))
     for widths, groups in (((4,), 2), ((8, 16), 4)):
-        monkeypatch.setattr(api, "grouped_widths", lambda provider, threads, w=widths: w)
+        monkeypatch.setattr(pipeline, "grouped_widths", lambda provider, threads, w=widths: w)
         slim = surgeon.slim(net, 0.5, x, grouped="auto")
         assert slim.grouped.groups == groups
         assert slim.meta["surgeon.plan"]["grouped"] == list(widths)
-    monkeypatch.setattr(api, "channel_multiple", lambda provider, threads: 1)
-    monkeypatch.setattr(api, "grouped_widths", lambda provider, threads: (4,))
+    monkeypatch.setattr(autotune, "channel_multiple", lambda provider, threads: 1)
+    monkeypatch.setattr(autotune, "grouped_widths", lambda provider, threads: (4,))
     assert surgeon.slim(net, 0.5, x, round_to="auto").grouped.groups == 2  # auto with it
 
 
