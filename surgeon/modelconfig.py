@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -26,6 +27,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from surgeon.adopt import differs
+from surgeon.errors import SurgeonExportError
 from surgeon.keys import PLAN_KEY
 from surgeon.passes.state import SurgeryState
 
@@ -161,4 +163,22 @@ def config_follows(
     out.meta[PLAN_KEY]["config"] = why or "updated"
     if why:
         log.warning("surgeon: %s keeps its original config: %s", type(model).__name__, why)
+        if callable(getattr(out, "save_pretrained", None)):
+            out.save_pretrained = _refused_save(type(model).__name__, why)
     return out
+
+
+def _refused_save(name: str, why: str) -> Callable[..., None]:
+    """A ``save_pretrained`` for a slim model whose config still describes the original: it
+    raises before anything is written (a checkpoint its own library cannot load is worse
+    than none)."""
+
+    def save_pretrained(*args: Any, **kwargs: Any) -> None:
+        raise SurgeonExportError(
+            f"save_pretrained: the slim {name}'s config cannot describe its sizes ({why}), so "
+            "transformers could not load what it would write; nothing was written. Save it "
+            f"with surgeon.save(slim, path) and load it with surgeon.load(path, {name}(config)), "
+            "or slim with settings its config can hold"
+        )
+
+    return save_pretrained

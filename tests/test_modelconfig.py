@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 import surgeon
+from surgeon.errors import SurgeonExportError
 from surgeon.modelconfig import update_config
 from tests.helpers import main_output
 from tests.test_transformers import MODELS, build
@@ -121,9 +122,21 @@ def test_save_pretrained_and_from_pretrained_give_the_slim_model_back(name, tmp_
         torch.testing.assert_close(main_output(back(**x)), main_output(slim(**x)))
 
 
-def test_a_config_that_cannot_hold_the_slim_sizes_is_left_alone_with_the_reason():
-    """Swin's head counts are a list per stage: no int field scales with them."""
+def test_a_config_that_cannot_hold_the_slim_sizes_is_left_alone_with_the_reason(tmp_path):
+    """Swin's head counts are a list per stage: no int field scales with them. Its
+    save_pretrained then refuses, writing nothing: a checkpoint transformers cannot load is
+    worse than none; surgeon.save / load still round-trip."""
     model, x, _ = build("swin")
     slim = surgeon.slim(model, 0.5, x)
     assert "no config of SwinConfig builds the slim shapes" in slim.meta["surgeon.plan"]["config"]
     assert slim.config.to_dict() == model.config.to_dict()
+    with pytest.raises(
+        SurgeonExportError, match=r"save_pretrained: the slim Swin\w+'s config cannot"
+    ):
+        slim.save_pretrained(tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
+    assert model.save_pretrained(tmp_path / "original") is None  # the input model's own
+    path = surgeon.save(slim, tmp_path / "swin.surgeon")
+    back = surgeon.load(path, build("swin")[0])
+    with torch.no_grad():
+        torch.testing.assert_close(main_output(back(**x)), main_output(slim(**x)))
