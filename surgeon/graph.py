@@ -602,10 +602,12 @@ def _shared_tensor_couplings(
             if t is None:
                 continue
             size = shapes[sl.space[0]][sl.space[1]]
+            if size == 0:  # an empty tensor (nothing detected, say) holds no channels
+                continue
             tidx = sl.tensor_index(size)
             key = (id(t), sl.dim)
             if key not in seen:
-                rep = np.full(int(tidx.max()) + 1 if size else 0, -1)
+                rep = np.full(int(tidx.max()) + 1, -1)
                 rep[tidx[::-1]] = np.arange(size)[::-1]  # first space index per tensor index
                 seen[key] = (sl.space, rep)
                 continue

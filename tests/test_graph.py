@@ -11,7 +11,13 @@ import torch.nn.functional as F
 
 import surgeon
 from surgeon.models import create
-from tests.helpers import assert_exact, constant_channels, groups_of
+from tests.helpers import (
+    assert_exact,
+    assert_exact_at_zero,
+    assert_slims_at_half,
+    constant_channels,
+    groups_of,
+)
 
 
 def test_resnet_residual_group():
@@ -137,3 +143,29 @@ def test_in_place_op_on_a_shared_tensor(how):
     net = InPlace(how)
     constant_channels(net.a, 2, -1.0)
     assert_exact(net, torch.randn(5, 4))
+
+
+class EmptyConstant(nn.Module):
+    """A zero-size tensor the graph reads twice (a detector's empty detections): a shared
+    tensor whose dim holds no channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 8)
+        self.out = nn.Linear(8, 3)
+        self.empty = torch.zeros(0)  # a plain tensor attribute: a graph constant
+
+    def forward(self, x):
+        h = torch.relu(self.fc(x))
+        return self.out(h) + (self.empty * x[0, 0]).sum() + (self.empty * x[1, 0]).sum()
+
+
+def test_a_zero_size_tensor_read_twice_couples_nothing(tmp_path):
+    # was a bare ValueError (max of an empty index) while the shared tensors were coupled
+    torch.manual_seed(0)
+    net, x = EmptyConstant().eval(), torch.randn(2, 4)
+    graph = surgeon.analyze(net, x)
+    assert [g.channels for g in graph.prunable_groups()] == [8]
+    slim = assert_slims_at_half(net, x, tmp_path)
+    assert slim.fc.out_features == 4
+    assert_exact_at_zero(net, x)
