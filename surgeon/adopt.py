@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import warnings
 from typing import Any
 
 import torch
@@ -31,6 +32,7 @@ import torch.nn as nn
 from torch.utils import _pytree as pytree
 
 from surgeon.capture import Captured, as_args, check_trace, eval_mode
+from surgeon.capture.inputs import spec_shapes
 from surgeon.capture.keywords import capture_defaults
 from surgeon.errors import SurgeonPassError
 from surgeon.keys import PLAN_KEY
@@ -258,10 +260,29 @@ def returned_form(
                 f"returns='module': the slim {type(model).__name__} cannot be given back as its "
                 f"own class: {why}; pass returns='auto' (the graph form then) or 'graph'"
             )
+        if captured.specialised:
+            raise SurgeonPassError(
+                f"the slim {type(model).__name__} can only come back as a torch.fx.GraphModule "
+                f"({why}), and that graph is {_fixed(captured)}; pass returns='graph' to take it "
+                "at those sizes, or slim with example inputs of the sizes it will run at"
+            )
         log.warning(
             "surgeon: the slim model is a torch.fx.GraphModule, not a %s: %s",
             type(model).__name__,
             why,
         )
+    elif captured.specialised:
+        warnings.warn(f"surgeon: the slim graph is {_fixed(captured)}", stacklevel=4)
     record.update(form="graph", form_reason=why, sized=[])
     return gm
+
+
+def _fixed(captured: Captured) -> str:
+    """What a graph captured with specialised sizes holds for, and why."""
+    shapes = ", ".join("x".join(map(str, s)) for s in spec_shapes(captured.specialised["inputs"]))
+    return (
+        f"fixed to the example inputs' sizes ({shapes}): the model's "
+        f"code branches on sizes (first place: {captured.specialised['where'][0]}), and the "
+        "graph keeps what the example's sizes chose, so it may fail or compute something else "
+        "at other sizes"
+    )

@@ -72,7 +72,9 @@ class SlimOptions:
         returns: which form comes back. ``"auto"``: the model's own class (its methods,
             attributes and state-dict names), its modules cut as the graph's, when its own
             ``forward`` then computes what the slim graph computes on the example inputs; else
-            the graph, with the reason in the plan (``form``, ``form_reason``). ``"module"``:
+            the graph, with the reason in the plan (``form``, ``form_reason``); a graph captured
+            with sizes specialised to the example holds at those sizes only, and is then an
+            error that says so (``"graph"`` takes it, with a warning). ``"module"``:
             that, or :class:`SurgeonPassError` with the reason. ``"graph"``: always the
             ``torch.fx.GraphModule``.
         attention: where a width is split into heads x head_dim (attention), what prunes:

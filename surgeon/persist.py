@@ -47,7 +47,7 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 import surgeon
-from surgeon.capture import inputs_from_spec
+from surgeon.capture.inputs import inputs_from_spec, spec_shapes
 from surgeon.errors import SurgeonInputError, SurgeonLoadError
 from surgeon.files import check_output_path, write_atomic
 from surgeon.keys import PLAN_KEY
@@ -344,20 +344,8 @@ def _check_leaves(plan: dict[str, Any], leaves: list[Leaf | str], source: str) -
 
 
 def _inputs_desc(plan: dict[str, Any]) -> str:
-    shapes: list[str] = []
-
-    def visit(spec: Any) -> None:
-        if isinstance(spec, dict) and "shape" in spec:
-            shapes.append("x".join(str(d) for d in spec["shape"]))
-        elif isinstance(spec, dict) and "dict" in spec:
-            for v in spec["dict"].values():
-                visit(v)
-        elif isinstance(spec, dict) and "tuple" in spec:
-            for v in spec["tuple"]:
-                visit(v)
-
-    visit(plan["inputs"])
-    return ", ".join(shapes) or "no tensors"
+    shapes = spec_shapes(plan["inputs"])
+    return ", ".join("x".join(str(d) for d in s) for s in shapes) or "no tensors"
 
 
 def _rebuild(model: nn.Module, plan: dict[str, Any], leaves: list[Leaf], source: str) -> nn.Module:

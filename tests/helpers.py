@@ -57,6 +57,7 @@ def assert_exact_at_zero(
     return_zeroed: bool = False,
     attention: str = "heads",
     grouped: str = "offsets",
+    returns: str = "auto",
 ) -> Any:
     """The exactness harness: zero about a third of every prunable group's channels by hand
     (:func:`zero_thirds`), then ``slim(model, 0.0, x)`` must compute the same outputs (to
@@ -67,7 +68,9 @@ def assert_exact_at_zero(
     assert graph.prunable_groups(), "nothing to prune: the harness would prove nothing"
     zeroed_model = copy.deepcopy(model)
     zeroed = zero_thirds(zeroed_model, graph)
-    slim = assert_exact(zeroed_model, x, tol=tol, attention=attention, grouped=grouped)
+    slim = assert_exact(
+        zeroed_model, x, tol=tol, attention=attention, grouped=grouped, returns=returns
+    )
     assert count_params(slim) < count_params(model)
     return (slim, zeroed) if return_zeroed else slim
 

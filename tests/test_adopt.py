@@ -235,3 +235,45 @@ def test_returns_is_validated():
     model, x = create("lenet5")
     with pytest.raises(surgeon.SurgeonInputError, match="returns='modul'"):
         surgeon.slim(copy.deepcopy(model), 0.5, x, returns="modul")
+
+
+class SizedAndFixed(nn.Module):
+    """Branches on a size (captured specialised) and flattens to a literal width its own class
+    cannot follow once the conv narrows (the graph form comes back)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.fc = nn.Linear(16 * 2 * 2, 5)
+
+    def forward(self, x):
+        if x.shape[-1] > 4:
+            x = x * 2
+        h = self.pool(torch.relu(self.conv(x)))
+        return self.fc(h.reshape(-1, 16 * 2 * 2))
+
+
+class SizedFlatten(SizedAndFixed):
+    def forward(self, x):
+        if x.shape[-1] > 4:
+            x = x * 2
+        return self.fc(self.pool(torch.relu(self.conv(x))).flatten(1))
+
+
+def test_a_graph_fixed_to_the_example_sizes_is_an_error_unless_asked_for():
+    torch.manual_seed(0)
+    net, x = SizedAndFixed().eval(), torch.randn(2, 3, 8, 8)
+    with pytest.raises(SurgeonPassError, match=r"fixed to the example inputs' sizes \(2x3x8x8\)"):
+        surgeon.slim(net, 0.5, x)
+    with pytest.warns(UserWarning, match="if x.shape\\[-1\\] > 4"):
+        graph = surgeon.slim(net, 0.5, x, returns="graph")
+    assert isinstance(graph, torch.fx.GraphModule) and graph.fc.in_features == 32
+    assert graph.meta["surgeon.plan"]["specialised"]["inputs"]["shape"] == [2, 3, 8, 8]
+    with torch.no_grad():
+        assert graph(x).shape == (2, 5)
+    # one that branches on sizes but comes back as its own class runs its own forward
+    own = surgeon.slim(SizedFlatten().eval(), 0.5, x)
+    assert isinstance(own, SizedFlatten) and own.fc.in_features == 32
+    with torch.no_grad():
+        assert own(torch.randn(3, 3, 4, 4)).shape == (3, 5)  # another batch and size

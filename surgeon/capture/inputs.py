@@ -11,7 +11,14 @@ import torch.fx as fx
 
 from surgeon.errors import SurgeonInputError
 
-__all__ = ["as_args", "input_spec", "inputs_from_spec", "placeholder_args", "defaults_not_given"]
+__all__ = [
+    "as_args",
+    "input_spec",
+    "inputs_from_spec",
+    "spec_shapes",
+    "placeholder_args",
+    "defaults_not_given",
+]
 
 
 def as_args(example_inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -35,6 +42,17 @@ def input_spec(example_inputs: Any) -> Any:
     if isinstance(example_inputs, (tuple, list)):
         return {"tuple": [input_spec(v) for v in example_inputs]}
     return {"value": example_inputs}
+
+
+def spec_shapes(spec: Any) -> list[tuple[int, ...]]:
+    """The shapes of the tensors an input spec (:func:`input_spec`) describes, in order."""
+    if isinstance(spec, dict) and "shape" in spec:
+        return [tuple(spec["shape"])]
+    if isinstance(spec, dict) and "dict" in spec:
+        return [t for v in spec["dict"].values() for t in spec_shapes(v)]
+    if isinstance(spec, dict) and "tuple" in spec:
+        return [t for v in spec["tuple"] for t in spec_shapes(v)]
+    return []
 
 
 def inputs_from_spec(spec: Any) -> Any:
