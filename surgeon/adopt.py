@@ -34,7 +34,7 @@ from torch.utils import _pytree as pytree
 from surgeon.capture import Captured, as_args, check_trace, eval_mode
 from surgeon.capture.inputs import spec_shapes
 from surgeon.capture.keywords import capture_defaults
-from surgeon.errors import SurgeonPassError
+from surgeon.errors import SurgeonFixedSizeError, SurgeonPassError
 from surgeon.keys import PLAN_KEY
 from surgeon.options import SlimOptions
 
@@ -234,13 +234,15 @@ def returned_form(
     options: SlimOptions,
     output: Any,
     captured: Captured,
-    checked: bool,
 ) -> nn.Module:
     """The form ``options.returns`` asks for: the user's own model (``work``, its modules cut
     like the graph's, verified by :func:`~surgeon.adopt.adopt` against ``output``, the graph's
     output on the example) or the graph; the plan records which (``form``) and, for a graph in
     ``"auto"``, why (``form_reason``). Before the graph comes back, or ``"module"`` refuses,
-    the graph is checked against the model if it has not been (``checked``)."""
+    the graph is checked against the model if it has not been. A graph captured at the
+    example's sizes is refused under ``"auto"`` (:class:`SurgeonFixedSizeError`), except with
+    ``inplace`` (the model is cut already): there, as with ``"graph"``, it comes with a
+    warning."""
     record = gm.meta[PLAN_KEY]
     why = "returns='graph' was asked for"
     if options.returns != "graph":
@@ -253,15 +255,15 @@ def returned_form(
                 record.update(form="module", form_reason="", sized=changes)
                 module.meta = {k: v for k, v in gm.meta.items() if k.startswith("surgeon.")}
                 return module
-        if not checked:
+        if not captured.checked:
             check_trace(model, inputs, captured.output)
         if options.returns == "module":
             raise SurgeonPassError(
                 f"returns='module': the slim {type(model).__name__} cannot be given back as its "
                 f"own class: {why}; pass returns='auto' (the graph form then) or 'graph'"
             )
-        if captured.specialised:
-            raise SurgeonPassError(
+        if captured.specialised and not options.inplace:
+            raise SurgeonFixedSizeError(
                 f"the slim {type(model).__name__} can only come back as a torch.fx.GraphModule "
                 f"({why}), and that graph is {_fixed(captured)}; pass returns='graph' to take it "
                 "at those sizes, or slim with example inputs of the sizes it will run at"
@@ -271,8 +273,8 @@ def returned_form(
             type(model).__name__,
             why,
         )
-    elif captured.specialised:
-        warnings.warn(f"surgeon: the slim graph is {_fixed(captured)}", stacklevel=4)
+    if captured.specialised:
+        warnings.warn(f"surgeon: the slim graph is {_fixed(captured)}", stacklevel=2)
     record.update(form="graph", form_reason=why, sized=[])
     return gm
 

@@ -7,6 +7,7 @@ __all__ = [
     "SurgeonTraceError",
     "SurgeonInputError",
     "SurgeonPassError",
+    "SurgeonFixedSizeError",
     "SurgeonRuleError",
     "SurgeonExportError",
     "SurgeonLoadError",
@@ -44,6 +45,12 @@ class SurgeonPassError(SurgeonError):
     def __init__(self, message: str, node: str | None = None) -> None:
         super().__init__(message)
         self.node = node
+
+
+class SurgeonFixedSizeError(SurgeonPassError):
+    """The slim model can only come back as a graph captured at the example inputs' sizes
+    (the model's code branches on sizes), which ``returns="auto"`` refuses; ``returns="graph"``
+    takes it."""
 
 
 class SurgeonRuleError(SurgeonError):

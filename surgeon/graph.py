@@ -140,8 +140,8 @@ class ChannelGraph:
                     [p for s in comp for p in params.get(s, ())],
                     [k for s in comp for k in sinks.get(s, ())],
                     set().union(*(tags.get(s, set()) for s in comp)),
-                    widest=max(comp, key=lambda s: self.sizes[s]),
-                    width=max(self.sizes[s] for s in comp),
+                    widest=(widest := max(comp, key=self.sizes.__getitem__)),
+                    width=self.sizes[widest],
                 )
             )
         self._classes()

@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -164,21 +163,22 @@ def config_follows(
     if why:
         log.warning("surgeon: %s keeps its original config: %s", type(model).__name__, why)
         if callable(getattr(out, "save_pretrained", None)):
-            out.save_pretrained = _refused_save(type(model).__name__, why)
+            out.save_pretrained = RefusedSave(type(model).__name__, why)
     return out
 
 
-def _refused_save(name: str, why: str) -> Callable[..., None]:
-    """A ``save_pretrained`` for a slim model whose config still describes the original: it
-    raises before anything is written (a checkpoint its own library cannot load is worse
-    than none)."""
+class RefusedSave:
+    """``save_pretrained`` of a slim model whose config still describes the original: it
+    raises before anything is written (a checkpoint its own library cannot load is worse than
+    none). A plain class, so the model still pickles."""
 
-    def save_pretrained(*args: Any, **kwargs: Any) -> None:
+    def __init__(self, name: str, why: str) -> None:
+        self.name, self.why = name, why
+
+    def __call__(self, *args: Any, **kwargs: Any) -> None:
         raise SurgeonExportError(
-            f"save_pretrained: the slim {name}'s config cannot describe its sizes ({why}), so "
-            "transformers could not load what it would write; nothing was written. Save it "
-            f"with surgeon.save(slim, path) and load it with surgeon.load(path, {name}(config)), "
-            "or slim with settings its config can hold"
+            f"save_pretrained: the slim {self.name}'s config cannot describe its sizes "
+            f"({self.why}), so transformers could not load what it would write; nothing was "
+            f"written. Save it with surgeon.save(slim, path) and load it with "
+            f"surgeon.load(path, {self.name}(config)), or slim with settings its config can hold"
         )
-
-    return save_pretrained

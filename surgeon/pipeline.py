@@ -28,7 +28,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from surgeon.adopt import adopt, int_args, returned_form
-from surgeon.capture import Captured, as_args, capture, check_trace
+from surgeon.capture import Captured, as_args, capture, check_trace, input_spec
 from surgeon.copying import unshare_parameters, working_copy
 from surgeon.diagnose import dense_macs, logged_diagnosis
 from surgeon.errors import SurgeonError, SurgeonInputError, SurgeonPassError
@@ -179,7 +179,7 @@ def analyze_model(model: nn.Module, inputs: Any, options: SlimOptions) -> Channe
     """Capture a copy of ``model`` and return its channel graph; ``model`` is not modified."""
     options = prepared(model, options)
     with gc_paused():
-        _, captured = capture_copy(model, inputs, options.replace(inplace=False), check=True)
+        _, captured = capture_copy(model, inputs, options, check=True)
         return channel_graph(captured.gm, options.attention, grouped_form(options.grouped))
 
 
@@ -381,9 +381,7 @@ def _slim_once(
     )
     gm.meta[DIAGNOSIS_KEY] = logged_diagnosis(gm, graph, macs_before, options.ratio)
     log.info("slim: %s", stats)
-    out = returned_form(
-        model, work, gm, inputs, sizes_before, options, output, captured, captured.checked
-    )
+    out = returned_form(model, work, gm, inputs, sizes_before, options, output, captured)
     out = config_follows(model, out, gm, state, inputs)
     counts = {g.index: g.n_classes for g in graph.groups}
     return Slimmed(out, state, counts)
@@ -407,8 +405,6 @@ def plan_record(
     auto: bool,
 ) -> dict[str, Any]:
     """What ``PLAN_KEY`` keeps (see :data:`surgeon.keys.PLAN_KEY`), JSON-able."""
-    from surgeon.capture import input_spec
-
     previous = plan_of(model)
     record = {
         **state.to_record(),
@@ -426,12 +422,7 @@ def plan_record(
         "round_to_auto": auto,
         "grouped": grouped if isinstance(grouped, str) else list(grouped),
         "whole_groups": sorted(graph.whole_groups),
-        # where capture answered a size question with the example's ints (None: nowhere); a
-        # slim graph slimmed again was captured by its earlier plan
-        "specialised": (previous or {}).get("specialised")
-        if captured.how == "graph"
-        else captured.specialised,
-        "captured": captured.how,
+        **captured.record(),  # how it was captured, where sizes were specialised, auto leaves
     }
 
 
@@ -449,12 +440,13 @@ def replay(model: nn.Module, record: Mapping[str, Any], inputs: Any, leaves: tup
     stages :func:`slim_model` runs, the recorded decision standing in for the prune pass.
     Raises :class:`ReplayError` (``stage``: ``"capture"``, ``"plan"``, ``"record"`` or
     ``"passes"``) where the plan does not fit."""
-    grouped = record.get("grouped", "offsets")
-    grouped = grouped if isinstance(grouped, str) else tuple(grouped)
-    # a plan that names its whole-group convs keeps them; one that does not chose by width
-    whole = None if isinstance(grouped, str) else record.get("whole_groups")
-    options = SlimOptions(0.0, leaf_modules=leaves, attention=record.get("attention", "heads"))
     try:
+        grouped = record.get("grouped", "offsets")
+        grouped = grouped if isinstance(grouped, str) else tuple(grouped)
+        # a plan that names its whole-group convs keeps them; one that does not chose by width
+        whole = None if isinstance(grouped, str) else record.get("whole_groups")
+        attention = record.get("attention", "heads")
+        options = SlimOptions(0.0, leaf_modules=leaves, attention=attention)
         work, captured = capture_copy(model, inputs, options, check=True)
         before = int_args(captured.gm)
         graph = with_blocked(
@@ -476,9 +468,9 @@ def replay(model: nn.Module, record: Mapping[str, Any], inputs: Any, leaves: tup
     unshare_parameters(model, gm, work)  # the saved weights are loaded into these in place
     if record.get("form") == "module":  # it was slimmed into its own class: so is the copy
         module, why, _ = adopt(work, gm, inputs, before)
-        if module is not None:
-            module.meta = {}
-            return module
+        if module is not None:  # its config follows, as slim's did
+            module.meta = {PLAN_KEY: copy.deepcopy(dict(record))}
+            return config_follows(model, module, gm, state, inputs)
         log.warning(
             "surgeon: %s is loaded as a torch.fx.GraphModule: %s", type(model).__name__, why
         )

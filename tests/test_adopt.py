@@ -13,7 +13,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 import surgeon
-from surgeon.errors import SurgeonPassError
+from surgeon.errors import SurgeonFixedSizeError, SurgeonPassError
 from surgeon.models import ZOO, create
 from tests.helpers import assert_same, randomize_norms
 
@@ -264,7 +264,9 @@ class SizedFlatten(SizedAndFixed):
 def test_a_graph_fixed_to_the_example_sizes_is_an_error_unless_asked_for():
     torch.manual_seed(0)
     net, x = SizedAndFixed().eval(), torch.randn(2, 3, 8, 8)
-    with pytest.raises(SurgeonPassError, match=r"fixed to the example inputs' sizes \(2x3x8x8\)"):
+    with pytest.raises(
+        SurgeonFixedSizeError, match=r"fixed to the example inputs' sizes \(2x3x8x8\)"
+    ):
         surgeon.slim(net, 0.5, x)
     with pytest.warns(UserWarning, match="if x.shape\\[-1\\] > 4"):
         graph = surgeon.slim(net, 0.5, x, returns="graph")
@@ -272,6 +274,13 @@ def test_a_graph_fixed_to_the_example_sizes_is_an_error_unless_asked_for():
     assert graph.meta["surgeon.plan"]["specialised"]["inputs"]["shape"] == [2, 3, 8, 8]
     with torch.no_grad():
         assert graph(x).shape == (2, 5)
+    # with inplace the model is cut already: the graph comes back, with the warning
+    with pytest.warns(UserWarning, match="fixed to the example inputs' sizes"):
+        cut = surgeon.slim(copy.deepcopy(net), 0.5, x, inplace=True)
+    assert isinstance(cut, torch.fx.GraphModule)
+    # a slim graph slimmed again keeps the record of what its capture specialised
+    again = surgeon.slim(graph, 0.2, x)
+    assert again.meta["surgeon.plan"]["specialised"] == graph.meta["surgeon.plan"]["specialised"]
     # one that branches on sizes but comes back as its own class runs its own forward
     own = surgeon.slim(SizedFlatten().eval(), 0.5, x)
     assert isinstance(own, SizedFlatten) and own.fc.in_features == 32

@@ -88,6 +88,7 @@ def test_an_untraceable_submodule_becomes_a_leaf_and_the_rest_slims(caplog):
     assert why.startswith("gate.gate (Gate)") and "if x.mean() > 0" in why
     assert "traced as a leaf" in caplog.text
     slim = surgeon.slim(net, 0.5, x)
+    assert slim.meta["surgeon.plan"]["auto_leaves"] == [why]  # the plan says so too
     assert slim.stem.out_channels == 4  # the traceable part still prunes
     assert slim.gate.gate.__class__ is Gate  # the leaf is called as it is
     with torch.no_grad():

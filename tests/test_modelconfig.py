@@ -136,7 +136,11 @@ def test_a_config_that_cannot_hold_the_slim_sizes_is_left_alone_with_the_reason(
         slim.save_pretrained(tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
     assert model.save_pretrained(tmp_path / "original") is None  # the input model's own
+    torch.save(slim, tmp_path / "whole.pt")  # the refusing save_pretrained still pickles
     path = surgeon.save(slim, tmp_path / "swin.surgeon")
     back = surgeon.load(path, build("swin")[0])
     with torch.no_grad():
         torch.testing.assert_close(main_output(back(**x)), main_output(slim(**x)))
+    with pytest.raises(SurgeonExportError, match="save_pretrained"):  # loaded: the same
+        back.save_pretrained(tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()

@@ -12,7 +12,7 @@ import torch
 
 import surgeon
 from surgeon.cost import count_macs
-from surgeon.errors import SurgeonPassError
+from surgeon.errors import SurgeonFixedSizeError
 from tests.helpers import assert_exact_at_zero, assert_slims_at_half
 
 transformers = pytest.importorskip("transformers")
@@ -225,7 +225,7 @@ def test_the_head_dim_can_prune_instead_of_whole_heads(name, halves, tmp_path):
         # hand-zeroed thirds leave head widths the config's head count cannot split, so the
         # graph comes back, captured at the example's sequence length: asked for here
         assert_exact_at_zero(model, x, attention="head_dim", returns="graph")
-    with pytest.raises(SurgeonPassError, match=r"fixed to the example inputs' sizes \(1x8\)"):
+    with pytest.raises(SurgeonFixedSizeError, match=r"fixed to the example inputs' sizes \(1x8\)"):
         assert_exact_at_zero(model, x, attention="head_dim")
     # LLaMA's own forward cannot run its halved rotary width: its graph, at the example's sizes
     with warnings.catch_warnings():

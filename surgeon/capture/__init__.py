@@ -27,6 +27,7 @@ from surgeon.capture.ladder import ladder
 from surgeon.capture.shapes import eval_mode, propagate_shapes
 from surgeon.copying import keep_unreached
 from surgeon.errors import SurgeonInputError
+from surgeon.keys import PLAN_KEY
 
 __all__ = [
     "Captured",
@@ -79,7 +80,11 @@ class Captured:
 
     def record(self) -> dict[str, Any]:
         """What a plan keeps of the capture (JSON-able)."""
-        return {"how": self.how, "specialised": self.specialised, "auto_leaves": self.auto_leaves}
+        return {
+            "captured": self.how,
+            "specialised": self.specialised,
+            "auto_leaves": self.auto_leaves,
+        }
 
 
 def capture(
@@ -103,7 +108,9 @@ def capture(
             f"model must be a torch.nn.Module, got {type(model).__name__}", option="model"
         )
     if isinstance(model, fx.GraphModule):  # already a graph (a slim model, a user's capture)
-        return Captured(model, propagate_shapes(model, example_inputs), "graph")
+        meta = model.meta.get(PLAN_KEY) or {}  # a slim graph: sizes its capture specialised
+        output = propagate_shapes(model, example_inputs)
+        return Captured(model, output, "graph", meta.get("specialised"), checked=True)
     with explicit_forward(model, example_inputs):
         tracer, graph, auto = ladder(model, example_inputs, list(leaf_modules))
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
@@ -115,7 +122,7 @@ def capture(
     if specialised:
         log.warning(
             "surgeon: %s branches on sizes (%s); its graph is specialised to the example "
-            "inputs' sizes, and so is the slim model",
+            "inputs' sizes (the model's own forward is not)",
             type(model).__name__,
             where[0],
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,7 +63,7 @@ from surgeon.cli.output import (
     setup_logging,
     stdout_for,
 )
-from surgeon.errors import SurgeonInputError
+from surgeon.errors import SurgeonFixedSizeError, SurgeonInputError
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
@@ -189,9 +190,30 @@ def _slim(
 ) -> nn.Module:
     """The slim model, with what is ``auto`` measured on ``timing.device``. ``round_to="auto"``
     with timing on: made at the multiple at which it runs fastest there, timed from the
-    probe's multiple up (:func:`surgeon.autotune.timed_round_to`); else at the probe's."""
+    probe's multiple up (:func:`surgeon.autotune.timed_round_to`); else at the probe's. A
+    model that only comes back as a graph at the example's sizes is exported as that graph:
+    the ONNX file holds for those sizes, and a line says so."""
     used = measured(opts, timing.device, timing.threads)  # shows the probe as a step
-    with progress(f"slim {spec} at ratio {opts.ratio:g} ({opts.importance}, {opts.scope})"):
+    try:
+        return _slim_as(spec, original, example, used, opts, timing)
+    except SurgeonFixedSizeError as exc:
+        console.print(f"[bold yellow]fixed sizes[/]: {escape(str(exc))}")
+        return _slim_as(spec, original, example, used.replace(returns="graph"), opts, timing)
+
+
+def _slim_as(
+    spec: str,
+    original: nn.Module,
+    example: Any,
+    used: SlimOptions,
+    opts: SlimOptions,
+    timing: Timing,
+) -> nn.Module:
+    with (
+        progress(f"slim {spec} at ratio {opts.ratio:g} ({opts.importance}, {opts.scope})"),
+        warnings.catch_warnings(),  # a graph at fixed sizes: said once, by the caller
+    ):
+        warnings.simplefilter("ignore", UserWarning)
         if opts.round_to == "auto" and timing.bench:
             from surgeon.autotune import timed_round_to
 
