@@ -16,20 +16,16 @@ from surgeon.errors import SurgeonInputError
 __all__ = ["deep_copy", "working_copy", "unshare_parameters", "keep_unreached"]
 
 
-def deep_copy(model: torch.nn.Module, share_parameters: bool = False) -> torch.nn.Module:
-    """``copy.deepcopy(model)``, with the parameters of its TorchScript submodules leaves
-    again: deepcopy gives a ScriptModule plain tensors cloned from the originals (non-leaf,
-    ``grad_fn=CloneBackward``), which an optimizer never updates.
-
-    ``share_parameters``: the copy holds the model's own ``nn.Parameter`` objects (everything
+def deep_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` that holds the model's own ``nn.Parameter`` objects (everything
     else is copied, buffers included): no copy of the weights, for a caller that never
     changes a parameter in place (it assigns new ones) and gives each one that is still
-    shared a copy of its own at the end (:func:`unshare_parameters`)."""
-    if share_parameters:
-        memo = {id(p): p for _, p in model.named_parameters(remove_duplicate=False)}
-        out = _copy_tree(model, memo)
-    else:
-        out = copy.deepcopy(model)
+    shared a copy of its own at the end (:func:`unshare_parameters`). The parameters of its
+    TorchScript submodules are leaves again: deepcopy gives a ScriptModule plain tensors
+    cloned from the originals (non-leaf, ``grad_fn=CloneBackward``), which an optimizer
+    never updates."""
+    memo = {id(p): p for _, p in model.named_parameters(remove_duplicate=False)}
+    out = _copy_tree(model, memo)
     for module in out.modules():
         if not isinstance(module, torch.jit.ScriptModule):
             continue
@@ -139,7 +135,7 @@ def working_copy(model: torch.nn.Module) -> torch.nn.Module:
     its input unless ``inplace=True``: the passes assign new tensors, never change one in
     place, and what is left shared at the end gets a copy, :func:`unshare_parameters`)."""
     try:
-        return deep_copy(model, share_parameters=True)
+        return deep_copy(model)
     except RuntimeError as exc:
         if "deepcopy" not in str(exc):
             raise

@@ -57,7 +57,7 @@ from surgeon.capture import eval_mode
 from surgeon.cost import as_args
 from surgeon.errors import SurgeonExportError, SurgeonInputError
 from surgeon.files import check_output_path, publish, temp_sibling
-from surgeon.keys import PLAN_KEY
+from surgeon.keys import plan_of
 
 __all__ = ["SurgeonExportError", "export"]
 
@@ -586,8 +586,7 @@ def _check_one_batch(signature: _Signature) -> None:
 
 def _specialised(model: nn.Module) -> bool:
     """A slim graph captured with sizes specialised to the example (the plan says where)."""
-    meta = getattr(model, "meta", None)
-    plan = meta.get(PLAN_KEY) if isinstance(meta, dict) else None
+    plan = plan_of(model)
     return isinstance(model, torch.fx.GraphModule) and bool(plan and plan.get("specialised"))
 
 

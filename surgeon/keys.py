@@ -6,6 +6,8 @@ caller as a value (:mod:`surgeon.pipeline`), never left on the graph.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = ["PLAN_KEY", "DIAGNOSIS_KEY", "HISTORY_KEY", "STATE_KEY"]
 
 PLAN_KEY = "surgeon.plan"
@@ -25,3 +27,9 @@ HISTORY_KEY = "surgeon.history"
 STATE_KEY = "surgeon.state"
 """The decision the passes share while they run (a :class:`surgeon.passes.SurgeryState`): each
 pass reads it and stores a new one. The pipeline takes it off once the passes end."""
+
+
+def plan_of(model: Any) -> dict[str, Any] | None:
+    """The plan ``model`` carries (a slim model), or None."""
+    meta = getattr(model, "meta", None)
+    return meta.get(PLAN_KEY) if isinstance(meta, dict) else None

@@ -50,7 +50,7 @@ import surgeon
 from surgeon.capture.inputs import inputs_from_spec, spec_shapes
 from surgeon.errors import SurgeonInputError, SurgeonLoadError
 from surgeon.files import check_output_path, write_atomic
-from surgeon.keys import PLAN_KEY
+from surgeon.keys import PLAN_KEY, plan_of
 from surgeon.names import leaf_name, resolve_leaves
 from surgeon.options import Leaf
 from surgeon.pipeline import ReplayError, gc_paused, replay
@@ -120,8 +120,7 @@ def save(model: nn.Module, path: str | os.PathLike[str]) -> Path:
 
 
 def _plan_of(model: nn.Module) -> dict[str, Any]:
-    meta = getattr(model, "meta", None)
-    plan = meta.get(PLAN_KEY) if isinstance(meta, dict) else None
+    plan = plan_of(model)
     if plan is None:
         raise SurgeonInputError(
             f"this {type(model).__name__} carries no surgeon plan (model.meta[{PLAN_KEY!r}]): "

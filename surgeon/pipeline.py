@@ -35,7 +35,7 @@ from surgeon.errors import SurgeonError, SurgeonInputError, SurgeonPassError
 from surgeon.graph import ChannelGraph, build_channel_graph
 from surgeon.hardware import channel_multiple, grouped_widths
 from surgeon.importance import DATA_CRITERIA, DataStats, collect_stats, iter_batches
-from surgeon.keys import DIAGNOSIS_KEY, PLAN_KEY, STATE_KEY
+from surgeon.keys import DIAGNOSIS_KEY, PLAN_KEY, STATE_KEY, plan_of
 from surgeon.modelconfig import config_follows
 from surgeon.names import leaf_name, resolve_ignore, resolve_leaves
 from surgeon.options import SlimOptions, check_grouped
@@ -118,12 +118,6 @@ def whole_groups_kept(model: nn.Module, grouped: str | tuple[int, ...]) -> list[
     if not earlier or not isinstance(earlier.get("grouped"), list) or isinstance(grouped, str):
         return None
     return earlier.get("whole_groups")
-
-
-def plan_of(model: nn.Module) -> dict[str, Any] | None:
-    """The plan ``model`` carries (a slim model), or None."""
-    meta = getattr(model, "meta", None)
-    return meta.get(PLAN_KEY) if isinstance(meta, dict) else None
 
 
 @contextlib.contextmanager
@@ -345,7 +339,8 @@ def _slim_once(
     blocked: dict[int, str] = {}
     while True:
         work, captured = capture_copy(model, inputs, options, check=not defer)
-        if not all(captured.finite):
+        finite = captured.finite
+        if not all(finite):
             refuse_nan(model, inputs)
         graph = None
         try:
@@ -375,7 +370,7 @@ def _slim_once(
     if options.compensate and options.data is not None and state.n_removed():
         recalibrate_norms(gm, iter_batches(options.data))
         output = _run(gm, inputs)
-    self_check(gm, expected, output, model, inputs, captured.finite)
+    self_check(gm, expected, output, model, inputs, finite)
     gm.meta[PLAN_KEY] = plan_record(
         model, state, inputs, options, captured, graph, blocked, grouped, auto
     )

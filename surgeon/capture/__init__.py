@@ -27,7 +27,7 @@ from surgeon.capture.ladder import ladder
 from surgeon.capture.shapes import eval_mode, propagate_shapes
 from surgeon.copying import keep_unreached
 from surgeon.errors import SurgeonInputError
-from surgeon.keys import PLAN_KEY
+from surgeon.keys import plan_of
 
 __all__ = [
     "Captured",
@@ -108,7 +108,7 @@ def capture(
             f"model must be a torch.nn.Module, got {type(model).__name__}", option="model"
         )
     if isinstance(model, fx.GraphModule):  # already a graph (a slim model, a user's capture)
-        meta = model.meta.get(PLAN_KEY) or {}  # a slim graph: sizes its capture specialised
+        meta = plan_of(model) or {}  # a slim graph: the sizes its capture specialised
         output = propagate_shapes(model, example_inputs)
         return Captured(model, output, "graph", meta.get("specialised"), checked=True)
     with explicit_forward(model, example_inputs):

@@ -27,7 +27,7 @@ from torch.utils import _pytree as pytree
 
 from surgeon.capture.inputs import as_args, defaults_not_given
 from surgeon.capture.shapes import eval_mode
-from surgeon.capture.tracer import SurgeonTracer, erase_new_nodes
+from surgeon.capture.tracer import _TORCH_DIR, SurgeonTracer, erase_new_nodes
 
 __all__ = [
     "ConcreteTracer",
@@ -42,9 +42,6 @@ log = logging.getLogger(__name__)
 
 
 _UNKNOWN = object()  # a node whose value could not be computed (it then answers nothing)
-
-
-_TORCH_DIR = os.path.dirname(torch.__file__)
 
 
 _HERE = os.path.dirname(os.path.dirname(__file__))  # surgeon/
