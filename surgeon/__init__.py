@@ -12,7 +12,13 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from surgeon.errors import SurgeonError, SurgeonInputError, SurgeonPassError, SurgeonTraceError
+from surgeon.errors import (
+    SurgeonError,
+    SurgeonInputError,
+    SurgeonPassError,
+    SurgeonTargetError,
+    SurgeonTraceError,
+)
 
 __version__ = "0.1.0"
 
@@ -20,6 +26,7 @@ _LAZY = {
     "slim": "surgeon.api",
     "analyze": "surgeon.api",
     "SlimOptions": "surgeon.options",
+    "Target": "surgeon.options",
     "count_macs": "surgeon.cost",
     "count_params": "surgeon.cost",
     "metrics": "surgeon.cost",
@@ -38,6 +45,7 @@ __all__ = [
     "SurgeonError",
     "SurgeonInputError",
     "SurgeonPassError",
+    "SurgeonTargetError",
     "SurgeonTraceError",
     *_LAZY,
 ]
@@ -48,7 +56,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from surgeon.benchmark import bench, bench_interleaved
     from surgeon.cost import count_macs, count_params, level_prune, metrics
     from surgeon.exporter import export
-    from surgeon.options import SlimOptions
+    from surgeon.options import SlimOptions, Target
     from surgeon.persist import load, save
     from surgeon.schedule import agp_ratio, distill_loss, prune_iteratively
 

@@ -1,9 +1,14 @@
-"""``round_to="auto"``: the channel multiple at which onnxruntime runs *this* slim model fastest.
+"""Searches that make candidate slim models and measure them: the one place the core exports
+and times.
 
-A probe on single convs (:mod:`surgeon.hardware`) gives a first multiple; it cannot tell how a
-whole network's widths interact, so the slim model itself is made at that multiple and at every
-larger candidate (each a full run of :func:`surgeon.pipeline.slim_model`), exported, and timed
-side by side in onnxruntime. This is the one place the core exports and times.
+- :func:`timed_round_to` (``round_to="auto"``): the channel multiple at which onnxruntime runs
+  *this* slim model fastest. A probe on single convs (:mod:`surgeon.hardware`) gives a first
+  multiple; it cannot tell how a whole network's widths interact, so the slim model itself is
+  made at that multiple and at every larger candidate (each a full run of
+  :func:`surgeon.pipeline.slim_model`), exported, and timed side by side in onnxruntime.
+- :func:`slim_to_target` (a :class:`~surgeon.options.Target`): rounds of allocation by cost
+  (:class:`surgeon.budget.Budget`), each slim model measured (counted, or timed against the
+  original), the goal moved by what was measured, until the target holds.
 """
 
 from __future__ import annotations
@@ -18,11 +23,12 @@ from typing import Any
 
 import torch.nn as nn
 
+from surgeon.errors import SurgeonTargetError
 from surgeon.hardware import CANDIDATES, TOLERANCE, channel_multiple, grouped_widths
 from surgeon.keys import PLAN_KEY
-from surgeon.options import SlimOptions
+from surgeon.options import SlimOptions, Target
 
-__all__ = ["timed_round_to", "held_logs"]
+__all__ = ["timed_round_to", "slim_to_target", "held_logs", "MAX_ROUNDS"]
 
 log = logging.getLogger(__name__)
 
@@ -137,3 +143,209 @@ def held_logs(held: list[logging.LogRecord]) -> Iterator[None]:
 def _replay(records: list[logging.LogRecord]) -> None:
     for record in records:
         logging.getLogger(record.name).handle(record)
+
+
+# -- targets ----------------------------------------------------------------------------------
+MAX_ROUNDS = 4
+#: a counted target holds within this share of its value; a measured one from
+#: ``1 - MEASURED_BAND[0]`` to ``1 + MEASURED_BAND[1]`` times it (timing noise below, the
+#: rounding of widths above)
+COUNTED_BAND = 0.01
+MEASURED_BAND = (0.04, 0.2)
+
+
+class _Meter:
+    """What a target measures, the same way every round: the factor a slim model reaches
+    against the original (parameters or MACs counted; latency timed in onnxruntime, the
+    original and the slim model side by side in interleaved rounds)."""
+
+    def __init__(self, model: nn.Module, inputs: Any, target: Target, runs: int = 30) -> None:
+        from surgeon.cost import count_macs, count_params
+
+        self.target, self.inputs, self.runs = target, inputs, runs
+        self.macs = count_macs(model, inputs)
+        self.params = count_params(model)
+        self.tmp = tempfile.TemporaryDirectory(prefix="surgeon-target-")
+        self.original: Path | None = None
+        self.ms: float | None = None  # the original's latency, measured alone
+        if target.measured:
+            from surgeon.benchmark import bench
+            from surgeon.exporter import export
+
+            self.original = export(model, inputs, Path(self.tmp.name) / "original.onnx")
+            timing = bench(
+                self.original, inputs, providers=(target.device,), warmup=3, runs=runs,
+                threads=target.threads,
+            )
+            self.ms = timing.median_ms(target.device)
+            if self.ms is None:
+                raise SurgeonTargetError(
+                    f"{target.describe()}: onnxruntime did not run the original model on "
+                    f"{target.device} ({timing[target.device].reason}); ask for a macs or params "
+                    "target, or another device",
+                    closest=None,
+                )
+
+    def goal(self) -> float:
+        """The target as a factor of the original (a latency: the original's over it)."""
+        t = self.target
+        return self.ms / t.value if t.kind == "latency_ms" else t.value  # type: ignore[operator]
+
+    def __call__(self, model: nn.Module, n: int) -> dict[str, float]:
+        """The factor ``model`` reaches, its MACs factor, and for a measured target both
+        medians (ms)."""
+        from surgeon.cost import count_macs, count_params
+
+        out = {"macs": self.macs / max(count_macs(model, self.inputs), 1)}
+        if self.target.kind == "params":
+            out["achieved"] = self.params / max(count_params(model), 1)
+        elif self.target.kind == "macs":
+            out["achieved"] = out["macs"]
+        else:
+            from surgeon.benchmark import bench_interleaved
+            from surgeon.exporter import export
+
+            slim = export(model, self.inputs, Path(self.tmp.name) / f"round{n}.onnx")
+            device = self.target.device
+            before, after = bench_interleaved(
+                [self.original, slim], self.inputs, providers=(device,), warmup=3,
+                runs=self.runs, threads=self.target.threads,
+            )
+            ms0, ms1 = before.median_ms(device), after.median_ms(device)
+            if ms0 is None or ms1 is None:
+                raise SurgeonTargetError(
+                    f"{self.target.describe()}: onnxruntime did not run the slim model "
+                    f"({after[device].reason})",
+                    closest=None,
+                )
+            out.update(achieved=ms0 / ms1, original_ms=ms0, slim_ms=ms1)
+        return out
+
+    def close(self) -> None:
+        self.tmp.cleanup()
+
+
+def _budget(model: nn.Module, inputs: Any, options: SlimOptions, meter: _Meter) -> Any:
+    """The cost model of ``model`` for ``options.target`` (captured once, on a copy)."""
+    from surgeon.budget import Budget
+    from surgeon.latency import layer_table
+    from surgeon.pipeline import (
+        capture_copy, channel_graph, gc_paused, grouped_form, measured, whole_groups_kept,
+    )
+
+    t = options.target
+    assert t is not None
+    grouped = grouped_form(options.grouped, t.device, t.threads if t.measured else 1)
+    with gc_paused():
+        _, captured = capture_copy(model, inputs, options.replace(inplace=False), check=True)
+        gm = captured.gm
+        graph = channel_graph(gm, options.attention, grouped, whole_groups_kept(model, grouped))
+        stats = measured(gm, graph, options)
+        if t.measured:
+            table = layer_table(gm, t.device, t.threads)
+            return Budget(gm, graph, options, stats, "latency", meter.ms, table)
+        total = meter.params if t.kind == "params" else meter.macs
+        return Budget(gm, graph, options, stats, t.kind, total)
+
+
+def _holds(factor: float, goal: float, target: Target) -> bool:
+    if target.measured:
+        low, high = MEASURED_BAND
+        return goal * (1 - low) <= factor <= goal * (1 + high)
+    return abs(factor / goal - 1) <= COUNTED_BAND
+
+
+def slim_to_target(model: nn.Module, inputs: Any, options: SlimOptions) -> Any:
+    """Slim ``model`` until ``options.target`` holds, in at most :data:`MAX_ROUNDS` rounds.
+
+    Round by round: the budget's smallest level whose estimate reaches the goal is made (a full
+    run of the pipeline with that decision), measured, and the goal moved by the ratio of what
+    was asked to what was measured. It stops at the first round that holds (counted targets
+    within :data:`COUNTED_BAND`, measured ones within :data:`MEASURED_BAND`), or when the goal
+    no longer changes the decision. The round that holds (else the closest above the target)
+    comes back; its plan records ``target``: what was asked, achieved (measured),
+    theoretical (the MAC factor) and every round. Raises :class:`SurgeonTargetError`, with the
+    closest figure, when no round reaches the target.
+    """
+    from surgeon.pipeline import prepared, slim_model
+
+    target = options.target
+    assert target is not None
+    options = prepared(model, options)  # data listed: every round reads it
+    if options.round_to == "auto":
+        where = (target.device, target.threads) if target.measured else ("cpu", 1)
+        options = options.replace(round_to=channel_multiple(*where), grouped=options.grouped or "auto")
+    meter = _Meter(model, inputs, target)
+    try:
+        budget = _budget(model, inputs, options, meter)
+        goal = asked = meter.goal()
+        rounds: list[dict[str, Any]] = []
+        made: list[Any] = []
+        levels: set[int] = set()
+        search = options.replace(inplace=False)
+        for n in range(MAX_ROUNDS):
+            decision, level, estimate = budget.decide(goal)
+            if level in levels:  # the goal moved too little to change what goes
+                break
+            levels.add(level)
+            slimmed = slim_model(model, inputs, search, decision=decision)
+            found = meter(slimmed.model, n)
+            rounds.append({"goal": round(goal, 4), "level": level, "estimate": round(float(estimate), 4),
+                           **{k: round(float(v), 4) for k, v in found.items()}})
+            made.append((slimmed, decision))
+            log.info("surgeon: target %s, round %d: %s", target.describe(), n + 1, rounds[-1])
+            if _holds(found["achieved"], asked, target):
+                break
+            if level == budget.levels and found["achieved"] < asked:
+                break  # every group at its floor
+            goal = max(goal * asked / max(found["achieved"], 1e-9), 1.0)
+        pick = _pick(rounds, asked, target)
+        if pick is None:
+            best = max(r["achieved"] for r in rounds)
+            floor = any(r["level"] == budget.levels for r in rounds)
+            why = (
+                "every prunable group is at its floor (one class kept, max_group_ratio, ignored "
+                "modules)"
+                if floor
+                else f"{len(rounds)} round(s) did not reach it"
+            )
+            raise SurgeonTargetError(
+                f"{target.describe()} cannot be met: the closest slim model reached "
+                f"{_said(best, meter, target)} ({why}); ask for less, or unblock groups "
+                "(surgeon inspect shows what blocks them)",
+                closest=_said(best, meter, target),
+            )
+        slimmed, decision = made[pick]
+        if options.inplace:  # the rounds ran on copies: the chosen decision cuts the model
+            slimmed = slim_model(model, inputs, options, decision=decision)
+        record = slimmed.model.meta[PLAN_KEY]
+        record["target"] = {
+            **target.to_record(),
+            "asked": round(asked, 4),
+            "achieved": rounds[pick]["achieved"],
+            "theoretical": rounds[pick]["macs"],
+            "rounds": rounds,
+            "round": pick + 1,
+        }
+        if target.measured:
+            record["target"]["original_ms"] = rounds[pick]["original_ms"]
+            record["target"]["slim_ms"] = rounds[pick]["slim_ms"]
+        return slimmed
+    finally:
+        meter.close()
+
+
+def _pick(rounds: list[dict[str, Any]], asked: float, target: Target) -> int | None:
+    """The first round that holds, else the one closest above the target (None: none is)."""
+    for i, r in enumerate(rounds):
+        if _holds(r["achieved"], asked, target):
+            return i
+    low = 1 - (MEASURED_BAND[0] if target.measured else COUNTED_BAND)
+    above = [i for i, r in enumerate(rounds) if r["achieved"] >= asked * low]
+    return min(above, key=lambda i: rounds[i]["achieved"]) if above else None
+
+
+def _said(factor: float, meter: _Meter, target: Target) -> str:
+    if target.kind == "latency_ms":
+        return f"{meter.ms / factor:.3g} ms"  # type: ignore[operator]
+    return f"{factor:.3g}x"

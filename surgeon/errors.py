@@ -8,6 +8,7 @@ __all__ = [
     "SurgeonInputError",
     "SurgeonPassError",
     "SurgeonFixedSizeError",
+    "SurgeonTargetError",
     "SurgeonRuleError",
     "SurgeonExportError",
     "SurgeonLoadError",
@@ -51,6 +52,15 @@ class SurgeonFixedSizeError(SurgeonPassError):
     """The slim model can only come back as a graph captured at the example inputs' sizes
     (the model's code branches on sizes), which ``returns="auto"`` refuses; ``returns="graph"``
     takes it."""
+
+
+class SurgeonTargetError(SurgeonPassError):
+    """A :class:`~surgeon.options.Target` cannot be met; ``closest`` is the figure the
+    closest slim model reached (None: nothing was measured)."""
+
+    def __init__(self, message: str, closest: str | None = None) -> None:
+        super().__init__(message)
+        self.closest = closest
 
 
 class SurgeonRuleError(SurgeonError):

@@ -19,12 +19,101 @@ from surgeon.errors import SurgeonInputError
 from surgeon.importance import check_criterion
 from surgeon.names import leaf_name
 
-__all__ = ["SlimOptions", "Leaf", "SCOPES", "RETURNS", "GROUPED"]
+__all__ = ["SlimOptions", "Target", "Leaf", "SCOPES", "RETURNS", "GROUPED", "TARGET_KINDS"]
 
 Leaf = type[nn.Module] | nn.Module
 SCOPES = ("local", "global")
 RETURNS = ("auto", "module", "graph")
 GROUPED = ("offsets", "groups", "auto")
+#: what a :class:`Target` can ask for; the first two are measured in onnxruntime
+TARGET_KINDS = ("speedup", "latency_ms", "macs", "params")
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the slim model must reach, in place of a ratio: give exactly one of
+
+    Attributes:
+        speedup: times faster than the original, measured in onnxruntime on ``device`` with
+            ``threads`` at the example inputs' shapes (``2.0``: twice as fast).
+        latency_ms: the slim model's latency in milliseconds, measured the same way.
+        macs: times fewer multiply-accumulates (``3.0``: a third of the MACs).
+        params: times fewer parameters (``4.0``: a quarter of them).
+        device: the onnxruntime provider a measured target is timed on, ``"cpu"`` or ``"cuda"``.
+        threads: onnxruntime's intra-op threads for the timing (``None``: its default).
+
+    Which channels go is decided across all groups at once by importance per unit of cost on
+    the target (:mod:`surgeon.budget`), and the result is measured: a count for ``macs`` and
+    ``params``, an interleaved onnxruntime timing against the original for ``speedup`` and
+    ``latency_ms``. Where it falls short the allocation tightens and goes again, a bounded
+    number of rounds (:func:`surgeon.autotune.slim_to_target`).
+    """
+
+    speedup: float | None = None
+    latency_ms: float | None = None
+    macs: float | None = None
+    params: float | None = None
+    device: str = "cpu"
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        given = [k for k in TARGET_KINDS if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise SurgeonInputError(
+                f"Target({', '.join(f'{k}=...' for k in given) or ''}): give exactly one of "
+                "speedup (e.g. 2.0: twice as fast), latency_ms, macs (3.0: a third of the MACs) "
+                "or params (4.0: a quarter of the parameters)",
+                option="target",
+            )
+        (kind,) = given
+        value = getattr(self, kind)
+        floor = 0 if kind == "latency_ms" else 1
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > floor:
+            what = "milliseconds, > 0" if kind == "latency_ms" else "a factor > 1 (e.g. 2.0)"
+            raise SurgeonInputError(f"Target({kind}={value!r}): use {what}", option="target")
+        object.__setattr__(self, kind, float(value))
+        if self.device not in ("cpu", "cuda"):
+            raise SurgeonInputError(
+                f"Target(device={self.device!r}): use 'cpu' or 'cuda'", option="target"
+            )
+        t = self.threads
+        if t is not None and (isinstance(t, bool) or not isinstance(t, int) or t < 1):
+            raise SurgeonInputError(
+                f"Target(threads={t!r}): use None (onnxruntime's default) or a whole number >= 1",
+                option="target",
+            )
+
+    @property
+    def kind(self) -> str:
+        """Which of :data:`TARGET_KINDS` this target asks for."""
+        return next(k for k in TARGET_KINDS if getattr(self, k) is not None)
+
+    @property
+    def value(self) -> float:
+        return float(getattr(self, self.kind))
+
+    @property
+    def measured(self) -> bool:
+        """Timed in onnxruntime (``speedup``, ``latency_ms``), not counted."""
+        return self.kind in ("speedup", "latency_ms")
+
+    def replace(self, **changes: Any) -> Target:
+        """A copy with ``changes``; a new kind replaces the old one."""
+        if any(k in changes for k in TARGET_KINDS):
+            changes = {**dict.fromkeys(TARGET_KINDS), **changes}
+        return dataclasses.replace(self, **changes)
+
+    def describe(self) -> str:
+        """``"speedup 2x on cpu (1 thread)"``, ``"macs 3x"``: what the report says."""
+        if not self.measured:
+            return f"{self.kind} {self.value:g}x fewer"
+        amount = f"{self.value:g} ms" if self.kind == "latency_ms" else f"{self.value:g}x"
+        threads = "default threads" if self.threads is None else f"{self.threads} thread(s)"
+        return f"{self.kind} {amount} on {self.device} ({threads})"
+
+    def to_record(self) -> dict[str, Any]:
+        return {"kind": self.kind, "value": self.value, "device": self.device,
+                "threads": self.threads}
 
 
 @dataclass(frozen=True)
@@ -34,7 +123,10 @@ class SlimOptions:
     Attributes:
         ratio: the fraction of each prunable group's channels removed, ``0 <= ratio < 1``.
             With ``0`` nothing new is pruned, but channels that are already dead (all-zero
-            filters, zero norm scales) are removed: the function is unchanged.
+            filters, zero norm scales) are removed: the function is unchanged. Or a
+            :class:`Target` (a speedup, a latency, a MAC or parameter budget): it is then kept
+            in ``target``, ``ratio`` is 0, and ``scope`` does not apply (the target decides
+            how much each group loses).
         importance: the criterion, aggregated over every member of a channel class (the
             producers' filters, the consumers' input slices, the norms' scales): ``"l2"`` /
             ``"l1"`` weight magnitude, ``"bn_scale"`` (|gamma| of the norms), ``"random"`` (a
@@ -57,7 +149,7 @@ class SlimOptions:
             then no longer be called.
         leaf_modules: module types, instances, qualified names or class names of submodules
             torch.fx must not trace into (their dims are blocked).
-        max_group_ratio: with ``scope="global"``, the most any group may lose.
+        max_group_ratio: with ``scope="global"`` or a target, the most any group may lose.
         data: an iterable of ``(input, target)`` batches (a DataLoader, a list): needed by
             ``taylor`` and ``grad``; with any criterion it also gives compensation measured
             means. Read in eval mode, on a copy of the model.
@@ -106,9 +198,29 @@ class SlimOptions:
     returns: str = "auto"
     attention: str = "heads"
     grouped: str | tuple[int, ...] | None = None
+    target: Target | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise through the back door, once
+        if isinstance(self.ratio, Target):
+            if self.target is not None and self.target != self.ratio:
+                raise SurgeonInputError(
+                    "two targets given (as the ratio and as target=): give one", option="target"
+                )
+            set_(self, "target", self.ratio)
+            set_(self, "ratio", 0.0)
+        if self.target is not None and not isinstance(self.target, Target):
+            raise SurgeonInputError(
+                f"target={self.target!r}: use surgeon.Target(speedup=..., latency_ms=..., "
+                "macs=... or params=...)",
+                option="target",
+            )
+        if self.target is not None and self.ratio:
+            raise SurgeonInputError(
+                f"ratio={self.ratio!r} and a target were both given: a target decides how much "
+                "goes; give one of them",
+                option="ratio",
+            )
         set_(self, "ratio", _check_ratio(self.ratio))
         check_criterion(self.importance, self.data, self.loss_fn)
         if self.scope not in SCOPES:
@@ -154,8 +266,18 @@ class SlimOptions:
         set_(self, "ignore", _as_tuple(self.ignore, "ignore"))
         set_(self, "leaf_modules", _as_tuple(self.leaf_modules, "leaf_modules"))
 
+    @property
+    def prunes(self) -> bool:
+        """Whether anything beyond dead channels is asked to go (a ratio above 0, a target)."""
+        return self.ratio > 0 or self.target is not None
+
     def replace(self, **changes: Any) -> SlimOptions:
-        """A copy with ``changes`` applied (and validated again)."""
+        """A copy with ``changes`` applied (and validated again); a ratio given replaces the
+        target, and a target the ratio."""
+        if "ratio" in changes and "target" not in changes:
+            changes["target"] = None
+        if "target" in changes and changes["target"] is not None and "ratio" not in changes:
+            changes["ratio"] = 0.0
         return dataclasses.replace(self, **changes)
 
     def to_record(self) -> dict[str, Any]:
@@ -173,6 +295,7 @@ class SlimOptions:
             "returns": self.returns,
             "attention": self.attention,
             "grouped": self.grouped if not isinstance(self.grouped, tuple) else list(self.grouped),
+            "target": self.target.to_record() if self.target is not None else None,
         }
 
 

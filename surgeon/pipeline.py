@@ -103,11 +103,14 @@ def prepared(model: nn.Module, options: SlimOptions) -> SlimOptions:
     return options
 
 
-def grouped_form(grouped: str | tuple[int, ...] | None) -> str | tuple[int, ...]:
+def grouped_form(
+    grouped: str | tuple[int, ...] | None, provider: str = "cpu", threads: int | None = 1
+) -> str | tuple[int, ...]:
     """What the channel graph takes for ``grouped`` (validated; None: ``"offsets"``): ``"auto"``
-    becomes the in-group widths measured on this CPU to lose whole groups faster."""
+    becomes the in-group widths measured on ``provider`` (this CPU, one thread) to lose whole
+    groups faster."""
     grouped = "offsets" if grouped is None else check_grouped(grouped)
-    return grouped_widths("cpu", threads=1) if grouped == "auto" else grouped
+    return grouped_widths(provider, threads=threads) if grouped == "auto" else grouped
 
 
 def whole_groups_kept(model: nn.Module, grouped: str | tuple[int, ...]) -> list[str] | None:
@@ -260,7 +263,7 @@ def measured(gm: fx.GraphModule, graph: ChannelGraph, options: SlimOptions) -> D
     """What the criterion and compensation need from ``options.data`` (None: nothing)."""
     crit = options.importance
     wanted = crit in DATA_CRITERIA or (options.compensate and options.data is not None)
-    if options.ratio <= 0 or not wanted:
+    if not options.prunes or not wanted:
         return None
     return collect_stats(
         gm,
@@ -274,9 +277,12 @@ def measured(gm: fx.GraphModule, graph: ChannelGraph, options: SlimOptions) -> D
 
 
 # -- 5. passes ----------------------------------------------------------------------------
-def surgery_passes(options: SlimOptions) -> list[Pass]:
-    """The passes ``slim`` runs for ``options``: prune, [compensate], propagate, resize."""
-    passes: list[Pass] = [ChannelPrunePass(options)]
+def surgery_passes(
+    options: SlimOptions, decision: Mapping[int, Any] | None = None
+) -> list[Pass]:
+    """The passes ``slim`` runs for ``options``: prune (or apply ``decision``, a target's
+    removed masks per group), [compensate], propagate, resize."""
+    passes: list[Pass] = [ChannelPrunePass(options, decision)]
     if options.compensate:
         passes.append(CompensatePass(new_bias=options.returns == "graph"))
     ignore = tuple(str(i) for i in options.ignore)
@@ -303,12 +309,21 @@ def slim_model(
     inputs: Any,
     options: SlimOptions,
     original: Mapping[int, int] | None = None,
+    decision: Mapping[int, Any] | None = None,
 ) -> Slimmed:
     """Slim ``model`` as ``options`` say (``round_to="auto"`` included: then the timed search
-    of :mod:`surgeon.autotune` runs this pipeline once per candidate). ``original``: class
-    counts per group before earlier prune steps, which make the ratio cumulative."""
+    of :mod:`surgeon.autotune` runs this pipeline once per candidate; a target: then
+    :func:`surgeon.autotune.slim_to_target` runs it once per round, each with its
+    ``decision``). ``original``: class counts per group before earlier prune steps, which
+    make the ratio cumulative."""
     options = prepared(model, options)
     auto = options.round_to == "auto"
+    if options.target is not None and decision is None:
+        from surgeon.autotune import slim_to_target
+
+        return slim_to_target(model, inputs, options)
+    if auto and options.target is not None:  # the rounds measure: the probe's multiple
+        options = options.replace(round_to=channel_multiple(*_where(options)))
     if auto and not options.inplace:  # inplace: one try only, the probe's multiple
         from surgeon.autotune import timed_round_to
 
@@ -316,10 +331,18 @@ def slim_model(
     if auto:
         options = options.replace(round_to=channel_multiple("cpu", threads=1))
     grouped = grouped_form(
-        options.grouped if options.grouped is not None else "auto" if auto else None
+        options.grouped if options.grouped is not None else "auto" if auto else None,
+        *_where(options),
     )
     with gc_paused():
-        return _slim_once(model, inputs, options, original, grouped, auto)
+        return _slim_once(model, inputs, options, original, grouped, auto, decision)
+
+
+def _where(options: SlimOptions) -> tuple[str, int | None]:
+    """The provider and thread count the measured choices are made for: the target's, else
+    this CPU with one thread."""
+    t = options.target
+    return (t.device, t.threads) if t is not None and t.measured else ("cpu", 1)
 
 
 def _slim_once(
@@ -329,6 +352,7 @@ def _slim_once(
     original: Mapping[int, int] | None,
     grouped: str | tuple[int, ...],
     auto: bool,
+    decision: Mapping[int, Any] | None = None,
 ) -> Slimmed:
     """Stages 1-7 for resolved ``options``; a failed resize blocks its groups and goes again."""
     whole = whole_groups_kept(model, grouped)
@@ -351,7 +375,7 @@ def _slim_once(
             expected = output_shapes(captured.gm)
             macs_before = dense_macs(captured.gm)
             state = plan(captured.gm, graph, inputs, options, original)
-            gm, state, stats = run_passes(captured.gm, state, surgery_passes(options))
+            gm, state, stats = run_passes(captured.gm, state, surgery_passes(options, decision))
             break
         except Exception as exc:
             if not captured.checked:  # a graph that is not the model's function explains it

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import networkx as nx
 import numpy as np
 import torch.fx as fx
 
+from surgeon.errors import SurgeonPassError
 from surgeon.graph import ChannelGraph, Group
 from surgeon.importance import class_scores
 from surgeon.options import SlimOptions
@@ -159,11 +161,16 @@ class ChannelPrunePass(SurgeryPass):
     4. ``state.original`` (group index -> class count of the model before earlier prune steps)
        makes ``ratio`` cumulative: the group ends with what ``ratio`` of its original count
        leaves (an iterative schedule's later steps remove only the difference).
+    5. ``decision`` (group index -> removed mask, made by :class:`surgeon.budget.Budget` for
+       a target, under the rules above): those classes go, and no score is computed.
     The scores come from ``options.importance``, with ``state.stats`` for the data criteria.
     """
 
-    def __init__(self, options: SlimOptions) -> None:
+    def __init__(
+        self, options: SlimOptions, decision: Mapping[int, np.ndarray] | None = None
+    ) -> None:
         self.options = options
+        self.decision = decision
         self.ratio = options.ratio
         self.round_to = options.round_to
         self.ignore = tuple(str(i) for i in options.ignore)
@@ -189,6 +196,8 @@ class ChannelPrunePass(SurgeryPass):
 
     def call(self, gm: fx.GraphModule) -> PassResult:
         state = self.state(gm)
+        if self.decision is not None and not state.applied:
+            return self._decided(gm, state)
         if state.applied or self.ratio <= 0:
             return PassResult(gm, False, {"removed_classes": 0})
         groups = state.graph.prunable_groups()
@@ -222,6 +231,22 @@ class ChannelPrunePass(SurgeryPass):
             removed_masks[g.index] = mask
         self.store(gm, state.replace(removed=removed_masks))
         return PassResult(gm, removed > 0, {"removed_classes": removed, "groups": len(groups)})
+
+    def _decided(self, gm: fx.GraphModule, state: Any) -> PassResult:
+        removed_masks, removed = dict(state.removed), 0
+        for gi, mask in self.decision.items():  # type: ignore[union-attr]
+            if gi not in removed_masks:  # blocked since the decision (a failed resize)
+                continue
+            if len(mask) != len(removed_masks[gi]):
+                raise SurgeonPassError(
+                    f"the decision for group {gi} has {len(mask)} classes where the graph has "
+                    f"{len(removed_masks[gi])}: it was made for another capture of the model"
+                )
+            new = removed_masks[gi] | np.asarray(mask, dtype=bool)
+            removed += int(new.sum() - removed_masks[gi].sum())
+            removed_masks[gi] = new
+        self.store(gm, state.replace(removed=removed_masks))
+        return PassResult(gm, removed > 0, {"removed_classes": removed, "groups": len(removed_masks)})
 
     def _global_targets(
         self, groups: list[Group], scores: dict, protect: dict, orig: dict[int, int]
