@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from surgeon.errors import SurgeonInputError
 from surgeon.graph import ChannelGraph
-from surgeon.options import Leaf, SlimOptions
+from surgeon.options import Leaf, SlimOptions, Target
 from surgeon.pipeline import analyze_model, slim_model
 
 __all__ = ["slim", "analyze", "options_from"]
@@ -25,17 +25,22 @@ def analyze(
     leaf_modules: Iterable[Leaf | str] = (),
     attention: str = "heads",
     grouped: str | tuple[int, ...] = "offsets",
+    target: Target | None = None,
 ) -> ChannelGraph:
     """Capture ``model`` and return its channel graph: every group, its members, its channel
     count and, when blocked, why (``print(surgeon.analyze(model, x))``). The model is not
-    modified. The settings are :class:`~surgeon.options.SlimOptions`'."""
-    options = SlimOptions(0.0, leaf_modules=leaf_modules, attention=attention, grouped=grouped)
+    modified. The settings are :class:`~surgeon.options.SlimOptions`'. With a ``target``,
+    each group also says how many classes the target's first round removes (estimated: a
+    measured target times the original and its layers, not a slim model)."""
+    options = SlimOptions(
+        0.0, leaf_modules=leaf_modules, attention=attention, grouped=grouped, target=target
+    )
     return analyze_model(model, example_inputs, options)
 
 
 def slim(
     model: nn.Module,
-    ratio: float | SlimOptions,
+    ratio: float | Target | SlimOptions,
     example_inputs: Any,
     *,
     importance: str = "l2",
@@ -52,7 +57,10 @@ def slim(
     attention: str = "heads",
     grouped: str | tuple[int, ...] | None = None,
 ) -> nn.Module:
-    """Remove ``ratio`` of the channels of every prunable group of ``model``, physically.
+    """Remove ``ratio`` of the channels of every prunable group of ``model``, physically; or,
+    with a :class:`~surgeon.options.Target` as ``ratio`` (``Target(speedup=2.0)``,
+    ``Target(macs=3.0)``, ...), as much as the target asks, allocated across the groups by
+    importance per unit of cost and measured (the plan's ``target`` records the rounds).
 
     ``example_inputs`` is a tensor, a tuple of tensors or a dict of keyword tensors. Every
     other argument is a setting of :class:`~surgeon.options.SlimOptions`, documented there;

@@ -8,13 +8,14 @@ and times.
   :func:`surgeon.pipeline.slim_model`), exported, and timed side by side in onnxruntime.
 - :func:`slim_to_target` (a :class:`~surgeon.options.Target`): rounds of allocation by cost
   (:class:`surgeon.budget.Budget`), each slim model measured (counted, or timed against the
-  original), the goal moved by what was measured, until the target holds.
+  original), the next level interpolated from what was measured, until the target holds.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import tempfile
 import threading
 from collections.abc import Iterator, Mapping
@@ -151,7 +152,8 @@ MAX_ROUNDS = 4
 #: ``1 - MEASURED_BAND[0]`` to ``1 + MEASURED_BAND[1]`` times it (timing noise below, the
 #: rounding of widths above)
 COUNTED_BAND = 0.01
-MEASURED_BAND = (0.04, 0.2)
+MEASURED_BAND = (0.02, 0.2)
+AIM = 1.03  # a measured target's rounds aim this much above it (into the band, off its edge)
 
 
 class _Meter:
@@ -169,22 +171,28 @@ class _Meter:
         self.original: Path | None = None
         self.ms: float | None = None  # the original's latency, measured alone
         if target.measured:
-            from surgeon.benchmark import bench
-            from surgeon.exporter import export
+            self.ms = self.original_ms(model)
 
-            self.original = export(model, inputs, Path(self.tmp.name) / "original.onnx")
-            timing = bench(
-                self.original, inputs, providers=(target.device,), warmup=3, runs=runs,
-                threads=target.threads,
+    def original_ms(self, model: nn.Module) -> float:
+        """The original's median latency (ms), exported and timed alone."""
+        from surgeon.benchmark import bench
+        from surgeon.exporter import export
+
+        target = self.target
+        self.original = export(model, self.inputs, Path(self.tmp.name) / "original.onnx")
+        timing = bench(
+            self.original, self.inputs, providers=(target.device,), warmup=3, runs=self.runs,
+            threads=target.threads,
+        )  # fmt: skip
+        ms = timing.median_ms(target.device)
+        if ms is None:
+            raise SurgeonTargetError(
+                f"{target.describe()}: onnxruntime did not run the original model on "
+                f"{target.device} ({timing[target.device].reason}); ask for a macs or params "
+                "target, or another device",
+                closest=None,
             )
-            self.ms = timing.median_ms(target.device)
-            if self.ms is None:
-                raise SurgeonTargetError(
-                    f"{target.describe()}: onnxruntime did not run the original model on "
-                    f"{target.device} ({timing[target.device].reason}); ask for a macs or params "
-                    "target, or another device",
-                    closest=None,
-                )
+        return ms
 
     def goal(self) -> float:
         """The target as a factor of the original (a latency: the original's over it)."""
@@ -202,27 +210,59 @@ class _Meter:
         elif self.target.kind == "macs":
             out["achieved"] = out["macs"]
         else:
-            from surgeon.benchmark import bench_interleaved
-            from surgeon.exporter import export
-
-            slim = export(model, self.inputs, Path(self.tmp.name) / f"round{n}.onnx")
-            device = self.target.device
-            before, after = bench_interleaved(
-                [self.original, slim], self.inputs, providers=(device,), warmup=3,
-                runs=self.runs, threads=self.target.threads,
-            )
-            ms0, ms1 = before.median_ms(device), after.median_ms(device)
-            if ms0 is None or ms1 is None:
-                raise SurgeonTargetError(
-                    f"{self.target.describe()}: onnxruntime did not run the slim model "
-                    f"({after[device].reason})",
-                    closest=None,
-                )
+            ms0, ms1 = self.timed(model, n)
             out.update(achieved=ms0 / ms1, original_ms=ms0, slim_ms=ms1)
         return out
 
+    def timed(self, model: nn.Module, n: int) -> tuple[float, float]:
+        """The original's and ``model``'s median latency (ms), exported and timed side by
+        side on the target's device and threads."""
+        from surgeon.benchmark import bench_interleaved
+        from surgeon.exporter import export
+
+        slim = export(model, self.inputs, Path(self.tmp.name) / f"round{n}.onnx")
+        device = self.target.device
+        before, after = bench_interleaved(
+            [self.original, slim], self.inputs, providers=(device,), warmup=3,
+            runs=self.runs, threads=self.target.threads,
+        )  # fmt: skip
+        ms0, ms1 = before.median_ms(device), after.median_ms(device)
+        if ms0 is None or ms1 is None:
+            raise SurgeonTargetError(
+                f"{self.target.describe()}: onnxruntime did not run the slim model "
+                f"({after[device].reason})",
+                closest=None,
+            )
+        return ms0, ms1
+
     def close(self) -> None:
         self.tmp.cleanup()
+
+
+def planned_graph(model: nn.Module, inputs: Any, options: SlimOptions) -> Any:
+    """The channel graph of ``model`` with ``planned``: the classes per group the first round
+    of ``options.target`` removes (its estimate: a measured target is not measured here)."""
+    import copy
+
+    meter = _Meter(model, inputs, options.target)  # type: ignore[arg-type]
+    try:
+        budget = _budget(model, inputs, _resolved(options), meter)
+    finally:
+        meter.close()
+    decision, _, _ = budget.decide(meter.goal())
+    graph = copy.copy(budget.graph)
+    graph.planned = {gi: int(mask.sum()) for gi, mask in decision.items()}
+    return graph
+
+
+def _resolved(options: SlimOptions) -> SlimOptions:
+    """``round_to="auto"`` as the probe's multiple on the target's device (the rounds measure
+    the whole model; no multiple is timed apart)."""
+    target = options.target
+    if options.round_to != "auto" or target is None:
+        return options
+    where = (target.device, target.threads) if target.measured else ("cpu", 1)
+    return options.replace(round_to=channel_multiple(*where), grouped=options.grouped or "auto")
 
 
 def _budget(model: nn.Module, inputs: Any, options: SlimOptions, meter: _Meter) -> Any:
@@ -258,47 +298,52 @@ def _holds(factor: float, goal: float, target: Target) -> bool:
 def slim_to_target(model: nn.Module, inputs: Any, options: SlimOptions) -> Any:
     """Slim ``model`` until ``options.target`` holds, in at most :data:`MAX_ROUNDS` rounds.
 
-    Round by round: the budget's smallest level whose estimate reaches the goal is made (a full
-    run of the pipeline with that decision), measured, and the goal moved by the ratio of what
-    was asked to what was measured. It stops at the first round that holds (counted targets
-    within :data:`COUNTED_BAND`, measured ones within :data:`MEASURED_BAND`), or when the goal
-    no longer changes the decision. The round that holds (else the closest above the target)
-    comes back; its plan records ``target``: what was asked, achieved (measured),
-    theoretical (the MAC factor) and every round. Raises :class:`SurgeonTargetError`, with the
-    closest figure, when no round reaches the target.
+    The first round makes the budget's smallest level (classes removed, in the order of
+    importance per unit of cost) whose estimate reaches the target; each round is a full run
+    of the pipeline with that decision, then measured, and the next level is interpolated
+    from the measured factors of the levels tried (:func:`_next_estimate`). It stops at the first
+    round that holds (counted targets within :data:`COUNTED_BAND`, measured ones within
+    :data:`MEASURED_BAND`), when every group is at its floor, or when the next estimate
+    falls on a level already tried (the steps of rounding to multiples are that coarse). The round that holds (else the closest above the target) comes
+    back; its plan records ``target``: what was asked, achieved (measured), theoretical (the
+    MAC factor) and every round. Raises :class:`SurgeonTargetError`, with the closest figure,
+    when no round reaches the target.
     """
     from surgeon.pipeline import prepared, slim_model
 
     target = options.target
     assert target is not None
-    options = prepared(model, options)  # data listed: every round reads it
-    if options.round_to == "auto":
-        where = (target.device, target.threads) if target.measured else ("cpu", 1)
-        options = options.replace(round_to=channel_multiple(*where), grouped=options.grouped or "auto")
+    options = _resolved(prepared(model, options))  # data listed: every round reads it
     meter = _Meter(model, inputs, target)
     try:
         budget = _budget(model, inputs, options, meter)
-        goal = asked = meter.goal()
+        asked = meter.goal()
+        aim = asked * (AIM if target.measured else 1.0)
+        _, level, _ = budget.decide(aim)  # the first round: where the estimate reaches it
         rounds: list[dict[str, Any]] = []
         made: list[Any] = []
-        levels: set[int] = set()
         search = options.replace(inplace=False)
         for n in range(MAX_ROUNDS):
-            decision, level, estimate = budget.decide(goal)
-            if level in levels:  # the goal moved too little to change what goes
-                break
-            levels.add(level)
+            decision = budget.decision(level)
             slimmed = slim_model(model, inputs, search, decision=decision)
             found = meter(slimmed.model, n)
-            rounds.append({"goal": round(goal, 4), "level": level, "estimate": round(float(estimate), 4),
-                           **{k: round(float(v), 4) for k, v in found.items()}})
+            rounds.append(
+                {
+                    "level": level,
+                    "estimate": round(float(budget.factor(decision)), 4),
+                    **{k: round(float(v), 4) for k, v in found.items()},
+                }
+            )
             made.append((slimmed, decision))
             log.info("surgeon: target %s, round %d: %s", target.describe(), n + 1, rounds[-1])
             if _holds(found["achieved"], asked, target):
                 break
             if level == budget.levels and found["achieved"] < asked:
                 break  # every group at its floor
-            goal = max(goal * asked / max(found["achieved"], 1e-9), 1.0)
+            wanted = _next_estimate([(r["estimate"], r["achieved"]) for r in rounds], aim)
+            _, level, _ = budget.decide(wanted)
+            if level in {r["level"] for r in rounds}:
+                break  # the estimate cannot tell finer steps apart (rounding to multiples)
         pick = _pick(rounds, asked, target)
         if pick is None:
             best = max(r["achieved"] for r in rounds)
@@ -333,6 +378,29 @@ def slim_to_target(model: nn.Module, inputs: Any, options: SlimOptions) -> Any:
         return slimmed
     finally:
         meter.close()
+
+
+def _next_estimate(tried: list[tuple[float, float]], aim: float) -> float:
+    """The estimated factor the next round asks the budget for: where the measured factor is
+    ``aim``, interpolated in log-log between the tried (estimate, achieved) pairs nearest
+    either side of it (nothing removed, (1, 1), is one), kept off the bracket's ends by a
+    tenth of its width so that a curved response still narrows it; past the last pair below,
+    extrapolated from the two nearest."""
+    points = sorted({(1.0, 1.0), *((max(e, 1.0), max(a, 1e-9)) for e, a in tried)})
+    logs = [(math.log(e), math.log(a)) for e, a in points]
+    target = math.log(aim)
+    below = [p for p in logs if p[1] < target]
+    above = [p for p in logs if p[1] >= target]
+    if below and above:
+        (x0, y0), (x1, y1) = max(below), min(above)
+        if x1 <= x0:  # not monotone here (rounding): split the difference
+            return math.exp((x0 + x1) / 2)
+        t = min(max((target - y0) / max(y1 - y0, 1e-12), 0.1), 0.9)
+        return math.exp(x0 + t * (x1 - x0))
+    (x0, y0), (x1, y1) = below[-2:] if len(below) >= 2 else ((0.0, 0.0), below[-1])
+    if y1 <= y0 or x1 <= x0:
+        return math.exp(x1) * aim / math.exp(y1)
+    return math.exp(x1 + (target - y1) * (x1 - x0) / (y1 - y0))
 
 
 def _pick(rounds: list[dict[str, Any]], asked: float, target: Target) -> int | None:

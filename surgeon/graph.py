@@ -72,8 +72,11 @@ class ChannelGraph:
 
     ``records[node name]`` holds what each node's rule said; ``groups`` the connected
     components; ``group_of[space]`` the group index of a space. Building it never mutates
-    the model.
+    the model. ``planned`` (group index -> classes a target would remove; see
+    :func:`surgeon.analyze`) is None unless asked for.
     """
+
+    planned: dict[int, int] | None = None
 
     def __init__(
         self, gm: fx.GraphModule, shapes: dict[str, tuple[int, ...]], records: dict[str, NodeRecord]
@@ -241,9 +244,12 @@ class ChannelGraph:
         for g in shown:
             status = "prunable" if g.prunable else "blocked" if g.blocked else "fixed"
             tags = f" ({', '.join(sorted(g.tags))})" if g.tags else ""
+            plan = ""
+            if self.planned is not None and g.index in self.planned:
+                plan = f"; the target removes {self.planned[g.index]} of {g.n_classes} classes"
             lines.append(
                 f"group {g.index} [{status}]{tags}: {g.channels} channels in {g.n_classes} "
-                f"classes, {len(g.spaces)} spaces"
+                f"classes, {len(g.spaces)} spaces{plan}"
             )
             members = []
             for p in g.params:

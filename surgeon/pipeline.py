@@ -173,8 +173,13 @@ def channel_graph(
 
 
 def analyze_model(model: nn.Module, inputs: Any, options: SlimOptions) -> ChannelGraph:
-    """Capture a copy of ``model`` and return its channel graph; ``model`` is not modified."""
+    """Capture a copy of ``model`` and return its channel graph; ``model`` is not modified.
+    With a target, the graph's ``planned`` says what its first round would remove."""
     options = prepared(model, options)
+    if options.target is not None:
+        from surgeon.autotune import planned_graph
+
+        return planned_graph(model, inputs, options)
     with gc_paused():
         _, captured = capture_copy(model, inputs, options, check=True)
         return channel_graph(captured.gm, options.attention, grouped_form(options.grouped))

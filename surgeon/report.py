@@ -142,7 +142,11 @@ class Report:
         from rich.table import Table
 
         title = self.model
-        if "ratio" in self.settings:
+        target = self.settings.get("target")
+        if target:
+            amount = f"{target['value']:g}" + (" ms" if target["kind"] == "latency_ms" else "x")
+            title += f" to {target['kind']} {amount}"
+        elif "ratio" in self.settings:
             title += f" at ratio {self.settings['ratio']:g}"
         table = Table(title=title, title_justify="left")
         table.add_column("", style="bold")

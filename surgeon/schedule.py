@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from surgeon.errors import SurgeonInputError
 from surgeon.keys import HISTORY_KEY
-from surgeon.options import SlimOptions
+from surgeon.options import SlimOptions, Target
 
 __all__ = [
     "HISTORY_KEY",
@@ -77,7 +77,7 @@ def step_ratios(ratio: float, steps: int, schedule: str) -> list[float]:
 
 def prune_iteratively(
     model: nn.Module,
-    ratio: float | SlimOptions,
+    ratio: float | Target | SlimOptions,
     example_inputs: Any,
     *,
     steps: int = 3,
@@ -106,8 +106,13 @@ def prune_iteratively(
     ``loss_fn``, ``compensate``, ``scope``, ``round_to``, ``ignore``, ``leaf_modules``,
     ``max_group_ratio``), or pass a :class:`~surgeon.options.SlimOptions` as ``ratio``;
     ``data`` must be re-iterable (a list or a DataLoader) when it is read at every step.
+    A :class:`~surgeon.options.Target` as ``ratio`` is the end state: after step ``t`` the
+    model is ``value ** f_t`` times cheaper than the original (``f_t`` the schedule's share of
+    the way, ``1`` at the last step), each step a target of what is left (a latency target
+    counts as the speedup it means against the original, timed once).
+
     Returns the final slim ``GraphModule``; ``meta["surgeon.history"]`` lists, per step, the
-    ratio, parameters and MACs.
+    ratio (or the factor the step aimed at, ``target``), parameters and MACs.
     """
     from surgeon.api import options_from
     from surgeon.cost import count_macs, count_params
@@ -122,10 +127,15 @@ def prune_iteratively(
     kept: dict[str, dict[int, np.ndarray]] = {}
     history = []
     current: nn.Module = model
+    stepper = _TargetSteps(model, example_inputs, options, steps, schedule)
     for step, r in enumerate(step_ratios(options.ratio, steps, schedule)):
-        slimmed = slim_model(current, example_inputs, options.replace(ratio=r), original)
+        if stepper.target is not None:
+            step_options, r = stepper.options(step, current)
+            slimmed = slim_model(current, example_inputs, step_options)
+        else:
+            slimmed = slim_model(current, example_inputs, options.replace(ratio=r), original)
+            original = slimmed.counts if original is None else original
         current, state = slimmed.model, slimmed.state
-        original = slimmed.counts if original is None else original
         _compose_kept(kept, state.kept)
         if start:
             _rewind(current, start, kept)
@@ -134,13 +144,61 @@ def prune_iteratively(
         history.append(
             {
                 "step": step,
-                "ratio": r,
+                "ratio" if stepper.target is None else "target": r,
                 "params": count_params(current),
                 "macs": count_macs(current, example_inputs),
             }
         )
     current.meta[HISTORY_KEY] = history  # type: ignore[union-attr]
     return current  # type: ignore[return-value]
+
+
+class _TargetSteps:
+    """A target's steps: after step ``t`` the model is ``value ** f_t`` times cheaper than the
+    original, ``f_t`` the schedule's share of the way (``step_ratios`` of 1); each step asks
+    the current model for what is left of that (a latency target as the speedup it means
+    against the original, timed once)."""
+
+    def __init__(
+        self, model: nn.Module, inputs: Any, options: SlimOptions, steps: int, schedule: str
+    ) -> None:
+        self.target, self.base = options.target, options
+        self.inputs = inputs
+        self.shares = step_ratios(1.0, steps, schedule)
+        self.reached = 1.0  # how much cheaper the current model is than the original
+        if self.target is None:
+            return
+        from surgeon.cost import count_macs, count_params
+
+        self.first = {"macs": count_macs(model, inputs), "params": count_params(model)}
+        self.overall = self.target.value
+        if self.target.kind == "latency_ms":
+            from surgeon.autotune import _Meter
+
+            meter = _Meter(model, inputs, self.target)
+            meter.close()
+            self.overall = meter.goal()
+
+    def options(self, step: int, current: nn.Module) -> tuple[SlimOptions, float]:
+        """The step's options and the factor it aims at against the original."""
+        from surgeon.cost import count_macs, count_params
+        from surgeon.keys import plan_of
+
+        t = self.target
+        assert t is not None
+        if step > 0:
+            if t.kind == "macs":
+                self.reached = self.first["macs"] / max(count_macs(current, self.inputs), 1)
+            elif t.kind == "params":
+                self.reached = self.first["params"] / max(count_params(current), 1)
+            else:
+                self.reached *= (plan_of(current) or {}).get("target", {}).get("achieved", 1.0)
+        goal = self.overall ** self.shares[step]
+        rest = goal / self.reached
+        if rest <= 1.0 + 1e-6:  # already there: only dead channels go
+            return self.base.replace(ratio=0.0), goal
+        kind = "speedup" if t.kind == "latency_ms" else t.kind
+        return self.base.replace(target=t.replace(**{kind: rest})), goal
 
 
 def _check_schedule(

@@ -34,10 +34,13 @@ from surgeon.cli.options import (
     ImportanceOption,
     InputShapeOption,
     JsonOption,
+    LatencyOption,
     LeafModuleOption,
+    MacsOption,
     NoBenchOption,
     OpsetOption,
     OutputOption,
+    ParamsOption,
     RatioOption,
     ReportOption,
     RoundToOption,
@@ -45,12 +48,14 @@ from surgeon.cli.options import (
     SaveOption,
     Scope,
     ScopeOption,
+    SpeedupOption,
     ThreadsOption,
     VersionOption,
     WarmupOption,
     WeightsOption,
     check_device,
     measured,
+    ratio_or_target,
     slim_options,
     with_names,
 )
@@ -59,6 +64,7 @@ from surgeon.cli.output import (
     form_of,
     print_diagnosis,
     print_specialised,
+    print_target,
     progress,
     setup_logging,
     stdout_for,
@@ -104,7 +110,11 @@ class Timing:
 
 def export_command(
     model: ExportModelArgument = None,
-    ratio: RatioOption = 0.5,
+    ratio: RatioOption = None,
+    speedup: SpeedupOption = None,
+    latency_ms: LatencyOption = None,
+    macs: MacsOption = None,
+    params: ParamsOption = None,
     input_shape: InputShapeOption = None,
     weights: WeightsOption = None,
     output: OutputOption = None,
@@ -136,8 +146,12 @@ def export_command(
 
         spec = model or DEFAULT_MODEL
         shape = parse_shape(input_shape) if input_shape is not None else None
+        amount = ratio_or_target(
+            ratio, speedup=speedup, latency_ms=latency_ms, macs=macs, params=params,
+            device=device.value, threads=threads,
+        )  # fmt: skip
         opts = slim_options(
-            ratio, importance=importance, scope=scope, round_to=round_to, attention=attention,
+            amount, importance=importance, scope=scope, round_to=round_to, attention=attention,
             grouped=grouped, ignore=ignore, leaf_module=leaf_module, compensate=compensate,
         )  # fmt: skip
         timing = Timing(device.value, runs, warmup, threads, bench=not no_bench)
@@ -209,12 +223,17 @@ def _slim_as(
     opts: SlimOptions,
     timing: Timing,
 ) -> nn.Module:
+    how = (
+        f"to {opts.target.describe()} ({opts.importance})"
+        if opts.target is not None
+        else f"at ratio {opts.ratio:g} ({opts.importance}, {opts.scope})"
+    )
     with (
-        progress(f"slim {spec} at ratio {opts.ratio:g} ({opts.importance}, {opts.scope})"),
+        progress(f"slim {spec} {how}"),
         warnings.catch_warnings(),  # a graph at fixed sizes: said once, by the caller
     ):
         warnings.simplefilter("ignore", UserWarning)
-        if opts.round_to == "auto" and timing.bench:
+        if opts.round_to == "auto" and timing.bench and opts.target is None:
             from surgeon.autotune import timed_round_to
 
             return timed_round_to(
@@ -264,6 +283,8 @@ def _settings(
         "little_pruned": slim_model.meta.get(DIAGNOSIS_KEY),
         "specialised": plan.get("specialised"),
         "form": form_of(slim_model),
+        # a target: what was asked, achieved (measured), theoretical, and the rounds
+        "target": plan.get("target"),
     }
 
 
@@ -355,6 +376,7 @@ def _print_result(
     console.print(result.render())
     print_diagnosis(settings["little_pruned"])
     print_specialised(settings["specialised"])
+    print_target(settings["target"])
     console.print(f"form: {escape(settings['form'])}; attention prunes: {opts.attention}")
     for path in written:
         console.print(f"wrote {path}", markup=False, highlight=False)

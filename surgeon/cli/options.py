@@ -21,7 +21,7 @@ from surgeon.errors import SurgeonInputError
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
-    from surgeon.options import SlimOptions
+    from surgeon.options import SlimOptions, Target
 
 __all__ = [
     "FLAGS",
@@ -32,6 +32,7 @@ __all__ = [
     "Device",
     "BenchDevice",
     "slim_options",
+    "ratio_or_target",
     "with_names",
     "measured",
     "check_device",
@@ -47,6 +48,7 @@ FLAGS = {
     "attention": "--attention",
     "grouped": "--grouped",
     "compensate": "--compensate",
+    "target": "--speedup / --latency-ms / --macs / --params",
 }
 """The flag of each :class:`~surgeon.options.SlimOptions` field the command line sets."""
 
@@ -142,10 +144,38 @@ RunsOption = Annotated[int, typer.Option(metavar="N", help="Timed runs per model
 
 # The slimming settings (what each means in full: surgeon.options.SlimOptions).
 RatioOption = Annotated[
-    float,
+    float | None,
     typer.Option(
-        FLAGS["ratio"], metavar="R", help="Fraction of each group's channels to remove, 0 <= R < 1."
+        FLAGS["ratio"],
+        metavar="R",
+        help="Fraction of each group's channels to remove, 0 <= R < 1. Default: 0.5 (when no "
+        "target is given).",
+        show_default=False,
     ),
+]
+SpeedupOption = Annotated[
+    float | None,
+    typer.Option(
+        metavar="X",
+        help="Target: X times faster, measured in onnxruntime on --device with --threads "
+        "(instead of --ratio).",
+        show_default=False,
+    ),
+]
+LatencyOption = Annotated[
+    float | None,
+    typer.Option(
+        "--latency-ms", metavar="MS", help="Target: this latency in ms, measured so.",
+        show_default=False,
+    ),
+]
+MacsOption = Annotated[
+    float | None,
+    typer.Option(metavar="X", help="Target: X times fewer MACs.", show_default=False),
+]
+ParamsOption = Annotated[
+    float | None,
+    typer.Option(metavar="X", help="Target: X times fewer parameters.", show_default=False),
 ]
 ImportanceOption = Annotated[
     str,
@@ -295,8 +325,45 @@ BenchDeviceOption = Annotated[
 ]
 
 
+def ratio_or_target(
+    ratio: float | None,
+    *,
+    speedup: float | None = None,
+    latency_ms: float | None = None,
+    macs: float | None = None,
+    params: float | None = None,
+    device: str = "cpu",
+    threads: int | None = None,
+) -> float | Target:
+    """``--ratio`` (0.5 when nothing is given), or the one target flag given, as a
+    :class:`Target` measured on ``device`` with ``threads``."""
+    from surgeon.options import Target
+
+    given = {
+        flag: v
+        for flag, v in (
+            ("--speedup", speedup), ("--latency-ms", latency_ms), ("--macs", macs),
+            ("--params", params),
+        )
+        if v is not None
+    }  # fmt: skip
+    if ratio is not None and given:
+        raise SurgeonInputError(
+            f"--ratio and {', '.join(given)} were both given: a target decides how much goes; "
+            "give one of them"
+        )
+    if len(given) > 1:
+        raise SurgeonInputError(f"{', '.join(given)}: give one target")
+    if not given:
+        return 0.5 if ratio is None else ratio
+    return Target(
+        speedup=speedup, latency_ms=latency_ms, macs=macs, params=params, device=device,
+        threads=threads,
+    )  # fmt: skip
+
+
 def slim_options(
-    ratio: float,
+    ratio: float | Target,
     *,
     importance: str,
     scope: Scope,

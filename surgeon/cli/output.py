@@ -40,6 +40,7 @@ __all__ = [
     "form_of",
     "print_diagnosis",
     "print_specialised",
+    "print_target",
 ]
 
 console = Console(soft_wrap=True)
@@ -232,4 +233,22 @@ def print_specialised(found: dict[str, Any] | None) -> None:
     console.print(
         "[bold yellow]specialised[/]: the model branches on sizes, so its graph (and the slim "
         f"model) holds for inputs of the example's sizes; first place: {escape(found['where'][0])}"
+    )
+
+
+def print_target(found: dict[str, Any] | None) -> None:
+    """What a target asked, what it reached (measured), the MAC factor, and the rounds."""
+    if not found:
+        return
+    kind, value = found["kind"], found["value"]
+    asked = f"{value:g} ms" if kind == "latency_ms" else f"{value:g}x"
+    if kind == "latency_ms":
+        got = f"{found['slim_ms']:.3g} ms (original {found['original_ms']:.3g} ms)"
+    else:
+        got = f"{found['achieved']:.3g}x"
+    where = f" on {found['device']}" if kind in ("speedup", "latency_ms") else ""
+    console.print(
+        f"target: {kind} {asked}{where}; achieved {got} "
+        f"{'measured' if where else 'counted'}, theoretical {found['theoretical']:.3g}x fewer MACs, "
+        f"round {found['round']} of {len(found['rounds'])}"
     )
