@@ -13,12 +13,14 @@ Two tables:
    pruning at the same MACs, zero-shot and after the same fine-tune, over the same seeds.
 
 Run: ``python bench/targets.py --models`` / ``python bench/targets.py --digits``
-(``--out FILE`` writes the table as Markdown too).
+(``--out FILE`` writes the table as Markdown too). Torch-Pruning is a bench-only dependency
+(``pip install torch-pruning``).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import time
 from typing import Any
@@ -96,11 +98,116 @@ def models_table(specs: list[str]) -> list[str]:
     return lines
 
 
+# -- digits: accuracy at equal measured speedup -------------------------------------------------
+FINETUNE_EPOCHS = 1.0
+BATCH = 64  # the timed batch (the digits net at batch 1 is all runtime overhead)
+
+
+def _tp_global(model: torch.nn.Module, x: torch.Tensor, ratio: float, multiple: int) -> torch.nn.Module:
+    """Torch-Pruning's global magnitude pruning (L2, the head kept) at ``ratio``, widths
+    rounded to ``multiple`` as surgeon's are."""
+    import torch_pruning as tp
+
+    model = copy.deepcopy(model)
+    pruner = tp.pruner.MetaPruner(
+        model, x, importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=ratio,
+        global_pruning=True, ignored_layers=[model.fc], round_to=multiple,
+    )  # fmt: skip
+    pruner.step()
+    return model.eval()
+
+
+def _at_macs(make, macs: int, x: torch.Tensor, lo: float = 0.0, hi: float = 0.95) -> Any:
+    """``make(r)`` at the ratio whose MACs come closest to ``macs`` from above (bisection)."""
+    best = None
+    for _ in range(14):
+        mid = (lo + hi) / 2
+        m = make(mid)
+        if surgeon.count_macs(m, x) > macs:
+            lo = mid
+        else:
+            hi, best = mid, m
+    return best if best is not None else make(hi)
+
+
+def _speedups(models: list[torch.nn.Module], x: torch.Tensor, runs: int = 200) -> list[float]:
+    """Each model's measured speedup over the first, timed side by side in onnxruntime (one
+    thread, interleaved rounds)."""
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = [surgeon.export(m, x, Path(tmp) / f"m{i}.onnx") for i, m in enumerate(models)]
+        timed = surgeon.bench_interleaved(paths, x, providers=("cpu",), warmup=20, runs=runs, threads=1)
+    ms = [t.median_ms("cpu") for t in timed]
+    return [ms[0] / m for m in ms]
+
+
+def _uniform_at(
+    model: torch.nn.Module, x: torch.Tensor, speedup: float, multiple: int
+) -> tuple[torch.nn.Module, float]:
+    """The uniform ratio whose slim model's measured speedup comes closest to ``speedup``
+    (ratios 0.05 apart, each timed against the original)."""
+    best = None
+    for r in [i / 20 for i in range(4, 19)]:
+        slim = surgeon.slim(model, r, x, round_to=multiple)
+        got = _speedups([model, slim], x)[1]
+        if best is None or abs(got - speedup) < abs(best[1] - speedup):
+            best = (slim, got, r)
+        if got > speedup * 1.15:
+            break
+    return best[0], best[2]
+
+
+def digits_table(seeds: int, speedups: str) -> list[str]:
+    from surgeon.digits import accuracy, fit, load_digits_split
+    from surgeon.hardware import channel_multiple
+    from surgeon.models.digits import digits_cnn
+
+    # every method keeps widths of one multiple: this CPU's probe's, at least 8 (onnxruntime's
+    # NCHWc blocks: the probe's smaller multiple leaves this net's layers off the blocks)
+    multiple = max(8, channel_multiple("cpu", threads=1))
+
+    data = load_digits_split()
+    torch.manual_seed(0)
+    base = fit(digits_cnn(), data, epochs=4, seed=0)
+    x = data.x_test[:BATCH]
+    base_acc = accuracy(base, data.x_test, data.y_test)
+    print(
+        f"\ndigits: baseline test accuracy {base_acc:.1f}%; timed at batch {BATCH}, one thread; "
+        f"widths rounded to {multiple} for every method\n"
+    )
+    lines = [
+        "| asked | method | measured speedup | MACs fewer | zero-shot | fine-tuned |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s in (float(v) for v in speedups.split(",")):
+        target = surgeon.slim(base, surgeon.Target(speedup=s, threads=1), x, round_to=multiple)
+        macs = surgeon.count_macs(target, x)
+        uniform, ratio = _uniform_at(base, x, target.meta[PLAN_KEY]["target"]["achieved"], multiple)
+        peer = _at_macs(lambda r: _tp_global(base, x, r, multiple), macs, x)
+        models = {"target-driven": target, f"uniform ratio {ratio:g}": uniform, "Torch-Pruning global": peer}
+        measured = _speedups([base, *models.values()], x)[1:]
+        for (name, m), got in zip(models.items(), measured, strict=True):
+            tuned = []
+            for seed in range(1, seeds + 1):
+                copy_ = copy.deepcopy(m)
+                fit(copy_, data, epochs=FINETUNE_EPOCHS, seed=seed)
+                tuned.append(accuracy(copy_, data.x_test, data.y_test))
+            lines.append(
+                f"| {s:g}x | {name} | {got:.2f}x | {surgeon.count_macs(base, x) / surgeon.count_macs(m, x):.2f}x "
+                f"| {accuracy(m, data.x_test, data.y_test):.1f}% | {sum(tuned) / len(tuned):.1f}% |"
+            )
+            print(lines[-1], flush=True)
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="?", const=",".join(MODELS), default=None)
     ap.add_argument("--digits", action="store_true")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--speedups", default="2,3", help="digits: the measured speedups targeted")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)
@@ -110,9 +217,7 @@ def main() -> None:
         print(f"torch {torch.__version__}; onnxruntime on this CPU, 1 thread, batch 1\n")
         lines += models_table(args.models.split(","))
     if args.digits:
-        from bench.targets_digits import digits_table
-
-        lines += digits_table(args.seeds)
+        lines += digits_table(args.seeds, args.speedups)
     if args.out:
         with open(args.out, "w") as f:
             f.write("\n".join(lines) + "\n")

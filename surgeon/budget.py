@@ -26,6 +26,7 @@ A :class:`Budget` is the cost model of one captured model for one kind of target
 from __future__ import annotations
 
 import bisect
+import heapq
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -117,8 +118,14 @@ class Budget:
         self.base = self._base(gm)  # param -> its cost at full width (in the kind's unit)
         self.rest = max(0.0, float(total) - sum(self.base.values()))
         self.total = self.rest + sum(self.base.values())
-        cost = self._class_costs(gm)
-        self.order = self._order(cost, options.max_group_ratio)
+        cap = {
+            gi: min(g.n_classes - 1, int(options.max_group_ratio * g.n_classes))
+            for gi, g in self.groups.items()
+        }
+        if kind == "latency":
+            self.order = self._marginal_order(gm, cap)
+        else:
+            self.order = self._order(self._class_costs(gm), cap)
         # per group, its classes in the order and their positions in it
         self.group_order: dict[int, list[int]] = {gi: [] for gi in self.groups}
         self.positions: dict[int, list[int]] = {gi: [] for gi in self.groups}
@@ -159,9 +166,6 @@ class Budget:
 
     def _rate(self, gm: fx.GraphModule, name: str) -> float:
         """The kind's cost per element of parameter ``name`` (what removing one saves)."""
-        if self.kind == "latency":
-            lt = self.table.get(name)
-            return lt.saving_per_element() if lt is not None else 0.0
         base = self.base.get(name)
         if not base:
             return 0.0
@@ -179,18 +183,20 @@ class Budget:
                 np.add.at(cost[d.group], d.cls[inside], rate * numel / d.size)
         return cost
 
-    def _order(self, cost: Mapping[int, np.ndarray], max_group_ratio: float) -> list[tuple[int, int]]:
+    def _normalised(self, gi: int) -> np.ndarray:
+        s = self.scores[gi]
+        return s / (s.mean() + 1e-12)
+
+    def _order(self, cost: Mapping[int, np.ndarray], cap: Mapping[int, int]) -> list[tuple[int, int]]:
         """Every removable class as ``(group, class)``, lowest importance per cost first,
         where no group passes its cap (its last class, ``max_group_ratio`` of them)."""
         entries = []
         for gi, g in self.groups.items():
-            s = self.scores[gi]
-            norm = s / (s.mean() + 1e-12)
+            norm = self._normalised(gi)
             for c in range(g.n_classes):
                 if not self.protect[gi][c] and cost[gi][c] > 0:
                     entries.append((norm[c] / cost[gi][c], gi, c))
         entries.sort()
-        cap = {gi: min(g.n_classes - 1, int(max_group_ratio * g.n_classes)) for gi, g in self.groups.items()}
         taken = dict.fromkeys(cap, 0)
         order = []
         for _, gi, c in entries:
@@ -198,6 +204,50 @@ class Budget:
                 taken[gi] += 1
                 order.append((gi, c))
         return order
+
+    def _marginal_order(self, gm: fx.GraphModule, cap: Mapping[int, int]) -> list[tuple[int, int]]:
+        """The order for time, whose cost is not linear: a layer narrowed far saves less per
+        channel (a runtime's fixed cost per layer, its blocks of channels). Each group gives
+        up its classes least important first; the ``j``-th costs what the per-layer table
+        says the ``j``-th removal saves in the group's layers (the other dims at full
+        width), and the next removal across all groups is the one of least importance per
+        millisecond saved (a heap of each group's next)."""
+        saving = {gi: self._savings(gi, g) for gi, g in self.groups.items()}
+        queue: list[tuple[float, int, int]] = []
+        ranked: dict[int, list[int]] = {}
+        norm = {}
+        for gi, g in self.groups.items():
+            norm[gi] = self._normalised(gi)
+            ranked[gi] = [
+                int(c) for c in np.argsort(norm[gi], kind="stable") if not self.protect[gi][c]
+            ][: cap[gi]]
+            self._push(queue, gi, 0, ranked, norm, saving)
+        order = []
+        while queue:
+            _, gi, j = heapq.heappop(queue)
+            order.append((gi, ranked[gi][j]))
+            self._push(queue, gi, j + 1, ranked, norm, saving)
+        return order
+
+    @staticmethod
+    def _push(queue: list, gi: int, j: int, ranked: Mapping, norm: Mapping, saving: Mapping) -> None:
+        if j < len(ranked[gi]) and saving[gi][j] > 0:
+            heapq.heappush(queue, (norm[gi][ranked[gi][j]] / saving[gi][j], gi, j))
+
+    def _savings(self, gi: int, g: Group) -> np.ndarray:
+        """Milliseconds the ``j``-th removal of a class of group ``gi`` saves, ``j = 0..n-1``
+        (its classes taken as equal shares of every dim they hold)."""
+        n = g.n_classes
+        kept = 1.0 - np.arange(n + 1) / n
+        total = np.zeros(n + 1)
+        for name, per in self.dims.items():
+            lt = self.table.get(name)
+            if lt is None:
+                continue
+            for dim, d in per.items():
+                if d.group == gi and dim in (0, 1):
+                    total += [lt.at(k, 1.0) if dim == 1 else lt.at(1.0, k) for k in kept]
+        return total[:-1] - total[1:]
 
     # -- decisions ---------------------------------------------------------------------------
     @property
@@ -230,19 +280,19 @@ class Budget:
             base = self.base.get(name)
             if not base:
                 continue
-            frac = 1.0
-            for d in per.values():
+            kept = {}
+            for dim, d in per.items():
                 mask = decision.get(d.group)
                 if mask is None:
                     continue
                 gone = np.zeros(d.size, dtype=bool)
                 inside = d.cls >= 0
                 gone[inside] = mask[d.cls[inside]]
-                frac *= 1 - gone.sum() / d.size
-            if self.kind == "latency":
-                total += self.table[name].at(frac)
+                kept[dim] = 1 - gone.sum() / d.size
+            if self.kind == "latency":  # a weight's dim 0 is its outputs, dim 1 its inputs
+                total += self.table[name].at(kept.get(1, 1.0), kept.get(0, 1.0))
             else:
-                total += base * frac
+                total += base * math.prod(kept.values())
         return total
 
     def factor(self, decision: Decision) -> float:

@@ -2,11 +2,12 @@
 
 A speedup target (:class:`surgeon.options.Target`) allocates what goes by importance per unit
 of *time*, not of MACs: a depthwise conv or a narrow layer costs more per MAC than a wide
-pointwise one, and by how much depends on the runtime and the chip. :func:`layer_table` times
-every distinct Conv / Linear shape of a captured model alone, as one-node ONNX models, at
-:data:`SCALES` of its channel widths (both its input and output channels: the widths pruning
-changes), on the target provider with the target thread count, and interpolates between them
-(:meth:`LayerTime.at`). The timings are cached per device, onnxruntime version and thread
+pointwise one (a conv left with 8 input channels runs far below its MAC count), and by how
+much depends on the runtime and the chip. :func:`layer_table` times every distinct Conv /
+Linear shape of a captured model alone, as one-node ONNX models, at each pair of
+:data:`SCALES` of its input and output channel widths (the widths pruning changes; a
+depthwise conv has one), on the target provider with the target thread count, and
+interpolates between them (:meth:`LayerTime.at`). The timings are cached per device, onnxruntime version and thread
 count beside the channel-multiple probe's (``$SURGEON_CACHE_DIR``, else ``~/.cache/surgeon``).
 """
 
@@ -31,7 +32,7 @@ __all__ = ["LayerTime", "Layer", "layer_table", "layers_of", "SCALES"]
 log = logging.getLogger(__name__)
 
 #: the fractions of a layer's channel widths it is timed at
-SCALES = (1.0, 0.75, 0.5, 0.25)
+SCALES = (1.0, 0.75, 0.5, 0.25, 0.125)
 RUNS = 7  # timed runs per shape (the minimum is kept), after two warm-up runs
 
 _CONVS = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3}
@@ -58,26 +59,36 @@ class Layer:
             f"p{list(self.padding)} d{list(self.dilation)} g{self.groups}"
         )
 
-    def scaled(self, scale: float) -> Layer:
-        """The layer with its channel widths at ``scale`` (at least one channel; a depthwise
-        conv stays depthwise, a grouped one keeps its groups and narrows each)."""
+    @property
+    def depthwise(self) -> bool:
+        """One input channel per group (a channel multiplier allowed): its width is one."""
+        return self.kind == "conv" and self.groups > 1 and self.groups == self.input[1]
 
-        def part(n: int) -> int:
+    def scaled(self, in_scale: float, out_scale: float) -> Layer:
+        """The layer with its input and output channel widths at these scales (at least one
+        channel; a depthwise conv stays depthwise, its one width at ``out_scale``; a grouped
+        one keeps its groups and narrows each)."""
+
+        def part(n: int, scale: float) -> int:
             return max(1, round(n * scale))
 
         w = self.weight_shape
         if self.kind == "linear":
-            return _replace(self, input=(*self.input[:-1], part(w[1])), weight_shape=(part(w[0]), part(w[1])))
+            return _replace(
+                self,
+                input=(*self.input[:-1], part(w[1], in_scale)),
+                weight_shape=(part(w[0], out_scale), part(w[1], in_scale)),
+            )
         g, c_in, c_out = self.groups, self.input[1], w[0]
-        if g == c_in and g > 1:  # depthwise (with a channel multiplier): the groups go
-            new_g = part(g)
+        if self.depthwise:
+            new_g = part(g, out_scale)
             return _replace(
                 self,
                 input=(self.input[0], new_g, *self.input[2:]),
                 weight_shape=(new_g * (c_out // g), *w[1:]),
                 groups=new_g,
             )
-        per_in, per_out = part(c_in // g), part(c_out // g)
+        per_in, per_out = part(c_in // g, in_scale), part(c_out // g, out_scale)
         return _replace(
             self,
             input=(self.input[0], per_in * g, *self.input[2:]),
@@ -93,26 +104,24 @@ def _replace(layer: Layer, **changes: Any) -> Layer:
 
 @dataclass(frozen=True)
 class LayerTime:
-    """A layer's measured latency (ms) against the fraction of its weight's elements kept:
-    ``points`` ascending, ``(0, 0)`` first; :meth:`at` interpolates linearly."""
+    """A layer's measured latency (ms) against the fractions of its input and output
+    channels kept: ``ms[i][j]`` at ``ins[i]`` x ``outs[j]``, both ascending; :meth:`at`
+    interpolates bilinearly, and below the narrowest width timed holds its time (a layer
+    does not get cheaper in proportion to its width down to nothing: it has fixed costs). A
+    depthwise conv has one width: its ``ins`` is ``(1.0,)``."""
 
     layer: Layer
-    points: tuple[tuple[float, float], ...]
+    ins: tuple[float, ...]
+    outs: tuple[float, ...]
+    ms: tuple[tuple[float, ...], ...]
 
-    def at(self, kept: float) -> float:
-        xs, ys = zip(*self.points, strict=True)
-        return float(np.interp(kept, xs, ys))
+    def at(self, kept_in: float, kept_out: float) -> float:
+        rows = [float(np.interp(kept_out, self.outs, row)) for row in self.ms]
+        return float(np.interp(kept_in, self.ins, rows)) if len(rows) > 1 else rows[0]
 
     @property
     def full(self) -> float:
-        return self.points[-1][1]
-
-    def saving_per_element(self) -> float:
-        """Milliseconds saved per weight element removed, from full width to the next
-        scale down (the slope pruning starts on)."""
-        (f0, t0), (f1, t1) = self.points[-2], self.points[-1]
-        numel = math.prod(self.layer.weight_shape)
-        return max(0.0, (t1 - t0) / max((f1 - f0) * numel, 1e-12))
+        return self.ms[-1][-1]
 
 
 def _shape(node: Any) -> tuple[int, ...] | None:
@@ -250,11 +259,12 @@ def layer_table(
     entry = cached.setdefault(key, {})
     new = 0
     for layer in layers:
-        for s in SCALES:
-            shape = layer.scaled(s)
-            if shape.key() not in entry:
-                entry[shape.key()] = _time(shape, provider, threads)
-                new += 1
+        for a in (1.0,) if layer.depthwise else SCALES:
+            for b in SCALES:
+                shape = layer.scaled(a, b)
+                if shape.key() not in entry:
+                    entry[shape.key()] = _time(shape, provider, threads)
+                    new += 1
     if new:
         log.info("surgeon: timed %d layer shape(s) on %s", new, key)
         try:
@@ -266,10 +276,12 @@ def layer_table(
             log.info("surgeon: cannot cache the layer timings in %s: %s", path, exc)
     table = {}
     for layer in layers:
-        numel = math.prod(layer.weight_shape)
-        points = {0.0: 0.0}
-        for s in SCALES:
-            shape = layer.scaled(s)
-            points[math.prod(shape.weight_shape) / numel] = float(entry[shape.key()])
-        table[layer.weight] = LayerTime(layer, tuple(sorted(points.items())))
+        ins = (1.0,) if layer.depthwise else SCALES
+        grid = {
+            (a, b): float(entry[layer.scaled(a, b).key()]) for a in ins for b in SCALES
+        }
+        in_axis = tuple(sorted(ins))
+        out_axis = tuple(sorted(SCALES))
+        ms = tuple(tuple(grid[a, b] for b in out_axis) for a in in_axis)
+        table[layer.weight] = LayerTime(layer, in_axis, out_axis, ms)
     return table

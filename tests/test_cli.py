@@ -231,6 +231,10 @@ def test_export_module_factory(workdir: Path) -> None:
             ],
         ),
         (["inspect", "lenet5", "--ratio", "1.5"], ["--ratio: ratio=1.5"]),
+        (["export", "--ratio", "0.3", "--speedup", "2"], ["--ratio and --speedup", "give one"]),
+        (["export", "--macs", "3", "--params", "2"], ["--macs, --params: give one target"]),
+        (["export", "--speedup", "0.5"], ["--speedup 0.5: Target(speedup=0.5)", "factor > 1"]),
+        (["export", "--latency-ms", "-1"], ["--latency-ms -1", "milliseconds"]),
         (
             ["inspect", "lenet5", "--leaf-module", "nope"],
             ["--leaf-module: leaf_modules names 'nope'", "'conv1'"],
@@ -286,6 +290,20 @@ def test_unexpected_error_exit_1_with_debug_hint(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "Traceback" in result.stderr and "kaboom" in result.stderr
+
+
+def test_export_to_a_target(workdir: Path) -> None:
+    result = run(
+        "export", "--input-shape", "1,3,64,64", "--macs", "2", "--no-bench", "--report", "r.json",
+        cwd=workdir,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "target: macs 2x; achieved 2" in result.stdout
+    settings = json.loads((workdir / "r.json").read_text())["settings"]
+    target = settings["target"]
+    assert (target["kind"], target["value"]) == ("macs", 2.0)
+    assert abs(target["achieved"] / 2.0 - 1) <= 0.03 and target["rounds"]
+    assert settings["ratio"] == 0.0
 
 
 def test_inspect_prints_groups(workdir: Path) -> None:

@@ -233,18 +233,25 @@ def test_the_layer_table_times_each_shape_once(monkeypatch, tmp_path):
     again = layer_table(gm, "cpu", 1)  # cached
     assert len(timed) == n and again.keys() == table.keys()
     dw = table["6.weight"]
-    assert dw.layer.scaled(0.5).groups == 32  # a depthwise conv stays depthwise
-    assert dw.at(1.0) == pytest.approx(dw.full) and dw.at(0.0) == 0.0
-    assert dw.at(0.6) < dw.at(0.8) < dw.full
+    assert dw.layer.scaled(1.0, 0.5).groups == 32 and dw.ins == (1.0,)  # stays depthwise
+    assert dw.at(1.0, 1.0) == pytest.approx(dw.full)
+    assert dw.at(1.0, 0.0) == dw.at(1.0, 0.125) > 0  # held below the narrowest width timed
+    assert dw.at(1.0, 0.6) < dw.at(1.0, 0.8) < dw.full
+    pw = table["9.weight"]  # 64 -> 48, timed at every pair of widths
+    assert len(pw.ins) == len(pw.outs) == 5 and pw.at(0.5, 1.0) < pw.full
+    assert pw.at(0.5, 0.5) == pytest.approx(fake(pw.layer.scaled(0.5, 0.5), "cpu", 1))
 
 
 def test_layer_times_interpolate_between_the_widths_timed():
     from surgeon.latency import Layer
 
-    lt = LayerTime(Layer("n", "w", "linear", (1, 4), (4, 4)), ((0.0, 0.0), (0.25, 1.0), (1.0, 4.0)))
-    assert lt.at(0.5) == pytest.approx(2.0)
-    assert lt.saving_per_element() == pytest.approx(3.0 / (0.75 * 16))
-    assert np.isclose(lt.at(1.0), 4.0)
+    lt = LayerTime(
+        Layer("n", "w", "linear", (1, 4), (4, 4)), (0.0, 0.5, 1.0), (0.0, 1.0),
+        ((0.0, 0.0), (0.0, 2.0), (0.0, 4.0)),
+    )  # fmt: skip
+    assert lt.at(0.75, 1.0) == pytest.approx(3.0)
+    assert lt.at(1.0, 0.5) == pytest.approx(2.0)
+    assert lt.at(0.5, 0.5) == pytest.approx(1.0) and lt.full == 4.0
 
 
 def test_a_real_layer_is_timed_in_onnxruntime():

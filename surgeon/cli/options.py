@@ -356,10 +356,14 @@ def ratio_or_target(
         raise SurgeonInputError(f"{', '.join(given)}: give one target")
     if not given:
         return 0.5 if ratio is None else ratio
-    return Target(
-        speedup=speedup, latency_ms=latency_ms, macs=macs, params=params, device=device,
-        threads=threads,
-    )  # fmt: skip
+    ((flag, value),) = given.items()
+    try:
+        return Target(
+            speedup=speedup, latency_ms=latency_ms, macs=macs, params=params, device=device,
+            threads=threads,
+        )  # fmt: skip
+    except SurgeonInputError as exc:
+        raise SurgeonInputError(f"{flag} {value:g}: {exc}") from None
 
 
 def slim_options(
