@@ -4,22 +4,26 @@ A :class:`Budget` is the cost model of one captured model for one kind of target
 
 1. **Cost of a class**: what its weight elements cost on the target, summed over the
    parameter slices of its group: one per element for ``params``; for ``macs`` the MACs each
-   element of a Conv / Linear weight does (the layer's MACs over its weight's size); for a
-   measured target the milliseconds each element costs in onnxruntime, from the per-layer
-   table (:func:`surgeon.latency.layer_table`: the slope from full width to the next width
-   timed).
+   element of a Conv / Linear weight does (the layer's MACs over its weight's size).
 2. **Priority**: the class's importance divided by its group's mean (as ``scope="global"``),
    over its cost. The classes go lowest priority first, across every group; no group loses
    more than ``max_group_ratio`` of its classes or its last one, and ignored modules' classes
    stay.
-3. **Level**: the first ``k`` classes of that order are removed, then each group's count is
+3. **Time** is not linear in width (a layer has fixed costs; a runtime computes channels in
+   blocks), so for a measured target each group gives up its classes least important first,
+   the ``j``-th costing what the per-layer latency table
+   (:func:`surgeon.latency.layer_table`) says the ``j``-th removal saves in the group's
+   layers, and the next removal across all groups is the one of least importance per
+   millisecond saved.
+4. **Level**: the first ``k`` classes of that order are removed, then each group's count is
    rounded to its channel multiple (``round_to``: kept rounded up), tied widths are made equal,
    and every space keeps a channel (the rules every slim keeps).
-4. **Estimate**: what a decision leaves, computed from the parameters' kept fractions: exact
+5. **Estimate**: what a decision leaves, computed from the parameters' kept fractions: exact
    for parameters (but for channels found dead later), the Conv / Linear MACs for ``macs``
-   (the rest of the MACs held fixed), and the per-layer table interpolated for time (the rest
-   of the measured latency held fixed). :meth:`Budget.decide` finds the smallest level whose
-   estimate reaches a goal; the caller measures what it really made and moves the goal
+   (the rest of the MACs held fixed), and the per-layer table interpolated at each layer's
+   kept input and output widths for time (the rest of the measured latency held fixed).
+   :meth:`Budget.decide` finds the smallest level whose estimate reaches a goal; the caller
+   measures what it really made and moves on from there
    (:func:`surgeon.autotune.slim_to_target`).
 """
 
