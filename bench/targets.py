@@ -103,7 +103,9 @@ FINETUNE_EPOCHS = 0.5  # short: a long fine-tune brings every method to the ceil
 BATCH = 64  # the timed batch (the digits net at batch 1 is all runtime overhead)
 
 
-def _tp_global(model: torch.nn.Module, x: torch.Tensor, ratio: float, multiple: int) -> torch.nn.Module:
+def _tp_global(
+    model: torch.nn.Module, x: torch.Tensor, ratio: float, multiple: int
+) -> torch.nn.Module:
     """Torch-Pruning's global magnitude pruning (L2, the head kept) at ``ratio``, widths
     rounded to ``multiple`` as surgeon's are."""
     import torch_pruning as tp
@@ -138,7 +140,9 @@ def _speedups(models: list[torch.nn.Module], x: torch.Tensor, runs: int = 200) -
 
     with tempfile.TemporaryDirectory() as tmp:
         paths = [surgeon.export(m, x, Path(tmp) / f"m{i}.onnx") for i, m in enumerate(models)]
-        timed = surgeon.bench_interleaved(paths, x, providers=("cpu",), warmup=20, runs=runs, threads=1)
+        timed = surgeon.bench_interleaved(
+            paths, x, providers=("cpu",), warmup=20, runs=runs, threads=1
+        )
     ms = [t.median_ms("cpu") for t in timed]
     return [ms[0] / m for m in ms]
 

@@ -247,7 +247,12 @@ def returned_form(
     why = "returns='graph' was asked for"
     if options.returns != "graph":
         meta = getattr(work, "meta", None)
-        if meta is not None and not (isinstance(meta, dict) and PLAN_KEY in meta):
+        if record.get("blocks"):
+            why = (
+                f"{len(record['blocks'])} whole block(s) were removed (structures with "
+                f"'layers'), and {type(model).__name__}'s own forward still calls them"
+            )
+        elif meta is not None and not (isinstance(meta, dict) and PLAN_KEY in meta):
             why = f"{type(model).__name__} has an attribute 'meta' of its own"
         else:
             module, why, changes = adopt(work, gm, inputs, sizes_before, output)

@@ -56,6 +56,7 @@ def slim(
     returns: str = "auto",
     attention: str = "heads",
     grouped: str | tuple[int, ...] | None = None,
+    structures: Iterable[str] = ("channels", "heads"),
 ) -> nn.Module:
     """Remove ``ratio`` of the channels of every prunable group of ``model``, physically; or,
     with a :class:`~surgeon.options.Target` as ``ratio`` (``Target(speedup=2.0)``,
@@ -75,6 +76,8 @@ def slim(
     settings = dict(locals())
     for name in ("model", "ratio", "example_inputs"):
         del settings[name]
+    if not isinstance(settings["structures"], str):
+        settings["structures"] = tuple(settings["structures"])
     return slim_model(model, example_inputs, options_from(ratio, settings)).model
 
 

@@ -246,7 +246,7 @@ def planned_graph(model: nn.Module, inputs: Any, options: SlimOptions) -> Any:
 
     meter = _Meter(model, inputs, options.target)  # type: ignore[arg-type]
     try:
-        budget = _budget(model, inputs, _resolved(options), meter)
+        budget, _ = _budget(model, inputs, _resolved(options), meter)
     finally:
         meter.close()
     decision, _, _ = budget.decide(meter.goal())
@@ -265,12 +265,24 @@ def _resolved(options: SlimOptions) -> SlimOptions:
     return options.replace(round_to=channel_multiple(*where), grouped=options.grouped or "auto")
 
 
+#: with "layers" in structures, whole blocks take at most this share of what a target saves
+LAYER_SHARE = 0.5
+
+
 def _budget(model: nn.Module, inputs: Any, options: SlimOptions, meter: _Meter) -> Any:
-    """The cost model of ``model`` for ``options.target`` (captured once, on a copy)."""
-    from surgeon.budget import Budget
+    """The cost model of ``model`` for ``options.target`` (captured once, on a copy), and
+    the whole blocks the rounds remove (``(sum node, side)`` pairs; None without
+    ``"layers"``)."""
+    from surgeon.budget import Budget, weight_macs
+    from surgeon.cost import count_macs, count_params
     from surgeon.latency import layer_table
     from surgeon.pipeline import (
-        capture_copy, channel_graph, gc_paused, grouped_form, measured, whole_groups_kept,
+        capture_copy,
+        channel_graph,
+        gc_paused,
+        grouped_form,
+        measured,
+        whole_groups_kept,
     )
 
     t = options.target
@@ -279,13 +291,67 @@ def _budget(model: nn.Module, inputs: Any, options: SlimOptions, meter: _Meter) 
     with gc_paused():
         _, captured = capture_copy(model, inputs, options.replace(inplace=False), check=True)
         gm = captured.gm
+        table = layer_table(gm, t.device, t.threads) if t.measured else {}
+        reference = meter.ms if t.measured else meter.params if t.kind == "params" else meter.macs
+        blocks = None
+        if "layers" in options.structures:
+            if t.kind == "params":
+                base = {k: float(v.numel()) for k, v in gm.named_parameters()}
+            elif t.kind == "macs":
+                base = {k: float(v) for k, v in weight_macs(gm).items()}
+            else:
+                base = {k: lt.full for k, lt in table.items()}
+            blocks = _blocks_for(gm, inputs, options, base, reference, meter.goal())
         graph = channel_graph(gm, options.attention, grouped, whole_groups_kept(model, grouped))
         stats = measured(gm, graph, options)
         if t.measured:
-            table = layer_table(gm, t.device, t.threads)
-            return Budget(gm, graph, options, stats, "latency", meter.ms, table)
-        total = meter.params if t.kind == "params" else meter.macs
-        return Budget(gm, graph, options, stats, t.kind, total)
+            kept = {k: v for k, v in table.items() if _has(gm, k)}
+            saved = sum(lt.full for k, lt in table.items() if k not in kept)
+            budget = Budget(gm, graph, options, stats, "latency", meter.ms - saved, kept, meter.ms)
+        else:
+            total = count_params(gm) if t.kind == "params" else count_macs(gm, inputs)
+            budget = Budget(gm, graph, options, stats, t.kind, total, reference=reference)
+        return budget, blocks
+
+
+def _has(gm: nn.Module, name: str) -> bool:
+    try:
+        gm.get_parameter(name)
+    except AttributeError:
+        return False
+    return True
+
+
+def _blocks_for(
+    gm: Any,
+    inputs: Any,
+    options: SlimOptions,
+    base: Mapping[str, float],
+    total: float,
+    goal: float,
+) -> list[tuple[str, int]]:
+    """Cut from ``gm`` (in place) the blocks a target of ``goal`` takes: least change per
+    unit of cost first, while what they save stays within :data:`LAYER_SHARE` of what the
+    target must save (``total * (1 - 1 / goal)``). Returns their keys."""
+    from surgeon.blocks import block_costs, find_blocks, remove_blocks, score_blocks
+    from surgeon.pipeline import calibration
+
+    found = find_blocks(gm)
+    if not found:
+        return []
+    scored = score_blocks(gm, found, calibration(inputs, options))
+    cost = block_costs(scored, base)
+    room = LAYER_SHARE * total * (1 - 1 / goal)
+    chosen, spent, adds = [], 0.0, set()
+    for b in sorted(scored, key=lambda b: b.score / max(cost[b.key()] / total, 1e-12)):
+        c = cost[b.key()]
+        if c <= 0 or b.add in adds or spent + c > room:
+            continue
+        chosen.append(b)
+        adds.add(b.add)
+        spent += c
+    removed = remove_blocks(gm, chosen, calibration(inputs, options))
+    return [b.key() for b in removed]
 
 
 def _holds(factor: float, goal: float, target: Target) -> bool:
@@ -316,7 +382,7 @@ def slim_to_target(model: nn.Module, inputs: Any, options: SlimOptions) -> Any:
     options = _resolved(prepared(model, options))  # data listed: every round reads it
     meter = _Meter(model, inputs, target)
     try:
-        budget = _budget(model, inputs, options, meter)
+        budget, blocks = _budget(model, inputs, options, meter)
         asked = meter.goal()
         aim = asked * (AIM if target.measured else 1.0)
         _, level, _ = budget.decide(aim)  # the first round: where the estimate reaches it
@@ -325,7 +391,7 @@ def slim_to_target(model: nn.Module, inputs: Any, options: SlimOptions) -> Any:
         search = options.replace(inplace=False)
         for n in range(MAX_ROUNDS):
             decision = budget.decision(level)
-            slimmed = slim_model(model, inputs, search, decision=decision)
+            slimmed = slim_model(model, inputs, search, decision=decision, blocks=blocks)
             found = meter(slimmed.model, n)
             rounds.append(
                 {
@@ -362,7 +428,7 @@ def slim_to_target(model: nn.Module, inputs: Any, options: SlimOptions) -> Any:
             )
         slimmed, decision = made[pick]
         if options.inplace:  # the rounds ran on copies: the chosen decision cuts the model
-            slimmed = slim_model(model, inputs, options, decision=decision)
+            slimmed = slim_model(model, inputs, options, decision=decision, blocks=blocks)
         record = slimmed.model.meta[PLAN_KEY]
         record["target"] = {
             **target.to_record(),
@@ -371,6 +437,7 @@ def slim_to_target(model: nn.Module, inputs: Any, options: SlimOptions) -> Any:
             "theoretical": rounds[pick]["macs"],
             "rounds": rounds,
             "round": pick + 1,
+            "blocks": len(blocks or ()),
         }
         if target.measured:
             record["target"]["original_ms"] = rounds[pick]["original_ms"]

@@ -34,6 +34,7 @@ import heapq
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.fx as fx
@@ -42,7 +43,12 @@ from surgeon.graph import ChannelGraph, Group
 from surgeon.importance import DataStats, class_scores
 from surgeon.latency import LayerTime
 from surgeon.options import SlimOptions
-from surgeon.passes.prune import ChannelPrunePass, _keep_one_per_space, _tie_targets, protected_classes
+from surgeon.passes.prune import (
+    ChannelPrunePass,
+    _keep_one_per_space,
+    _tie_targets,
+    protected_classes,
+)
 from surgeon.rules.base import attr_tensor
 
 __all__ = ["Budget", "Decision", "weight_macs"]
@@ -94,7 +100,9 @@ class Budget:
     or ``"latency"``); see the module docstring.
 
     ``total`` is the model's whole cost in the kind's unit (parameters, MACs, milliseconds
-    measured); ``table`` the per-layer latency table for ``"latency"``.
+    measured); ``table`` the per-layer latency table for ``"latency"``; ``reference`` what
+    factors are taken against (the model before whole blocks were cut from ``gm``; default
+    ``total``).
     """
 
     def __init__(
@@ -106,6 +114,7 @@ class Budget:
         kind: str,
         total: float,
         table: Mapping[str, LayerTime] | None = None,
+        reference: float | None = None,
     ) -> None:
         self.graph = graph
         self.kind = kind
@@ -122,6 +131,7 @@ class Budget:
         self.base = self._base(gm)  # param -> its cost at full width (in the kind's unit)
         self.rest = max(0.0, float(total) - sum(self.base.values()))
         self.total = self.rest + sum(self.base.values())
+        self.reference = self.total if reference is None else float(reference)
         cap = {
             gi: min(g.n_classes - 1, int(options.max_group_ratio * g.n_classes))
             for gi, g in self.groups.items()
@@ -191,7 +201,9 @@ class Budget:
         s = self.scores[gi]
         return s / (s.mean() + 1e-12)
 
-    def _order(self, cost: Mapping[int, np.ndarray], cap: Mapping[int, int]) -> list[tuple[int, int]]:
+    def _order(
+        self, cost: Mapping[int, np.ndarray], cap: Mapping[int, int]
+    ) -> list[tuple[int, int]]:
         """Every removable class as ``(group, class)``, lowest importance per cost first,
         where no group passes its cap (its last class, ``max_group_ratio`` of them)."""
         entries = []
@@ -234,7 +246,9 @@ class Budget:
         return order
 
     @staticmethod
-    def _push(queue: list, gi: int, j: int, ranked: Mapping, norm: Mapping, saving: Mapping) -> None:
+    def _push(
+        queue: list, gi: int, j: int, ranked: Mapping, norm: Mapping, saving: Mapping
+    ) -> None:
         if j < len(ranked[gi]) and saving[gi][j] > 0:
             heapq.heappush(queue, (norm[gi][ranked[gi][j]] / saving[gi][j], gi, j))
 
@@ -300,8 +314,8 @@ class Budget:
         return total
 
     def factor(self, decision: Decision) -> float:
-        """How many times cheaper than the whole model ``decision`` is estimated to make it."""
-        return self.total / max(self.estimate(decision), 1e-12)
+        """How many times cheaper than the reference ``decision`` is estimated to make it."""
+        return self.reference / max(self.estimate(decision), 1e-12)
 
     def decide(self, goal: float) -> tuple[Decision, int, float]:
         """The smallest level whose estimate is ``goal`` times cheaper (the last level where

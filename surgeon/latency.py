@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -156,8 +155,15 @@ def layers_of(gm: fx.GraphModule) -> list[Layer]:
                 n = len(m.kernel_size)
                 out.append(
                     Layer(
-                        node.name, weight, "conv", shape, tuple(m.weight.shape),
-                        _tuple(m.stride, n), _tuple(m.padding, n), _tuple(m.dilation, n), m.groups,
+                        node.name,
+                        weight,
+                        "conv",
+                        shape,
+                        tuple(m.weight.shape),
+                        _tuple(m.stride, n),
+                        _tuple(m.padding, n),
+                        _tuple(m.dilation, n),
+                        m.groups,
                     )
                 )
         elif node.op == "call_function" and (node.target in _CONVS or node.target is F.linear):
@@ -180,8 +186,15 @@ def layers_of(gm: fx.GraphModule) -> list[Layer]:
                 continue
             out.append(
                 Layer(
-                    node.name, str(w.target), "conv", shape, _shape(w),
-                    _tuple(stride, n), _tuple(padding, n), _tuple(dilation, n), int(groups),
+                    node.name,
+                    str(w.target),
+                    "conv",
+                    shape,
+                    _shape(w),
+                    _tuple(stride, n),
+                    _tuple(padding, n),
+                    _tuple(dilation, n),
+                    int(groups),
                 )
             )
     return out
@@ -200,8 +213,13 @@ def _onnx(layer: Layer) -> bytes:
     else:
         weight = rng.standard_normal(w, np.float32)
         node = helper.make_node(
-            "Conv", ["x", "w"], ["y"], group=layer.groups, strides=list(layer.stride),
-            pads=list(layer.padding) * 2, dilations=list(layer.dilation),
+            "Conv",
+            ["x", "w"],
+            ["y"],
+            group=layer.groups,
+            strides=list(layer.stride),
+            pads=list(layer.padding) * 2,
+            dilations=list(layer.dilation),
         )
         out_shape = None  # onnxruntime infers it
     graph = helper.make_graph(
@@ -277,9 +295,7 @@ def layer_table(
     table = {}
     for layer in layers:
         ins = (1.0,) if layer.depthwise else SCALES
-        grid = {
-            (a, b): float(entry[layer.scaled(a, b).key()]) for a in ins for b in SCALES
-        }
+        grid = {(a, b): float(entry[layer.scaled(a, b).key()]) for a in ins for b in SCALES}
         in_axis = tuple(sorted(ins))
         out_axis = tuple(sorted(SCALES))
         ms = tuple(tuple(grid[a, b] for b in out_axis) for a in in_axis)

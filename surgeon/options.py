@@ -19,7 +19,16 @@ from surgeon.errors import SurgeonInputError
 from surgeon.importance import check_criterion
 from surgeon.names import leaf_name
 
-__all__ = ["SlimOptions", "Target", "Leaf", "SCOPES", "RETURNS", "GROUPED", "TARGET_KINDS"]
+__all__ = [
+    "SlimOptions",
+    "Target",
+    "Leaf",
+    "SCOPES",
+    "RETURNS",
+    "GROUPED",
+    "TARGET_KINDS",
+    "STRUCTURES",
+]
 
 Leaf = type[nn.Module] | nn.Module
 SCOPES = ("local", "global")
@@ -27,6 +36,8 @@ RETURNS = ("auto", "module", "graph")
 GROUPED = ("offsets", "groups", "auto")
 #: what a :class:`Target` can ask for; the first two are measured in onnxruntime
 TARGET_KINDS = ("speedup", "latency_ms", "macs", "params")
+#: what may go: channels (and whole conv groups), attention heads, whole residual branches
+STRUCTURES = ("channels", "heads", "layers")
 
 
 @dataclass(frozen=True)
@@ -112,8 +123,12 @@ class Target:
         return f"{self.kind} {amount} on {self.device} ({threads})"
 
     def to_record(self) -> dict[str, Any]:
-        return {"kind": self.kind, "value": self.value, "device": self.device,
-                "threads": self.threads}
+        return {
+            "kind": self.kind,
+            "value": self.value,
+            "device": self.device,
+            "threads": self.threads,
+        }
 
 
 @dataclass(frozen=True)
@@ -182,6 +197,15 @@ class SlimOptions:
             this CPU, measured: :func:`surgeon.hardware.grouped_widths`; a tuple of widths is
             such an answer). ``None``: ``"auto"`` with ``round_to="auto"``, else
             ``"offsets"``. The plan records what was used.
+        target: a :class:`Target` (given as ``ratio`` or here).
+        structures: what may go: ``"channels"`` and ``"heads"`` (the widths; ``attention``
+            chooses heads or head_dim), and with ``"layers"`` whole residual branches
+            (:mod:`surgeon.blocks`): a branch ``y = skip + branch(x)`` is cut and ``y`` becomes
+            ``skip + c``, ``c`` its mean output. With a ratio only the branches that compute a
+            constant go (exactly); with a target, branches scored by how little taking them
+            out changes their sum, per unit of cost, take up to half of what the target must
+            save, and the channels the rest. The plan records the blocks (``blocks``); a model
+            that lost any comes back as the graph (its own ``forward`` still calls them).
     """
 
     ratio: float
@@ -199,6 +223,7 @@ class SlimOptions:
     attention: str = "heads"
     grouped: str | tuple[int, ...] | None = None
     target: Target | None = None
+    structures: tuple[str, ...] = ("channels", "heads")
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise through the back door, once
@@ -263,6 +288,7 @@ class SlimOptions:
                 f"max_group_ratio={g!r}: use a number with 0 < max_group_ratio <= 1",
                 option="max_group_ratio",
             )
+        set_(self, "structures", _check_structures(self.structures))
         set_(self, "ignore", _as_tuple(self.ignore, "ignore"))
         set_(self, "leaf_modules", _as_tuple(self.leaf_modules, "leaf_modules"))
 
@@ -296,6 +322,7 @@ class SlimOptions:
             "attention": self.attention,
             "grouped": self.grouped if not isinstance(self.grouped, tuple) else list(self.grouped),
             "target": self.target.to_record() if self.target is not None else None,
+            "structures": list(self.structures),
         }
 
 
@@ -314,6 +341,28 @@ def check_grouped(value: Any) -> str | tuple[int, ...]:
         "with round_to='auto', else 'offsets')",
         option="grouped",
     )
+
+
+def _check_structures(value: Any) -> tuple[str, ...]:
+    items = (
+        (value,)
+        if isinstance(value, str)
+        else tuple(value)
+        if isinstance(value, (list, tuple))
+        else None
+    )
+    if (
+        items is None
+        or any(i not in STRUCTURES for i in items)
+        or not {"channels", "heads"} <= set(items)
+    ):
+        raise SurgeonInputError(
+            f"structures={value!r}: use ('channels', 'heads'), or ('channels', 'heads', "
+            "'layers') to let whole residual branches go (the widths always prune; attention= "
+            "chooses heads or head_dim)",
+            option="structures",
+        )
+    return tuple(s for s in STRUCTURES if s in items)
 
 
 def _check_ratio(ratio: Any) -> float:

@@ -185,6 +185,38 @@ def analyze_model(model: nn.Module, inputs: Any, options: SlimOptions) -> Channe
         return channel_graph(captured.gm, options.attention, grouped_form(options.grouped))
 
 
+# -- 2b. whole blocks (structures with "layers") ------------------------------------------------
+def calibration(inputs: Any, options: SlimOptions) -> list[Any]:
+    """What blocks are scored and their constants measured on: the example inputs, and the
+    inputs of ``options.data``'s batches."""
+    return [inputs, *(batch[0] for batch in options.data or ())]
+
+
+def cut_blocks(
+    gm: fx.GraphModule,
+    inputs: Any,
+    options: SlimOptions,
+    keys: Iterable[tuple[str, int]] | None,
+) -> list[Any]:
+    """Remove from ``gm`` (in place) the residual branches ``keys`` names, or, where none
+    are named, those that compute a constant (exact); nothing without ``"layers"`` in
+    ``options.structures``. Returns the blocks removed."""
+    if "layers" not in options.structures:
+        return []
+    from surgeon.blocks import EXACT, find_blocks, remove_blocks, score_blocks
+
+    found = find_blocks(gm)
+    if keys is not None:
+        wanted = {tuple(k) for k in keys}
+        found = [b for b in found if b.key() in wanted]
+    if not found:
+        return []
+    scored = score_blocks(gm, found, calibration(inputs, options))
+    chosen = scored if keys is not None else [b for b in scored if b.score <= EXACT]
+    removed = remove_blocks(gm, chosen, calibration(inputs, options))
+    return removed
+
+
 # -- 3. block -----------------------------------------------------------------------------
 def with_blocked(graph: ChannelGraph, blocked: Mapping[int | str, str]) -> ChannelGraph:
     """``graph`` with the groups of ``blocked`` (index -> reason) blocked: a new graph value
@@ -282,9 +314,7 @@ def measured(gm: fx.GraphModule, graph: ChannelGraph, options: SlimOptions) -> D
 
 
 # -- 5. passes ----------------------------------------------------------------------------
-def surgery_passes(
-    options: SlimOptions, decision: Mapping[int, Any] | None = None
-) -> list[Pass]:
+def surgery_passes(options: SlimOptions, decision: Mapping[int, Any] | None = None) -> list[Pass]:
     """The passes ``slim`` runs for ``options``: prune (or apply ``decision``, a target's
     removed masks per group), [compensate], propagate, resize."""
     passes: list[Pass] = [ChannelPrunePass(options, decision)]
@@ -315,12 +345,14 @@ def slim_model(
     options: SlimOptions,
     original: Mapping[int, int] | None = None,
     decision: Mapping[int, Any] | None = None,
+    blocks: Iterable[tuple[str, int]] | None = None,
 ) -> Slimmed:
     """Slim ``model`` as ``options`` say (``round_to="auto"`` included: then the timed search
     of :mod:`surgeon.autotune` runs this pipeline once per candidate; a target: then
     :func:`surgeon.autotune.slim_to_target` runs it once per round, each with its
-    ``decision``). ``original``: class counts per group before earlier prune steps, which
-    make the ratio cumulative."""
+    ``decision``, and with ``"layers"`` in ``structures`` its ``blocks``, ``(sum node, side)``
+    pairs). ``original``: class counts per group before earlier prune steps, which make the
+    ratio cumulative."""
     options = prepared(model, options)
     auto = options.round_to == "auto"
     if options.target is not None and decision is None:
@@ -340,7 +372,7 @@ def slim_model(
         *_where(options),
     )
     with gc_paused():
-        return _slim_once(model, inputs, options, original, grouped, auto, decision)
+        return _slim_once(model, inputs, options, original, grouped, auto, decision, blocks)
 
 
 def _where(options: SlimOptions) -> tuple[str, int | None]:
@@ -358,6 +390,7 @@ def _slim_once(
     grouped: str | tuple[int, ...],
     auto: bool,
     decision: Mapping[int, Any] | None = None,
+    blocks: Iterable[tuple[str, int]] | None = None,
 ) -> Slimmed:
     """Stages 1-7 for resolved ``options``; a failed resize blocks its groups and goes again."""
     whole = whole_groups_kept(model, grouped)
@@ -373,6 +406,7 @@ def _slim_once(
             refuse_nan(model, inputs)
         graph = None
         try:
+            removed = cut_blocks(captured.gm, inputs, options, blocks)
             graph = with_blocked(
                 channel_graph(captured.gm, options.attention, grouped, whole), blocked
             )
@@ -403,6 +437,7 @@ def _slim_once(
     gm.meta[PLAN_KEY] = plan_record(
         model, state, inputs, options, captured, graph, blocked, grouped, auto
     )
+    gm.meta[PLAN_KEY]["blocks"] = [b.to_record() for b in removed]
     gm.meta[DIAGNOSIS_KEY] = logged_diagnosis(gm, graph, macs_before, options.ratio)
     log.info("slim: %s", stats)
     out = returned_form(model, work, gm, inputs, sizes_before, options, output, captured)
@@ -473,6 +508,11 @@ def replay(model: nn.Module, record: Mapping[str, Any], inputs: Any, leaves: tup
         options = SlimOptions(0.0, leaf_modules=leaves, attention=attention)
         work, captured = capture_copy(model, inputs, options, check=True)
         before = int_args(captured.gm)
+        keys = [(b["add"], int(b["side"])) for b in record.get("blocks", [])]
+        if keys:  # the blocks it lost (their constants then come from the saved weights)
+            layered = options.replace(structures=("channels", "heads", "layers"))
+            if len(cut_blocks(captured.gm, inputs, layered, keys)) != len(keys):
+                raise ReplayError("the saved plan's blocks are not in this model", "plan")
         graph = with_blocked(
             channel_graph(captured.gm, options.attention, grouped, whole), record.get("blocked", {})
         )

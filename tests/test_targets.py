@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -73,7 +72,9 @@ def test_a_counted_target_lands_on_its_value(kind, value):
     assert abs(achieved / value - 1) <= 0.01
     record = slim.meta[PLAN_KEY]["target"]
     assert record["achieved"] == pytest.approx(achieved, rel=1e-3)
-    assert record["theoretical"] == pytest.approx(count_macs(model, x) / count_macs(slim, x), rel=1e-3)
+    assert record["theoretical"] == pytest.approx(
+        count_macs(model, x) / count_macs(slim, x), rel=1e-3
+    )
     assert 1 <= len(record["rounds"]) <= MAX_ROUNDS
     assert slim(x).shape == model(x).shape
 
@@ -260,3 +261,64 @@ def test_a_real_layer_is_timed_in_onnxruntime():
     conv = Layer("n", "w", "conv", (1, 16, 14, 14), (16, 16, 3, 3), (1, 1), (1, 1), (1, 1), 1)
     assert _time(conv, "cpu", 1) > 0
     assert _time(Layer("n", "w", "linear", (1, 8, 32), (16, 32)), "cpu", 1) > 0
+
+
+# -- whole blocks ------------------------------------------------------------------------------
+LAYERS = ("channels", "heads", "layers")
+
+
+def _resnet_with_a_dead_block():
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    randomize_norms(model)
+    nn.init.zeros_(model.layer2[1].bn2.weight)  # that block's branch computes bn2's shift
+    return model, torch.randn(2, 3, 64, 64)
+
+
+def test_a_block_whose_branch_is_constant_goes_exactly():
+    model, x = _resnet_with_a_dead_block()
+    slim = surgeon.slim(model, 0.0, x, structures=LAYERS)
+    plan = slim.meta[PLAN_KEY]
+    assert [b["add"] for b in plan["blocks"]] == ["add_3"]
+    torch.testing.assert_close(slim(x), model(x), rtol=1e-5, atol=1e-5)
+    branch = model.layer2[1]
+    gone = sum(p.numel() for n, p in branch.named_parameters() if not n.startswith("downsample"))
+    assert count_params(model) - count_params(slim) == gone
+    assert isinstance(slim, torch.fx.GraphModule) and "whole block" in plan["form_reason"]
+    # without "layers" the block stays
+    assert not surgeon.slim(model, 0.0, x).meta[PLAN_KEY].get("blocks")
+
+
+def test_a_model_that_lost_blocks_saves_and_loads(tmp_path):
+    model, x = _resnet_with_a_dead_block()
+    slim = surgeon.slim(model, 0.3, x, structures=LAYERS)
+    surgeon.save(slim, tmp_path / "m.surgeon")
+    fresh, _ = _resnet_with_a_dead_block()
+    nn.init.normal_(fresh.layer2[1].bn2.bias)  # the constant must come from the file
+    loaded = surgeon.load(tmp_path / "m.surgeon", model=fresh)
+    torch.testing.assert_close(loaded(x), slim(x))
+
+
+def test_a_target_with_layers_removes_blocks_and_fewer_channels():
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    x = torch.randn(1, 3, 64, 64)
+    width = surgeon.slim(model, Target(macs=3.0), x)
+    deep = surgeon.slim(model, Target(macs=3.0), x, structures=LAYERS)
+    wp, dp = width.meta[PLAN_KEY], deep.meta[PLAN_KEY]
+    assert dp["target"]["blocks"] == len(dp["blocks"]) > 0
+    assert abs(dp["target"]["achieved"] / 3.0 - 1) <= 0.01
+    removed = lambda p: sum(len(v) for v in p["removed"].values())  # noqa: E731
+    assert removed(dp) < removed(wp)
+    assert deep(x).shape == model(x).shape
+
+
+@pytest.mark.parametrize("value", [("channels",), ("channels", "heads", "blocks"), "layers", 3])
+def test_structures_must_name_what_can_go(value):
+    with pytest.raises(SurgeonInputError) as err:
+        SlimOptions(0.5, structures=value)
+    assert err.value.option == "structures"

@@ -165,7 +165,9 @@ SpeedupOption = Annotated[
 LatencyOption = Annotated[
     float | None,
     typer.Option(
-        "--latency-ms", metavar="MS", help="Target: this latency in ms, measured so.",
+        "--latency-ms",
+        metavar="MS",
+        help="Target: this latency in ms, measured so.",
         show_default=False,
     ),
 ]

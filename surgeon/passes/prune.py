@@ -246,7 +246,9 @@ class ChannelPrunePass(SurgeryPass):
             removed += int(new.sum() - removed_masks[gi].sum())
             removed_masks[gi] = new
         self.store(gm, state.replace(removed=removed_masks))
-        return PassResult(gm, removed > 0, {"removed_classes": removed, "groups": len(removed_masks)})
+        return PassResult(
+            gm, removed > 0, {"removed_classes": removed, "groups": len(removed_masks)}
+        )
 
     def _global_targets(
         self, groups: list[Group], scores: dict, protect: dict, orig: dict[int, int]
