@@ -1,6 +1,6 @@
 """Targets instead of ratios: what ``surgeon.Target`` reaches on real models, and what it keeps.
 
-Two tables:
+Three tables:
 
 1. ``--models``: torchvision and timm models of different families (random weights, 224 x 224,
    batch 1): ``Target(speedup=2.0, threads=1)`` measured in onnxruntime on this CPU against
@@ -12,7 +12,11 @@ Two tables:
    the ratio measured (``Target(speedup=...)``), and Torch-Pruning's global pruning at the
    target-driven model's MACs; zero-shot and after the same fine-tune, over the same seeds.
 
-Run: ``python bench/targets.py --models`` / ``python bench/targets.py --digits``
+3. ``--layers``: ``Target(speedup=2.0)`` on ResNet-50 and a ViT with the widths alone and with
+   whole blocks (``structures`` with ``"layers"``): how many blocks went and how many channel
+   classes the widths lost.
+
+Run: ``python bench/targets.py --models`` / ``--digits`` / ``--layers``
 (``--out FILE`` writes the table as Markdown too). Torch-Pruning is a bench-only dependency
 (``pip install torch-pruning``).
 """
@@ -199,10 +203,38 @@ def digits_table(seeds: int, ratios: str) -> list[str]:
     return lines
 
 
+def layers_table(specs: list[str]) -> list[str]:
+    """``Target(speedup=2.0)`` with the widths alone and with whole blocks too."""
+    lines = [
+        "",
+        "| model | structures | achieved | rounds | blocks removed | channel classes removed | MACs fewer |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    x = torch.randn(1, 3, 224, 224)
+    for spec in specs:
+        model = build(spec)
+        for structures in (("channels", "heads"), ("channels", "heads", "layers")):
+            slim = surgeon.slim(
+                model, surgeon.Target(speedup=2.0, threads=1), x, structures=structures
+            )
+            plan = slim.meta[PLAN_KEY]
+            found = plan["target"]
+            classes = sum(len(v) for v in plan["removed"].values())
+            lines.append(
+                f"| {spec} | {' + '.join(structures)} | {found['achieved']:.2f}x | "
+                f"{len(found['rounds'])} | {found['blocks']} | {classes} | {found['theoretical']:.2f}x |"
+            )
+            print(lines[-1], flush=True)
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="?", const=",".join(MODELS), default=None)
     ap.add_argument("--digits", action="store_true")
+    ap.add_argument(
+        "--layers", nargs="?", const="tv:resnet50,timm:vit_small_patch16_224", default=None
+    )
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--ratios", default="0.4,0.5,0.6", help="digits: the uniform ratios matched")
     ap.add_argument("--out", default=None)
@@ -213,6 +245,8 @@ def main() -> None:
     if args.models:
         print(f"torch {torch.__version__}; onnxruntime on this CPU, 1 thread, batch 1\n")
         lines += models_table(args.models.split(","))
+    if args.layers:
+        lines += layers_table(args.layers.split(","))
     if args.digits:
         lines += digits_table(args.seeds, args.ratios)
     if args.out:

@@ -367,10 +367,12 @@ def slim_to_target(model: nn.Module, inputs: Any, options: SlimOptions) -> Any:
     The first round makes the budget's smallest level (classes removed, in the order of
     importance per unit of cost) whose estimate reaches the target; each round is a full run
     of the pipeline with that decision, then measured, and the next level is interpolated
-    from the measured factors of the levels tried (:func:`_next_estimate`). It stops at the first
-    round that holds (counted targets within :data:`COUNTED_BAND`, measured ones within
-    :data:`MEASURED_BAND`), when every group is at its floor, or when the next estimate
-    falls on a level already tried (the steps of rounding to multiples are that coarse). The round that holds (else the closest above the target) comes
+    from the measured factors of the levels tried (:func:`_next_estimate`). It stops at the
+    first round that holds (counted targets within :data:`COUNTED_BAND`, measured ones within
+    :data:`MEASURED_BAND`), when every group is at its floor, or when the next estimate falls
+    on a level already tried (the steps of rounding to multiples are that coarse). With
+    ``"layers"`` in ``structures`` the whole blocks are chosen once, before the first round
+    (:data:`LAYER_SHARE`). The round that holds (else the closest above the target) comes
     back; its plan records ``target``: what was asked, achieved (measured), theoretical (the
     MAC factor) and every round. Raises :class:`SurgeonTargetError`, with the closest figure,
     when no round reaches the target.

@@ -232,7 +232,7 @@ class Budget:
         queue: list[tuple[float, int, int]] = []
         ranked: dict[int, list[int]] = {}
         norm = {}
-        for gi, g in self.groups.items():
+        for gi in self.groups:
             norm[gi] = self._normalised(gi)
             ranked[gi] = [
                 int(c) for c in np.argsort(norm[gi], kind="stable") if not self.protect[gi][c]

@@ -13,6 +13,7 @@ count beside the channel-multiple probe's (``$SURGEON_CACHE_DIR``, else ``~/.cac
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -96,8 +97,6 @@ class Layer:
 
 
 def _replace(layer: Layer, **changes: Any) -> Layer:
-    import dataclasses
-
     return dataclasses.replace(layer, **changes)
 
 

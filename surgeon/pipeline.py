@@ -359,8 +359,6 @@ def slim_model(
         from surgeon.autotune import slim_to_target
 
         return slim_to_target(model, inputs, options)
-    if auto and options.target is not None:  # the rounds measure: the probe's multiple
-        options = options.replace(round_to=channel_multiple(*_where(options)))
     if auto and not options.inplace:  # inplace: one try only, the probe's multiple
         from surgeon.autotune import timed_round_to
 

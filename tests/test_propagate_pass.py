@@ -74,8 +74,8 @@ def test_propagate_says_when_it_stops_at_its_round_limit(caplog):
         model.layer1[0].conv1.weight[:4] = 0  # dead filters: one round of propagation
     original = surgeon.pipeline.surgery_passes
 
-    def limited(options: SlimOptions):
-        passes = original(options)
+    def limited(options: SlimOptions, decision=None):
+        passes = original(options, decision)
         return [PropagatePass(max_rounds=1) if isinstance(p, PropagatePass) else p for p in passes]
 
     with pytest.MonkeyPatch.context() as mp, caplog.at_level(logging.WARNING):
