@@ -68,10 +68,13 @@ class ProviderTiming:
     runs: int = 0
     warmup: int = 0
     threads: int | None = None
+    samples_ms: tuple[float, ...] = ()  # every timed run, in order
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict of every field."""
-        return asdict(self)
+        """A JSON-able dict of every field but the samples."""
+        out = asdict(self)
+        del out["samples_ms"]
+        return out
 
 
 @dataclass(frozen=True)
@@ -145,12 +148,18 @@ def _check_counts(warmup: int, runs: int, threads: int | None) -> None:
         )
 
 
-def _session(path: Path | bytes, provider: str, threads: int | None) -> Any:
-    """An onnxruntime session on ``provider`` for an ONNX file (or serialised model bytes)."""
+def _session(
+    path: Path | bytes, provider: str, threads: int | None, profile: str | None = None
+) -> Any:
+    """An onnxruntime session on ``provider`` for an ONNX file (or serialised model bytes);
+    with ``profile``, its node profiler on, writing under that file prefix."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if profile is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile
     if threads is not None:
         options.intra_op_num_threads = threads
     chain: list[Any] = [PROVIDERS[provider]]
@@ -325,6 +334,7 @@ def _timing(
         runs=len(times),
         warmup=warmup,
         threads=threads,
+        samples_ms=tuple(times),
     )
 
 

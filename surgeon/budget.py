@@ -229,7 +229,7 @@ class Budget:
         width), and the next removal across all groups is the one of least importance per
         millisecond saved (a heap of each group's next)."""
         saving = {gi: self._savings(gi, g) for gi, g in self.groups.items()}
-        queue: list[tuple[float, int, int]] = []
+        queue: list[tuple[tuple[int, float], int, int]] = []
         ranked: dict[int, list[int]] = {}
         norm = {}
         for gi in self.groups:
@@ -249,8 +249,14 @@ class Budget:
     def _push(
         queue: list, gi: int, j: int, ranked: Mapping, norm: Mapping, saving: Mapping
     ) -> None:
-        if j < len(ranked[gi]) and saving[gi][j] > 0:
-            heapq.heappush(queue, (norm[gi][ranked[gi][j]] / saving[gi][j], gi, j))
+        """Queue group ``gi``'s ``j``-th removal; one the table says saves nothing (below the
+        narrowest width timed) still comes, after every one that saves, least important
+        first (what the table does not time, the norms and activations, still shrinks)."""
+        if j >= len(ranked[gi]):
+            return
+        score = norm[gi][ranked[gi][j]]
+        saves = saving[gi][j]
+        heapq.heappush(queue, ((0, score / saves) if saves > 0 else (1, score), gi, j))
 
     def _savings(self, gi: int, g: Group) -> np.ndarray:
         """Milliseconds the ``j``-th removal of a class of group ``gi`` saves, ``j = 0..n-1``

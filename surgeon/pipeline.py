@@ -23,6 +23,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.fx as fx
 import torch.nn as nn
@@ -474,6 +475,7 @@ def plan_record(
         record["previous"] = copy.deepcopy(previous)
     return {
         **record,
+        "widths": group_widths(graph, state),
         "blocked": dict(blocked),
         "round_to": options.round_to,
         "round_to_auto": auto,
@@ -481,6 +483,29 @@ def plan_record(
         "whole_groups": sorted(graph.whole_groups),
         **captured.record(),  # how it was captured, where sizes were specialised, auto leaves
     }
+
+
+def group_widths(graph: ChannelGraph, state: SurgeryState) -> list[dict[str, Any]]:
+    """Per group with parameters, in model order: a name (its first producer), its channels
+    before and after, and for a group that could not prune, why (its first reason)."""
+    out = []
+    for g in graph.groups:
+        if not g.params:
+            continue
+        owners = [sl.owner for sl in g.params if sl.role == "producer"] or [
+            sl.owner for sl in g.params
+        ]
+        mask = state.removed.get(g.index)
+        gone = g.channels_in(list(np.flatnonzero(mask))) if mask is not None else 0
+        entry: dict[str, Any] = {
+            "group": g.index,
+            "name": owners[0] or "<root>",
+            "channels": [g.channels, g.channels - gone],
+        }
+        if not g.prunable:
+            entry["reason"] = g.reasons[0] if g.reasons else "a single channel class"
+        out.append(entry)
+    return out
 
 
 # -- a saved plan, replayed ------------------------------------------------------------------

@@ -60,12 +60,15 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
 
 @dataclass(frozen=True)
 class Report:
-    """Original against slim. ``settings`` records how the slim model was made and timed."""
+    """Original against slim. ``settings`` records how the slim model was made and timed;
+    ``layers`` the per-node profile rows (:func:`surgeon.profile.layer_rows`), where they
+    were measured."""
 
     model: str
     original: ModelSummary
     slim: ModelSummary
     settings: dict[str, Any] = field(default_factory=dict)
+    layers: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def compression_ratio(self) -> float | None:
@@ -124,6 +127,7 @@ class Report:
             "measured_speedup": {p: self.measured_speedup(p) for p in self.providers},
             "measured_over_theoretical": {p: self.efficiency(p) for p in self.providers},
             "latency_notes": {p: n for p in self.providers if (n := self.noise(p))},
+            "layers": list(self.layers),
         }
 
     def to_json(self) -> str:
@@ -298,9 +302,11 @@ def build_report(
     original_bench: BenchResult | None = None,
     slim_bench: BenchResult | None = None,
     settings: dict[str, Any] | None = None,
+    layers: list[dict[str, Any]] | None = None,
 ) -> Report:
     """Measure ``original`` and ``slim`` on ``example_inputs``; pair them in a :class:`Report`."""
     return Report(
+        layers=list(layers or ()),
         model=name,
         original=summarize(
             original, example_inputs, onnx_path=original_onnx, bench_result=original_bench

@@ -30,6 +30,7 @@ from surgeon.cli.options import (
     DynamicBatchOption,
     ExportModelArgument,
     GroupedOption,
+    HtmlOption,
     IgnoreOption,
     ImportanceOption,
     InputShapeOption,
@@ -41,6 +42,7 @@ from surgeon.cli.options import (
     OpsetOption,
     OutputOption,
     ParamsOption,
+    PlotsOption,
     RatioOption,
     ReportOption,
     RoundToOption,
@@ -66,6 +68,7 @@ from surgeon.cli.output import (
     print_specialised,
     print_target,
     progress,
+    progress_bar,
     setup_logging,
     stdout_for,
 )
@@ -88,6 +91,8 @@ class Outputs:
     onnx: Path
     report: Path | None
     save: Path | None
+    html: Path | None = None
+    plots: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -120,6 +125,8 @@ def export_command(
     output: OutputOption = None,
     save: SaveOption = None,
     report: ReportOption = None,
+    html: HtmlOption = None,
+    plots: PlotsOption = None,
     as_json: JsonOption = False,
     importance: ImportanceOption = "l2",
     compensate: CompensateOption = True,
@@ -157,7 +164,7 @@ def export_command(
         timing = Timing(device.value, runs, warmup, threads, bench=not no_bench)
         _check_opset(opset)
         check_device(timing.device)
-        outputs = output_paths(spec_name(spec), output, report, save)
+        outputs = output_paths(spec_name(spec), output, report, save, html, plots)
         with progress(f"load {spec}"):
             name, original, example = build(spec, shape, weights)
         opts = with_names(opts, original)
@@ -166,7 +173,7 @@ def export_command(
         with all_or_nothing() as written:
             result = _export_and_compare(
                 spec, name, (original, slim_model), example, settings, outputs.onnx, written,
-                opset=opset, dynamic_batch=dynamic_batch,
+                opset=opset, dynamic_batch=dynamic_batch, html=outputs.html, plots=outputs.plots,
             )  # fmt: skip
             _write_extras(result, slim_model, outputs, written)
             _print_result(result, settings, opts, written)
@@ -175,17 +182,31 @@ def export_command(
                 stdout.flush()
 
 
-def output_paths(name: str, output: Path | None, report: Path | None, save: Path | None) -> Outputs:
-    """The ONNX file, the report file and the surgeon file (those asked for), checked to be
-    writable and distinct."""
+def output_paths(
+    name: str,
+    output: Path | None,
+    report: Path | None,
+    save: Path | None,
+    html: Path | None = None,
+    plots: Path | None = None,
+) -> Outputs:
+    """The ONNX file, the report file, the surgeon file and the HTML page (those asked for),
+    checked to be writable and distinct; the plots folder, to be a folder or creatable."""
     from surgeon.files import check_output_path
 
     outputs = Outputs(
         check_output_path(output or Path.cwd() / f"{name}_slim.onnx", what="ONNX file"),
         check_output_path(report, what="report file") if report is not None else None,
         check_output_path(save, what="surgeon file") if save is not None else None,
+        check_output_path(html, what="HTML report") if html is not None else None,
+        _plots_folder(plots) if plots is not None else None,
     )
-    flags = {"--output": outputs.onnx, "--report": outputs.report, "--save": outputs.save}
+    flags = {
+        "--output": outputs.onnx,
+        "--report": outputs.report,
+        "--save": outputs.save,
+        "--html": outputs.html,
+    }
     seen: dict[Path, str] = {}
     for flag, path in flags.items():
         if path is None:
@@ -197,6 +218,18 @@ def output_paths(name: str, output: Path | None, report: Path | None, save: Path
             )
         seen[path] = flag
     return outputs
+
+
+def _plots_folder(path: Path) -> Path:
+    """``--plots``: an existing folder, or one whose parent exists (it is made at the end)."""
+    path = path.expanduser().absolute()
+    if path.exists() and not path.is_dir():
+        raise SurgeonInputError(f"--plots {str(path)!r} is a file: give a folder for the PNGs")
+    if not path.exists() and not path.parent.is_dir():
+        raise SurgeonInputError(
+            f"--plots {str(path)!r}: its parent folder does not exist; create it first"
+        )
+    return path
 
 
 def _slim(
@@ -299,10 +332,13 @@ def _export_and_compare(
     *,
     opset: int | None,
     dynamic_batch: bool,
+    html: Path | None = None,
+    plots: Path | None = None,
 ) -> Report:
-    """Export the original and the slim model to a temporary folder, time them (unless
-    ``settings["bench"]`` is off), measure the report (named after ``spec``, as the user
-    typed it), and copy the slim ONNX file to ``out`` (added to ``written``)."""
+    """Export the original and the slim model to a temporary folder, time and profile them
+    (unless ``settings["bench"]`` is off), measure the report (named after ``spec``, as the
+    user typed it), copy the slim ONNX file to ``out`` and draw the page (``html``) and its
+    figures (``plots``), each added to ``written``."""
     from surgeon.files import copy_file_atomic
     from surgeon.report import build_report
 
@@ -310,14 +346,52 @@ def _export_and_compare(
         paths = (Path(tmp) / f"{name}.onnx", Path(tmp) / f"{name}_slim.onnx")
         _export_both(models, example, paths, opset=opset, dynamic_batch=dynamic_batch)
         benches = _bench_both(paths, settings) if settings["bench"] else (None, None)
+        layers = _profile_both(paths, settings) if settings["bench"] else []
         with progress("count parameters and MACs"):
             result = build_report(
                 spec, *models, example, original_onnx=paths[0], slim_onnx=paths[1],
                 original_bench=benches[0], slim_bench=benches[1], settings=settings,
+                layers=layers,
             )  # fmt: skip
         copy_file_atomic(paths[1], out, what="ONNX file")
         written.append(out)
+    if html is not None or plots is not None:
+        from surgeon.keys import PLAN_KEY
+        from surgeon.page import write_page
+
+        plan = getattr(models[1], "meta", {}).get(PLAN_KEY)
+        with progress("draw the report page"), tempfile.TemporaryDirectory() as tmp:
+            page = html or Path(tmp) / "page.html"  # --plots alone: the page is not kept
+            made = write_page(result, page, plan=plan, benches=benches, plots=plots)
+        if html is not None:
+            written.append(made)
+        if plots is not None:
+            written.extend(p for n in FIGURES if (p := plots / f"{n}.png").exists())
     return result
+
+
+#: the figures the page draws (and --plots writes as <name>.png)
+FIGURES = ("widths", "layers", "latency")
+#: runs of each model the node profile times
+PROFILE_RUNS = 20
+
+
+def _profile_both(paths: tuple[Path, Path], settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """onnxruntime's node profile of both files, matched by node: the per-layer rows."""
+    from surgeon.profile import layer_rows, node_profile
+
+    runs, warmup = min(PROFILE_RUNS, settings["runs"]), 3
+    with progress_bar(
+        f"profile both, node by node ({settings['device']})", 2 * (runs + warmup)
+    ) as advance:
+        found = [
+            node_profile(
+                p, provider=settings["device"], threads=settings["threads"], runs=runs,
+                warmup=warmup, on_run=advance,
+            )
+            for p in paths
+        ]  # fmt: skip
+    return layer_rows(*found)
 
 
 def _export_both(

@@ -260,6 +260,18 @@ ReportOption = Annotated[
     Path | None,
     typer.Option("--report", metavar="FILE", help="Also write the report as JSON here."),
 ]
+HtmlOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--html",
+        metavar="FILE",
+        help="Also write a self-contained HTML page: widths per group, time per layer, latency.",
+    ),
+]
+PlotsOption = Annotated[
+    Path | None,
+    typer.Option("--plots", metavar="DIR", help="Also write the page's figures as PNG files here."),
+]
 SaveOption = Annotated[
     Path | None,
     typer.Option(

@@ -13,7 +13,7 @@ import logging
 import sys
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -33,6 +33,7 @@ __all__ = [
     "debug",
     "one_line",
     "progress",
+    "progress_bar",
     "setup_logging",
     "stdout_for",
     "bench_table",
@@ -70,6 +71,29 @@ def progress(message: str) -> Iterator[None]:
     started = time.perf_counter()
     with err_console.status(message):
         yield
+    console.print(f"[green]done[/green] {message} [dim]({time.perf_counter() - started:.1f}s)[/]")
+
+
+@contextlib.contextmanager
+def progress_bar(message: str, total: int) -> Iterator[Callable[[int, int], None]]:
+    """A transient progress bar on stderr (terminals only) while the step runs; yields
+    ``advance(done, total)``; then a ``done`` line with its duration on stdout."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    started = time.perf_counter()
+    bar = Progress(
+        TextColumn(message), BarColumn(), MofNCompleteColumn(), console=err_console, transient=True
+    )
+    with bar:
+        task = bar.add_task(message, total=total)
+        done_before = [0]
+
+        def advance(done: int, of: int) -> None:
+            bar.update(task, completed=done_before[0] + done)
+            if done == of:
+                done_before[0] += of
+
+        yield advance
     console.print(f"[green]done[/green] {message} [dim]({time.perf_counter() - started:.1f}s)[/]")
 
 
