@@ -37,6 +37,7 @@ _LAZY = {
     "export": "surgeon.exporter",
     "bench": "surgeon.benchmark",
     "bench_interleaved": "surgeon.benchmark",
+    "report_html": "surgeon.page",
     "save": "surgeon.persist",
     "load": "surgeon.persist",
 }
@@ -57,6 +58,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from surgeon.cost import count_macs, count_params, level_prune, metrics
     from surgeon.exporter import export
     from surgeon.options import SlimOptions, Target
+    from surgeon.page import report_html
     from surgeon.persist import load, save
     from surgeon.schedule import agp_ratio, distill_loss, prune_iteratively
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import html
 import io
 import os
+import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -44,6 +45,7 @@ h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 
 table { border-collapse: collapse; font-size: 0.85em; }
 td, th { padding: 2px 8px; border-bottom: 1px solid #eee; text-align: right; }
 td:first-child, th:first-child { text-align: left; }
+table.settings td { text-align: left; }
 tr.unpaid td { background: #fde2e1; }
 .note { color: #555; font-size: 0.9em; }
 figure { margin: 1em 0; }
@@ -54,7 +56,8 @@ def _svg(fig: Any) -> str:
     buf = io.StringIO()
     fig.savefig(buf, format="svg", bbox_inches="tight")
     text = buf.getvalue()
-    return text[text.index("<svg") :]  # the XML prolog does not belong inside HTML
+    text = text[text.index("<svg") :]  # the XML prolog does not belong inside HTML
+    return re.sub(r"<metadata>.*?</metadata>", "", text, flags=re.S)  # RDF: links, no content
 
 
 def figures(
@@ -117,7 +120,10 @@ def figures(
 
 
 def _table(
-    headers: Sequence[str], rows: Sequence[Sequence[Any]], classes: Sequence[str] = ()
+    headers: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    classes: Sequence[str] = (),
+    kind: str = "",
 ) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     body = []
@@ -125,7 +131,8 @@ def _table(
         cls = f' class="{classes[i]}"' if i < len(classes) and classes[i] else ""
         cells = "".join(f"<td>{html.escape(str(c))}</td>" for c in row)
         body.append(f"<tr{cls}>{cells}</tr>")
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+    attr = f' class="{kind}"' if kind else ""
+    return f"<table{attr}><tr>{head}</tr>{''.join(body)}</table>"
 
 
 def _fmt(value: Any, spec: str = ".2f", suffix: str = "") -> str:
@@ -207,7 +214,7 @@ def write_page(
             ],
         ),
         "<h2>Settings</h2>",
-        _table(["setting", "value"], _settings_rows(report, plan)),
+        _table(["setting", "value"], _settings_rows(report, plan), kind="settings"),
         "<h2>Channels</h2>",
     ]
     if "widths" in figs:
@@ -219,8 +226,11 @@ def write_page(
         )
         parts.append(
             _table(
-                ["group", "first member", "channels", "why"],
-                [[w["group"], w["name"], w["channels"][0], w["reason"]] for w in blocked],
+                ["group", "first member", "channels", "why", "where"],
+                [
+                    [w["group"], w["name"], w["channels"][0], w["reason"], w.get("source", "")]
+                    for w in blocked
+                ],
             )
         )
     if plan and plan.get("blocks"):

@@ -504,8 +504,42 @@ def group_widths(graph: ChannelGraph, state: SurgeryState) -> list[dict[str, Any
         }
         if not g.prunable:
             entry["reason"] = g.reasons[0] if g.reasons else "a single channel class"
+            where = _blocked_at(graph, g)
+            if where:
+                entry["source"] = where
         out.append(entry)
     return out
+
+
+def _blocked_at(graph: ChannelGraph, g: Any) -> str | None:
+    """The user's source line of the node whose rule gave ``g`` its first reason
+    (``file.py:12: x = x.view(...)``), from the trace's stack (None: not known)."""
+    if not g.reasons:
+        return None
+    spaces = set(g.spaces)
+    nodes = {n.name: n for n in graph.gm.graph.nodes}
+    for name, rec in graph.records.items():
+        for s, why in rec.blocks:
+            if s in spaces and g.reasons[0].startswith(why):
+                node = nodes.get(name) or nodes.get(s[0])  # a record of the whole graph
+                return user_line(getattr(node, "stack_trace", None))
+    return None
+
+
+def user_line(stack: str | None) -> str | None:
+    """The innermost frame of a node's ``stack_trace`` outside torch and surgeon, as
+    ``file.py:12: code``."""
+    import os
+    import re
+
+    if not stack:
+        return None
+    frames = re.findall(r'File "([^"]+)", line (\d+), in [^\n]*\n\s*([^\n]*)', stack)
+    ours = (os.sep + "surgeon" + os.sep, os.sep + "torch" + os.sep)
+    for path, line, code in reversed(frames):
+        if not any(part in path for part in ours):
+            return f"{os.path.basename(path)}:{line}: {code.strip()}"
+    return None
 
 
 # -- a saved plan, replayed ------------------------------------------------------------------

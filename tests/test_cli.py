@@ -232,6 +232,8 @@ def test_export_module_factory(workdir: Path) -> None:
         ),
         (["inspect", "lenet5", "--ratio", "1.5"], ["--ratio: ratio=1.5"]),
         (["export", "--ratio", "0.3", "--speedup", "2"], ["--ratio and --speedup", "give one"]),
+        (["export", "lenet5", "--plots", "models.py"], ["--plots", "is a file"]),
+        (["export", "lenet5", "--html", "missing/r.html"], ["HTML report", "does not exist"]),
         (["export", "--macs", "3", "--params", "2"], ["--macs, --params: give one target"]),
         (["export", "--speedup", "0.5"], ["--speedup 0.5: Target(speedup=0.5)", "factor > 1"]),
         (["export", "--latency-ms", "-1"], ["--latency-ms -1", "milliseconds"]),
@@ -304,6 +306,22 @@ def test_export_to_a_target(workdir: Path) -> None:
     assert (target["kind"], target["value"]) == ("macs", 2.0)
     assert abs(target["achieved"] / 2.0 - 1) <= 0.03 and target["rounds"]
     assert settings["ratio"] == 0.0
+
+
+def test_export_writes_the_page_and_its_figures(workdir: Path) -> None:
+    result = run(
+        "export", "lenet5", "--runs", "3", "--warmup", "1", "--html", "r.html", "--plots", "png",
+        "--report", "r.json", cwd=workdir,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    page = (workdir / "r.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and "Time per layer" in page
+    assert sorted(p.name for p in (workdir / "png").iterdir()) == [
+        "latency.png", "layers.png", "widths.png"
+    ]  # fmt: skip
+    layers = json.loads((workdir / "r.json").read_text())["layers"]
+    convs = [r for r in layers if r["op"] == "Conv"]  # lenet5's two convs, in both files
+    assert len(convs) == 2 and all(None not in r["ms"] + r["macs"] for r in convs)
 
 
 def test_inspect_prints_groups(workdir: Path) -> None:

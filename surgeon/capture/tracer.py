@@ -130,6 +130,9 @@ class SurgeonTracer(fx.Tracer):
         self, leaf_modules: Iterable[type[torch.nn.Module] | torch.nn.Module | str] = ()
     ) -> None:
         super().__init__()
+        # each node keeps the source line that made it (node.stack_trace): the report names
+        # the line a blocked group comes from
+        self.record_stack_traces = True
         leaves = tuple(leaf_modules)
         self._leaf_types = tuple(m for m in leaves if isinstance(m, type))
         self._leaf_ids = {id(m) for m in leaves if isinstance(m, torch.nn.Module)}
