@@ -81,6 +81,12 @@ def progress_bar(message: str, total: int) -> Iterator[Callable[[int, int], None
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     started = time.perf_counter()
+    if not err_console.is_terminal:  # a pipe gets nothing but the done line
+        yield lambda done, of: None
+        console.print(
+            f"[green]done[/green] {message} [dim]({time.perf_counter() - started:.1f}s)[/]"
+        )
+        return
     bar = Progress(
         TextColumn(message), BarColumn(), MofNCompleteColumn(), console=err_console, transient=True
     )
