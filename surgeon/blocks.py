@@ -88,6 +88,28 @@ def _impure(node: fx.Node) -> bool:
     ) or node.op == "placeholder"
 
 
+def _writes_outside(node: fx.Node, branch: set[fx.Node], modules: Mapping[str, Any]) -> bool:
+    """``node`` works in place (``inplace=True``, a module built so) on a tensor from outside
+    the branch: cutting the branch would change what the skip reads."""
+    inplace = node.kwargs.get("inplace") is True
+    if node.op == "call_module":
+        inplace = inplace or getattr(modules.get(str(node.target)), "inplace", False) is True
+    elif node.op == "call_function" and len(node.args) > 1 and node.args[-1] is True:
+        inplace = inplace or getattr(node.target, "__name__", "") in (
+            "relu",
+            "relu6",
+            "hardtanh",
+            "leaky_relu",
+            "elu",
+            "hardswish",
+            "hardsigmoid",
+            "silu",
+            "mish",
+            "dropout",
+        )
+    return inplace and any(i not in branch for i in node.all_input_nodes)
+
+
 def _private(branch_out: fx.Node, add: fx.Node, order: Mapping[fx.Node, int]) -> set[fx.Node]:
     """``branch_out`` and every node above it that feeds nothing but these nodes and ``add``:
     what goes with the branch. Nodes others read too (the skip, a shared mask) stay."""
@@ -122,7 +144,7 @@ def find_blocks(gm: fx.GraphModule) -> list[Block]:
             if list(branch_out.users) != [add] or branch_out.op == "placeholder":
                 continue
             branch = _private(branch_out, add, order)
-            if any(_impure(n) for n in branch):
+            if any(_impure(n) or _writes_outside(n, branch, modules) for n in branch):
                 continue
             params: set[str] = set()
             for target, sites in calls.items():

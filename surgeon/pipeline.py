@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.fx as fx
 import torch.nn as nn
+import torch.utils._pytree as pytree
 
 from surgeon.adopt import adopt, int_args, returned_form
 from surgeon.capture import Captured, as_args, capture, check_trace, input_spec
@@ -214,7 +215,19 @@ def cut_blocks(
         return []
     scored = score_blocks(gm, found, calibration(inputs, options))
     chosen = scored if keys is not None else [b for b in scored if b.score <= EXACT]
+    if not chosen:
+        return []
+    before = _run(gm, inputs) if keys is None else None
     removed = remove_blocks(gm, chosen, calibration(inputs, options))
+    if before is not None:  # computed a constant: the graph must compute what it did
+        after = _run(gm, inputs)
+        for a, b in zip(pytree.tree_leaves(before), pytree.tree_leaves(after), strict=True):
+            if isinstance(a, torch.Tensor) and not torch.allclose(a, b, rtol=1e-4, atol=1e-5):
+                raise SurgeonPassError(
+                    f"cutting the constant block(s) {[r.add for r in removed]} changed the "
+                    "model's output (a branch shares state with its skip); slim without "
+                    "'layers' in structures, or report the model"
+                )
     return removed
 
 

@@ -322,3 +322,29 @@ def test_structures_must_name_what_can_go(value):
     with pytest.raises(SurgeonInputError) as err:
         SlimOptions(0.5, structures=value)
     assert err.value.option == "structures"
+
+
+class _SharedSkip(nn.Module):
+    """A branch whose first op rewrites the skip in place: cutting it would change the skip."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.act = nn.ReLU(inplace=True)
+        self.conv = nn.Conv2d(4, 4, 1)
+        self.bn = nn.BatchNorm2d(4)
+        self.head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        x = self.head.weight.new_zeros(()) + x  # a tensor of the graph, not the input itself
+        return self.head(x + self.bn(self.conv(self.act(x))))
+
+
+def test_a_branch_that_writes_its_skip_in_place_is_not_a_block():
+    from surgeon.blocks import find_blocks
+
+    model, x = _SharedSkip().eval(), torch.randn(1, 4, 3, 3)
+    nn.init.zeros_(model.bn.weight)  # the branch is constant, but it rewrites the skip
+    gm = capture(copy.deepcopy(model), x).gm
+    assert not [b for b in find_blocks(gm) if "conv" in " ".join(b.nodes)]
+    slim = surgeon.slim(model, 0.0, x, structures=LAYERS)
+    torch.testing.assert_close(slim(x), model(x))
