@@ -28,6 +28,7 @@ from surgeon.spaces import Sink
 __all__ = [
     "CRITERIA",
     "DATA_CRITERIA",
+    "GRADIENT_CRITERIA",
     "DataStats",
     "Edge",
     "check_criterion",
@@ -37,8 +38,10 @@ __all__ = [
     "iter_batches",
 ]
 
-CRITERIA = ("l1", "l2", "taylor", "grad", "bn_scale", "random")
-DATA_CRITERIA = ("taylor", "grad")
+CRITERIA = ("l1", "l2", "taylor", "grad", "wanda", "bn_scale", "random")
+#: criteria measured on data: all need ``data``; the gradient ones (not ``wanda``) ``loss_fn``
+DATA_CRITERIA = ("taylor", "grad", "wanda")
+GRADIENT_CRITERIA = ("taylor", "grad")
 
 Edge = tuple[str, int, str]  # (source node, dim, consumer node): one sink's input
 MAX_MOMENT_WIDTH = 4096  # second moments are width x width: wider inputs get means only
@@ -59,7 +62,14 @@ def _check_known(importance: Any) -> None:
 def check_criterion(importance: Any, data: Any, loss_fn: Any) -> None:
     """A known criterion, and ``data`` / ``loss_fn`` when it needs them."""
     _check_known(importance)
-    if importance in DATA_CRITERIA and (data is None or loss_fn is None):
+    if importance == "wanda" and data is None:
+        raise SurgeonInputError(
+            "importance='wanda' weighs each input channel's weights by its activations' size "
+            "on data and needs data=: pass an iterable of (input, target) batches (a few "
+            "calibration batches; the target is not read), or use a weight criterion ('l2')",
+            option="importance",
+        )
+    if importance in GRADIENT_CRITERIA and (data is None or loss_fn is None):
         missing = " and ".join(n for n, v in (("data=", data), ("loss_fn=", loss_fn)) if v is None)
         raise SurgeonInputError(
             f"importance={importance!r} is computed from gradients on data and needs {missing}: "
@@ -84,13 +94,15 @@ class DataStats:
     ``|sum over positions of activation * gradient|`` (first-order Taylor, Molchanov et al.);
     ``means[edge]``: the mean value per index (over examples and positions); ``moments[edge]``:
     the second moments ``E[x x^T]`` between indices (edges up to ``MAX_MOMENT_WIDTH`` wide);
-    ``grads[name]``: dL/dw of each parameter, summed over batches.
+    ``grads[name]``: dL/dw of each parameter, summed over batches; ``squares[edge]``: the
+    mean square value per index (over examples and positions), for ``wanda``.
     """
 
     taylor: dict[Edge, np.ndarray] = field(default_factory=dict)
     means: dict[Edge, np.ndarray] = field(default_factory=dict)
     moments: dict[Edge, np.ndarray] = field(default_factory=dict)
     grads: dict[str, torch.Tensor] = field(default_factory=dict)
+    squares: dict[Edge, np.ndarray] = field(default_factory=dict)
 
 
 def class_scores(
@@ -109,11 +121,17 @@ def class_scores(
     """
     _check_known(criterion)
     if criterion in DATA_CRITERIA and stats is None:
-        raise SurgeonInputError(f"importance={criterion!r} needs data= and loss_fn=")
+        needs = "data=" if criterion == "wanda" else "data= and loss_fn="
+        raise SurgeonInputError(f"importance={criterion!r} needs {needs}")
     if criterion == "random":
         return np.random.default_rng([0, group.index]).random(group.n_classes)
     if criterion == "taylor":
         return _taylor_scores(group, stats)
+    if criterion == "wanda":
+        scores = _wanda_scores(gm, group, stats)
+        if scores.any():
+            return scores
+        criterion = "l2"  # no consumer measured (a group read only by the output)
     if criterion == "bn_scale":
         scores = _slice_scores(gm, group, lambda sl, t: t.abs(), roles=("norm",), names=("weight",))
         if scores.any():
@@ -212,15 +230,44 @@ def _taylor_scores(group: Group, stats: DataStats | None) -> np.ndarray:
     return scores
 
 
+def _wanda_scores(gm: fx.GraphModule, group: Group, stats: DataStats | None) -> np.ndarray:
+    """Wanda (Sun et al., 2023), per channel: at every consumer that reads the class, the L1
+    norm of the weights reading the channel times the channel's root mean square activation
+    on the data, summed over the class."""
+    scores = np.zeros(group.n_classes)
+    if stats is None:
+        return scores
+    for sink in group.sinks:
+        sq = stats.squares.get(edge_of(sink))
+        if sq is None or sink.owner is None:
+            continue
+        rms = np.sqrt(sq)
+        for sl in group.params:
+            if sl.role != "consumer" or sl.owner != sink.owner or sl.space != sink.space:
+                continue
+            if sl.name == "bias":
+                continue
+            t = attr_tensor(gm, _qualname(sl.owner, sl.name))
+            if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+                continue
+            with torch.no_grad():
+                mag = power_sums(t.detach(), sl.dim, 1).cpu().numpy()
+            cls = group.class_of[sl.space]
+            tidx = sl.tensor_index(len(cls))
+            np.add.at(scores, cls, mag[tidx] * rms[: len(cls)])
+    return scores
+
+
 # -- measuring on data -----------------------------------------------------------------------
 class _Probe(nn.Module):
     """Sits on one edge (a node's value going into one consumer): ``x * gate`` per probed dim,
     with a gate of ones over (example, channel) whose gradient is, per example and channel,
     the sum of ``activation * gradient`` over the other positions; also sums channel means."""
 
-    def __init__(self, taylor: bool, means: bool) -> None:
+    def __init__(self, taylor: bool, means: bool, squares: bool = False) -> None:
         super().__init__()
-        self.want_taylor, self.want_means = taylor, means
+        self.want_taylor, self.want_means, self.want_squares = taylor, means, squares
+        self.squares: dict[int, torch.Tensor] = {}
         self.dims: list[int] = []
         self.gates: dict[int, torch.Tensor] = {}
         self.taylor: dict[int, torch.Tensor] = {}
@@ -234,6 +281,12 @@ class _Probe(nn.Module):
         for dim in self.dims:
             if x.dim() <= dim:
                 continue
+            if self.want_squares:
+                rows = x.detach().movedim(dim, -1).reshape(-1, x.shape[dim]).double()
+                q = (rows * rows).sum(0)
+                self.squares[dim] = q + self.squares[dim] if dim in self.squares else q
+                if not self.want_means:
+                    self.count[dim] = self.count.get(dim, 0) + rows.shape[0]
             if self.want_means:
                 rows = x.detach().movedim(dim, -1).reshape(-1, x.shape[dim]).double()
                 s = rows.sum(0)
@@ -271,6 +324,7 @@ def collect_stats(
     taylor: bool = False,
     grads: bool = False,
     means: bool = False,
+    squares: bool = False,
 ) -> DataStats:
     """Run ``gm`` (a copy of it, in eval mode) over ``data`` and measure, at every consumer
     input of every prunable group, the Taylor scores and / or the mean values, and / or the
@@ -280,7 +334,7 @@ def collect_stats(
     for p in work.parameters():
         p.grad = None
         p.requires_grad_(grads or taylor)
-    probes = _insert_probes(work, graph, taylor, means)
+    probes = _insert_probes(work, graph, taylor, means, squares)
     examples = _run_batches(work, data, loss_fn, probes, backward=taylor or grads)
     stats = DataStats()
     for (src_name, consumer_name), probe in probes.items():
@@ -291,6 +345,8 @@ def collect_stats(
                 stats.means[(src_name, dim, consumer_name)] = (s / probe.count[dim]).cpu().numpy()
         for dim, o in probe.outer.items():
             stats.moments[(src_name, dim, consumer_name)] = (o / probe.count[dim]).cpu().numpy()
+        for dim, q in probe.squares.items():
+            stats.squares[(src_name, dim, consumer_name)] = (q / probe.count[dim]).cpu().numpy()
     if grads:
         for name, p in work.named_parameters():
             if p.grad is not None:
@@ -299,7 +355,7 @@ def collect_stats(
 
 
 def _insert_probes(
-    work: fx.GraphModule, graph: ChannelGraph, taylor: bool, means: bool
+    work: fx.GraphModule, graph: ChannelGraph, taylor: bool, means: bool, squares: bool = False
 ) -> dict[tuple[str, str], _Probe]:
     """A probe module on every (source, consumer) edge of every prunable group's sinks."""
     probes: dict[tuple[str, str], _Probe] = {}
@@ -311,7 +367,7 @@ def _insert_probes(
                 continue
             probe = probes.get((src_name, consumer_name))
             if probe is None:
-                probe = _Probe(taylor, means)
+                probe = _Probe(taylor, means, squares)
                 name = f"_surgeon_probe_{len(probes)}"
                 work.add_submodule(name, probe)
                 src, consumer = nodes[src_name], nodes[consumer_name]

@@ -324,6 +324,7 @@ def measured(gm: fx.GraphModule, graph: ChannelGraph, options: SlimOptions) -> D
         taylor=crit == "taylor",
         grads=crit == "grad",
         means=options.compensate,
+        squares=crit == "wanda",
     )
 
 

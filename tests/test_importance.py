@@ -4,6 +4,8 @@ input checks."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -183,3 +185,57 @@ def test_power_sums_equal_the_plain_sum_over_the_other_dims(shape, data, p, dtyp
         torch.testing.assert_close(power_sums(t, dim, p), want, rtol=1e-5, atol=0)
     finally:
         importance._CHUNK = old
+
+
+# -- wanda -------------------------------------------------------------------------------------
+def _wanda_mlp():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    data = [(torch.randn(16, 6), torch.zeros(16, dtype=torch.long)) for _ in range(2)]
+    return model, data
+
+
+def test_wanda_weighs_each_channel_by_its_activations():
+    """The hidden group's scores: at fc2, sum_i |W2[i, j]| x rms of hidden channel j."""
+    from surgeon.capture import capture
+    from surgeon.graph import build_channel_graph
+
+    model, data = _wanda_mlp()
+    gm = capture(copy.deepcopy(model), data[0][0]).gm
+    graph = build_channel_graph(gm)
+    stats = collect_stats(gm, graph, data, None, squares=True)
+    hidden = next(g for g in graph.prunable_groups() if g.n_classes == 8)
+    got = class_scores(gm, hidden, "wanda", stats)
+    with torch.no_grad():
+        h = torch.cat([model[1](model[0](x)) for x, _ in data])
+        want = model[2].weight.abs().sum(0) * h.pow(2).mean(0).sqrt()
+    np.testing.assert_allclose(got, want.double().numpy(), rtol=1e-6)
+
+
+def test_wanda_removes_the_channel_that_never_fires():
+    """A hidden unit with the largest weights but no activation on the data goes under
+    wanda; weight magnitude alone keeps it."""
+    model, data = _wanda_mlp()
+    with torch.no_grad():
+        model[0].weight[3] = 0.0
+        model[0].bias[3] = -5.0  # ReLU: never fires
+        model[2].weight[:, 3] = 10.0  # the largest weights read it
+        model[0].weight[3, 0] = 1e-3  # not dead: still computed from the input
+    x = data[0][0]
+
+    def removed(**settings):
+        slim = surgeon.slim(model, 0.25, x, compensate=False, returns="graph", **settings)
+        return slim.meta["surgeon.plan"]["removed"]
+
+    removed_wanda = removed(importance="wanda", data=data)
+    removed_l2 = removed(importance="l2")
+    assert any(3 in v for v in removed_wanda.values())
+    assert not any(3 in v for v in removed_l2.values())
+
+
+def test_wanda_needs_data_but_no_loss():
+    model, data = _wanda_mlp()
+    with pytest.raises(SurgeonInputError, match="importance='wanda'.*needs data="):
+        surgeon.slim(model, 0.5, data[0][0], importance="wanda")
+    slim = surgeon.slim(model, 0.5, data[0][0], importance="wanda", data=data)
+    assert slim(data[0][0]).shape == (16, 3)

@@ -401,10 +401,10 @@ def slim_options(
 
     if importance in DATA_CRITERIA:
         raise SurgeonInputError(
-            f"--importance {importance} ranks channels by gradients on data, which the command "
-            "line does not take; use --importance l2, l1, bn_scale or random, or call "
-            f"surgeon.slim(model, ratio, x, importance={importance!r}, data=..., loss_fn=...) "
-            "from Python"
+            f"--importance {importance} ranks channels by what it measures on data, which the "
+            "command line does not take; use --importance l2, l1, bn_scale or random, or call "
+            f"surgeon.slim(model, ratio, x, importance={importance!r}, data=..."
+            f"{'' if importance == 'wanda' else ', loss_fn=...'}) from Python"
         )
     return SlimOptions(
         ratio,
