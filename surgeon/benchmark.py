@@ -169,6 +169,19 @@ def _session(
     return ort.InferenceSession(model, options, providers=chain)
 
 
+def fastest_ms(session: Any, feed: Mapping[str, Any], runs: int, warmup: int = 2) -> float:
+    """The fastest of ``runs`` runs of ``session`` on ``feed`` after ``warmup``, in ms (the
+    probes' measure: a single op's best case, not a latency distribution)."""
+    for _ in range(warmup):
+        session.run(None, feed)
+    best = float("inf")
+    for _ in range(runs):
+        start = time.perf_counter()
+        session.run(None, feed)
+        best = min(best, time.perf_counter() - start)
+    return best * 1e3
+
+
 def _input_specs(session: Any) -> dict[str, tuple[tuple[int, ...], str]]:
     """ONNX input shapes with every symbolic / unknown dim set to 1 (batch 1)."""
     specs: dict[str, tuple[tuple[int, ...], str]] = {}

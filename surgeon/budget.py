@@ -59,29 +59,12 @@ Decision = dict[int, np.ndarray]  # group index -> removed mask over its classes
 def weight_macs(gm: fx.GraphModule) -> dict[str, int]:
     """Weight qualified name -> MACs of the Conv / Linear calls that read it, from the shape
     metadata (what :func:`surgeon.diagnose.dense_macs` sums)."""
-    from surgeon.diagnose import _CONV_FNS
+    from surgeon.diagnose import dense_calls
 
     out: dict[str, int] = {}
-    for node in gm.graph.nodes:
-        shape = getattr(node.meta.get("tensor_meta"), "shape", None)
-        if shape is None:
-            continue
-        name = None
-        if node.op == "call_module":
-            m = gm.get_submodule(str(node.target))
-            if isinstance(m, (torch.nn.modules.conv._ConvNd, torch.nn.Linear)) and not getattr(
-                m, "transposed", False
-            ):
-                name, wshape = f"{node.target}.weight", tuple(m.weight.shape)
-        elif node.op == "call_function" and (
-            node.target in _CONV_FNS or node.target is torch.nn.functional.linear
-        ):
-            w = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
-            if getattr(w, "op", None) == "get_attr":
-                wshape = getattr(w.meta.get("tensor_meta"), "shape", None)
-                name = str(w.target) if wshape is not None else None
+    for name, macs in dense_calls(gm):
         if name is not None:
-            out[name] = out.get(name, 0) + math.prod(shape) * math.prod(wshape[1:])
+            out[name] = out.get(name, 0) + macs
     return out
 
 

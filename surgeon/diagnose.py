@@ -7,6 +7,7 @@ import logging
 import math
 import re
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import torch.fx as fx
@@ -17,33 +18,39 @@ from surgeon.graph import ChannelGraph
 
 log = logging.getLogger(__name__)
 
-__all__ = ["logged_diagnosis", "dense_macs", "blocked_reasons", "diagnose"]
+__all__ = ["logged_diagnosis", "dense_macs", "dense_calls", "blocked_reasons", "diagnose"]
 
 
 _CONV_FNS = {F.conv1d, F.conv2d, F.conv3d}
 
 
-def dense_macs(gm: fx.GraphModule) -> int:
-    """MACs of the Conv / Linear calls (module or functional) from the shape metadata: the
-    part of the cost pruning changes, counted without running the model."""
-    total = 0
+def dense_calls(gm: fx.GraphModule) -> Iterator[tuple[str | None, int]]:
+    """Each Conv / Linear call (module or functional) of ``gm`` with shape metadata: the
+    qualified name of the weight it reads (None: a weight computed in the graph) and its MACs
+    (output size x the weight's fan-in)."""
     for node in gm.graph.nodes:
         out = getattr(node.meta.get("tensor_meta"), "shape", None)
         if out is None:
             continue
-        weight = None
+        weight, name = None, None
         if node.op == "call_module":
             m = gm.get_submodule(str(node.target))
             if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) and not getattr(
                 m, "transposed", False
             ):
-                weight = tuple(m.weight.shape)
+                weight, name = tuple(m.weight.shape), f"{node.target}.weight"
         elif node.op == "call_function" and (node.target in _CONV_FNS or node.target is F.linear):
             w = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
             weight = getattr(getattr(w, "meta", {}).get("tensor_meta"), "shape", None)
+            name = str(w.target) if getattr(w, "op", None) == "get_attr" else None
         if weight is not None:
-            total += math.prod(out) * math.prod(weight[1:])
-    return total
+            yield name, math.prod(out) * math.prod(weight[1:])
+
+
+def dense_macs(gm: fx.GraphModule) -> int:
+    """MACs of the Conv / Linear calls (module or functional) from the shape metadata: the
+    part of the cost pruning changes, counted without running the model."""
+    return sum(macs for _, macs in dense_calls(gm))
 
 
 def blocked_reasons(

@@ -21,7 +21,6 @@ import logging
 import os
 import platform
 import statistics
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,18 +82,11 @@ def _conv_model(channels: int, groups: int, k: int, side: int = SIDE) -> bytes:
 def _time(
     model: bytes, channels: int, provider: str, threads: int | None, runs: int, side: int = SIDE
 ) -> float:
-    from surgeon.benchmark import _session
+    from surgeon.benchmark import _session, fastest_ms
 
     session = _session(model, provider, threads)
     feed = {"x": np.random.default_rng(0).standard_normal((1, channels, side, side), np.float32)}
-    for _ in range(3):
-        session.run(None, feed)
-    best = float("inf")
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, feed)
-        best = min(best, time.perf_counter() - start)
-    return best * 1e3
+    return fastest_ms(session, feed, runs, warmup=3)
 
 
 def _ceil(width: int, multiple: int) -> int:
@@ -199,12 +191,18 @@ def _grouped_halving(width: int, provider: str, threads: int | None, runs: int) 
     return statistics.fmean(parts)
 
 
-def _cache_file() -> Path:
+def cache_path(name: str) -> Path:
+    """Where surgeon caches what it measured on this machine: ``$SURGEON_CACHE_DIR/name``,
+    else under ``$XDG_CACHE_HOME`` or ``~/.cache``, in ``surgeon/``."""
     root = os.environ.get("SURGEON_CACHE_DIR")
     if root:
-        return Path(root) / "channel_multiple.json"
+        return Path(root) / name
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "surgeon" / "channel_multiple.json"
+    return Path(base) / "surgeon" / name
+
+
+def _cache_file() -> Path:
+    return cache_path("channel_multiple.json")
 
 
 def channel_multiple(provider: str = "cpu", threads: int | None = 1) -> int:

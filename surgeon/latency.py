@@ -16,8 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -233,26 +231,17 @@ def _onnx(layer: Layer) -> bytes:
 
 def _time(layer: Layer, provider: str, threads: int | None) -> float:
     """The fastest of :data:`RUNS` runs of ``layer`` alone, in milliseconds."""
-    from surgeon.benchmark import _session
+    from surgeon.benchmark import _session, fastest_ms
 
     session = _session(_onnx(layer), provider, threads)
     feed = {"x": np.random.default_rng(1).standard_normal(layer.input, np.float32)}
-    for _ in range(2):
-        session.run(None, feed)
-    best = float("inf")
-    for _ in range(RUNS):
-        start = time.perf_counter()
-        session.run(None, feed)
-        best = min(best, time.perf_counter() - start)
-    return best * 1e3
+    return fastest_ms(session, feed, RUNS)
 
 
 def _cache_file() -> Path:
-    root = os.environ.get("SURGEON_CACHE_DIR")
-    if root:
-        return Path(root) / "layer_latency.json"
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "surgeon" / "layer_latency.json"
+    from surgeon.hardware import cache_path
+
+    return cache_path("layer_latency.json")
 
 
 def layer_table(
