@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 BUFFER_PREFIX = "surgeon_block_"
 #: a block whose score is at most this computes a constant: it goes at any ratio
-EXACT = 1e-10
+EXACT = 1e-12
 _ADDS = {operator.add, torch.add}
 
 
