@@ -1,16 +1,17 @@
 """Importance criteria: a score per channel class, aggregated over every member of the class.
 
 Magnitude criteria (``l1``, ``l2``, ``bn_scale``, ``random``) read the weights only. The
-data-driven ones (``taylor``, ``grad``) run the model on ``data`` through ``collect_stats``,
-which also measures the mean value of every edge where a channel class leaves its class (the
-inputs of its consumers) for compensation.
+calibrated ones run the model on ``data`` through ``collect_stats``, which also measures the
+mean value of every edge where a channel class leaves its class (the inputs of its consumers)
+for compensation: ``activation`` and ``fluctuation`` forward only, ``taylor`` and ``grad``
+with gradients of a loss (``loss_fn``, or a causal language model's own next-token loss).
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,16 +32,20 @@ __all__ = [
     "GRADIENT_CRITERIA",
     "DataStats",
     "Edge",
+    "causal_lm_loss",
     "check_criterion",
     "class_scores",
     "collect_stats",
     "edge_of",
+    "is_causal_lm",
     "iter_batches",
+    "with_own_loss",
 ]
 
-CRITERIA = ("l1", "l2", "taylor", "grad", "wanda", "bn_scale", "random")
-#: criteria measured on data: all need ``data``; the gradient ones (not ``wanda``) ``loss_fn``
-DATA_CRITERIA = ("taylor", "grad", "wanda")
+CRITERIA = ("l1", "l2", "taylor", "grad", "activation", "fluctuation", "bn_scale", "random")
+#: criteria measured on data: all need ``data``; the gradient ones ``loss_fn`` too (a causal
+#: language model brings its own, :func:`causal_lm_loss`)
+DATA_CRITERIA = ("taylor", "grad", "activation", "fluctuation")
 GRADIENT_CRITERIA = ("taylor", "grad")
 
 Edge = tuple[str, int, str]  # (source node, dim, consumer node): one sink's input
@@ -59,23 +64,26 @@ def _check_known(importance: Any) -> None:
         )
 
 
-def check_criterion(importance: Any, data: Any, loss_fn: Any) -> None:
-    """A known criterion, and ``data`` / ``loss_fn`` when it needs them."""
+def check_criterion(importance: Any, data: Any, loss_fn: Any, *, own_loss: bool = True) -> None:
+    """A known criterion, and ``data`` / ``loss_fn`` when it needs them (``own_loss``: the
+    model may bring its own loss, so a missing ``loss_fn`` is checked once the model is
+    known)."""
     _check_known(importance)
-    if importance == "wanda" and data is None:
+    if importance in DATA_CRITERIA and importance not in GRADIENT_CRITERIA and data is None:
         raise SurgeonInputError(
-            "importance='wanda' weighs each input channel's weights by its activations' size "
-            "on data and needs data=: pass an iterable of (input, target) batches (a few "
+            f"importance={importance!r} weighs each channel's weights by its activations on "
+            "data and needs data=: pass an iterable of (input, target) batches (a few "
             "calibration batches; the target is not read), or use a weight criterion ('l2')",
             option="importance",
         )
-    if importance in GRADIENT_CRITERIA and (data is None or loss_fn is None):
+    if importance in GRADIENT_CRITERIA and (data is None or (loss_fn is None and not own_loss)):
         missing = " and ".join(n for n, v in (("data=", data), ("loss_fn=", loss_fn)) if v is None)
         raise SurgeonInputError(
             f"importance={importance!r} is computed from gradients on data and needs {missing}: "
             "pass data= (an iterable of (input, target) batches, e.g. a DataLoader or a list of "
-            "a few batches) and loss_fn= (e.g. torch.nn.functional.cross_entropy), or use a "
-            "weight criterion ('l2', 'l1', 'bn_scale')",
+            "a few batches) and loss_fn= (e.g. torch.nn.functional.cross_entropy; a Hugging "
+            "Face ...ForCausalLM needs none: its next-token loss is used), or use a weight "
+            "criterion ('l2', 'l1', 'bn_scale')",
             option="importance",
         )
     if loss_fn is not None and not callable(loss_fn):
@@ -84,6 +92,55 @@ def check_criterion(importance: Any, data: Any, loss_fn: Any) -> None:
             "returning a scalar tensor",
             option="loss_fn",
         )
+
+
+def is_causal_lm(model: nn.Module) -> bool:
+    """A generating language model (Hugging Face's ``...ForCausalLM``: ``generate``, an output
+    embedding, no encoder-decoder config): its logits predict the next token."""
+    config = getattr(model, "config", None)
+    heads = getattr(model, "get_output_embeddings", None)
+    return (
+        callable(getattr(model, "generate", None))
+        and callable(heads)
+        and heads() is not None
+        and not getattr(config, "is_encoder_decoder", False)
+    )
+
+
+def causal_lm_loss(output: Any, target: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy: the logits at each position against the ``target`` token ids
+    one position later (``target``: the batch's labels, or its ``input_ids``)."""
+    logits = output["logits"] if isinstance(output, Mapping) else output
+    if isinstance(logits, (tuple, list)):
+        logits = logits[0]
+    logits = getattr(logits, "logits", logits)
+    return nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), target[:, 1:].flatten().to(logits.device)
+    )
+
+
+def with_own_loss(
+    model: nn.Module, data: list[Any], loss_fn: Any, criterion: str
+) -> tuple[list[Any], Any]:
+    """``data`` and ``loss_fn`` for a gradient criterion: a causal language model without a
+    ``loss_fn`` gets :func:`causal_lm_loss`, and its batches without a target take their
+    ``input_ids``; any other model without one is refused."""
+    if loss_fn is not None:
+        return data, loss_fn
+    if not is_causal_lm(model):
+        raise SurgeonInputError(
+            f"importance={criterion!r} needs loss_fn= (e.g. torch.nn.functional.cross_entropy): "
+            f"the {type(model).__name__} is no causal language model, whose next-token loss "
+            "would serve; or use importance='activation' (data only)",
+            option="loss_fn",
+        )
+    batches = []
+    for inputs, target in iter_batches(data):
+        if target is None:
+            ids = inputs.get("input_ids") if isinstance(inputs, Mapping) else inputs
+            target = ids
+        batches.append((inputs, target))
+    return batches, causal_lm_loss
 
 
 @dataclass
@@ -95,7 +152,8 @@ class DataStats:
     ``means[edge]``: the mean value per index (over examples and positions); ``moments[edge]``:
     the second moments ``E[x x^T]`` between indices (edges up to ``MAX_MOMENT_WIDTH`` wide);
     ``grads[name]``: dL/dw of each parameter, summed over batches; ``squares[edge]``: the
-    mean square value per index (over examples and positions), for ``wanda``.
+    mean square value per index (over examples and positions), for ``activation`` and
+    ``fluctuation``.
     """
 
     taylor: dict[Edge, np.ndarray] = field(default_factory=dict)
@@ -121,14 +179,14 @@ def class_scores(
     """
     _check_known(criterion)
     if criterion in DATA_CRITERIA and stats is None:
-        needs = "data=" if criterion == "wanda" else "data= and loss_fn="
+        needs = "data= and loss_fn=" if criterion in GRADIENT_CRITERIA else "data="
         raise SurgeonInputError(f"importance={criterion!r} needs {needs}")
     if criterion == "random":
         return np.random.default_rng([0, group.index]).random(group.n_classes)
     if criterion == "taylor":
         return _taylor_scores(group, stats)
-    if criterion == "wanda":
-        scores = _wanda_scores(gm, group, stats)
+    if criterion in ("activation", "fluctuation"):
+        scores = _consumer_scores(gm, group, stats, criterion)
         if scores.any():
             return scores
         criterion = "l2"  # no consumer measured (a group read only by the output)
@@ -230,18 +288,30 @@ def _taylor_scores(group: Group, stats: DataStats | None) -> np.ndarray:
     return scores
 
 
-def _wanda_scores(gm: fx.GraphModule, group: Group, stats: DataStats | None) -> np.ndarray:
-    """Wanda (Sun et al., 2023), per channel: at every consumer that reads the class, the L1
-    norm of the weights reading the channel times the channel's root mean square activation
-    on the data, summed over the class."""
+def _consumer_scores(
+    gm: fx.GraphModule, group: Group, stats: DataStats | None, criterion: str
+) -> np.ndarray:
+    """At every consumer that reads the class, summed over the class:
+
+    ``activation`` (Wanda-SP, Sun et al. 2023, structured): the L1 norm of the weights
+    reading the channel times the channel's root mean square activation on the data;
+    ``fluctuation`` (FLAP, An et al. 2024): the squared L2 norm of those weights times the
+    variance of the channel's activation: what the consumer's output loses when the channel
+    is replaced by its mean, which compensation folds into the consumer's bias."""
     scores = np.zeros(group.n_classes)
     if stats is None:
         return scores
+    power = 1 if criterion == "activation" else 2
     for sink in group.sinks:
-        sq = stats.squares.get(edge_of(sink))
+        edge = edge_of(sink)
+        sq = stats.squares.get(edge)
         if sq is None or sink.owner is None:
             continue
-        rms = np.sqrt(sq)
+        if criterion == "activation":
+            size = np.sqrt(sq)
+        else:
+            mean = stats.means.get(edge, np.zeros_like(sq))
+            size = np.maximum(sq - mean * mean, 0.0)
         for sl in group.params:
             if sl.role != "consumer" or sl.owner != sink.owner or sl.space != sink.space:
                 continue
@@ -251,10 +321,10 @@ def _wanda_scores(gm: fx.GraphModule, group: Group, stats: DataStats | None) -> 
             if not isinstance(t, torch.Tensor) or not t.is_floating_point():
                 continue
             with torch.no_grad():
-                mag = power_sums(t.detach(), sl.dim, 1).cpu().numpy()
+                mag = power_sums(t.detach(), sl.dim, power).cpu().numpy()
             cls = group.class_of[sl.space]
             tidx = sl.tensor_index(len(cls))
-            np.add.at(scores, cls, mag[tidx] * rms[: len(cls)])
+            np.add.at(scores, cls, mag[tidx] * size[: len(cls)])
     return scores
 
 

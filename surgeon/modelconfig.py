@@ -30,7 +30,14 @@ from surgeon.errors import SurgeonExportError
 from surgeon.keys import PLAN_KEY
 from surgeon.passes.state import SurgeryState
 
-__all__ = ["update_config", "config_follows"]
+__all__ = [
+    "update_config",
+    "config_follows",
+    "configs_of",
+    "follow_count",
+    "saved_configs",
+    "restore_configs",
+]
 
 log = logging.getLogger(__name__)
 
@@ -182,3 +189,60 @@ class RefusedSave:
             f"written. Save it with surgeon.save(slim, path) and load it with "
             f"surgeon.load(path, {self.name}(config)), or slim with settings its config can hold"
         )
+
+
+def configs_of(model: nn.Module) -> list[Any]:
+    """The configs (Hugging Face's: objects with ``to_dict``) the modules of ``model`` hold,
+    each once (a model and its inner model share one)."""
+    seen: dict[int, Any] = {}
+    for m in model.modules():
+        c = getattr(m, "config", None)
+        if c is not None and hasattr(c, "to_dict"):
+            seen.setdefault(id(c), c)
+    return list(seen.values())
+
+
+def follow_count(
+    model: nn.Module, old: int, kept: list[int], *, word: str, by_length: bool = True
+) -> list[str]:
+    """The configs of ``model`` follow a set of ``old`` layers (or experts) of which ``kept``
+    (old indices) stay: an int field whose name holds ``word`` and equals ``old`` becomes
+    ``len(kept)`` (``num_hidden_layers``, ``num_local_experts``), a list field of ``old``
+    entries keeps the entries ``kept`` (``layer_types``; with ``by_length`` whatever its
+    name, else only one whose name holds ``word``), and a list field of indices under
+    ``old`` whose name holds ``word`` renumbers them (``mlp_only_layers``). Returns the fields
+    changed; whether the result builds the model is checked by :func:`config_follows`."""
+    changed = []
+    position = {i: j for j, i in enumerate(kept)}
+    for config in configs_of(model):
+        for name, value in list(vars(config).items()):
+            new: Any = None
+            if type(value) is int and value == old and word in name.lower():
+                new = len(kept)
+            elif (
+                isinstance(value, (list, tuple))
+                and len(value) == old > 1
+                and (by_length or word in name.lower())
+            ):
+                new = type(value)(value[i] for i in kept)
+            elif (
+                isinstance(value, (list, tuple))
+                and word in name.lower()
+                and all(type(v) is int and 0 <= v < old for v in value)
+            ):
+                new = type(value)(position[v] for v in value if v in position)
+            if new is not None and new != value:
+                setattr(config, name, new)
+                changed.append(name)
+    return changed
+
+
+def saved_configs(model: nn.Module) -> list[tuple[Any, dict[str, Any]]]:
+    """The configs of ``model`` and their fields now, for :func:`restore_configs`."""
+    return [(c, dict(vars(c))) for c in configs_of(model)]
+
+
+def restore_configs(saved: list[tuple[Any, dict[str, Any]]]) -> None:
+    for config, fields in saved:
+        config.__dict__.clear()
+        config.__dict__.update(fields)

@@ -37,7 +37,7 @@ GROUPED = ("offsets", "groups", "auto")
 #: what a :class:`Target` can ask for; the first two are measured in onnxruntime
 TARGET_KINDS = ("speedup", "latency_ms", "macs", "params")
 #: what may go: channels (and whole conv groups), attention heads, whole residual branches
-STRUCTURES = ("channels", "heads", "layers")
+STRUCTURES = ("channels", "heads", "layers", "experts")
 
 
 @dataclass(frozen=True)
@@ -198,14 +198,20 @@ class SlimOptions:
             such an answer). ``None``: ``"auto"`` with ``round_to="auto"``, else
             ``"offsets"``. The plan records what was used.
         target: a :class:`Target` (given as ``ratio`` or here).
-        structures: what may go: ``"channels"`` and ``"heads"`` (the widths; ``attention``
-            chooses heads or head_dim), and with ``"layers"`` whole residual branches
-            (:mod:`surgeon.blocks`): a branch ``y = skip + branch(x)`` is cut and ``y`` becomes
-            ``skip + c``, ``c`` its mean output. With a ratio only the branches that compute a
-            constant go (exactly); with a target, branches scored by how little taking them
-            out changes their sum, per unit of cost, take up to half of what the target must
-            save, and the channels the rest. The plan records the blocks (``blocks``); a model
-            that lost any comes back as the graph (its own ``forward`` still calls them).
+        structures: what may go (a ratio applies to each one named): ``"channels"`` and
+            ``"heads"`` together (the widths; ``attention`` chooses heads or head_dim: the
+            share ``ratio`` of each group); ``"layers"``: the share ``ratio`` of the layers of
+            each stack (:mod:`surgeon.stacks`: an ``nn.ModuleList`` / ``nn.Sequential`` whose
+            layers run one after another on one state, scored by how much each changes its
+            input on the calibration data; the model keeps its class and a config's layer
+            count follows), and whole residual branches (:mod:`surgeon.blocks`): with a ratio
+            only the branches that compute a constant (exactly); with a target, branches
+            scored by how little taking them out changes their sum, per unit of cost, take up
+            to half of what the target must save (the model then comes back as the graph);
+            ``"experts"``: the share ``ratio`` of the experts of each mixture-of-experts layer
+            (:mod:`surgeon.experts`, router-weighted activation on the data). Layers that
+            return their input and experts never routed to go at any ratio. The plan records
+            what went (``layers``, ``experts``, ``blocks``).
     """
 
     ratio: float
@@ -289,6 +295,12 @@ class SlimOptions:
                 option="max_group_ratio",
             )
         set_(self, "structures", _check_structures(self.structures))
+        if self.target is not None and "channels" not in self.structures:
+            raise SurgeonInputError(
+                f"a target needs the widths in structures (got {self.structures!r}): add "
+                "'channels' and 'heads', or give a ratio",
+                option="structures",
+            )
         set_(self, "ignore", _as_tuple(self.ignore, "ignore"))
         set_(self, "leaf_modules", _as_tuple(self.leaf_modules, "leaf_modules"))
 
@@ -353,13 +365,15 @@ def _check_structures(value: Any) -> tuple[str, ...]:
     )
     if (
         items is None
+        or not items
         or any(i not in STRUCTURES for i in items)
-        or not {"channels", "heads"} <= set(items)
+        or ("channels" in items) != ("heads" in items)
     ):
         raise SurgeonInputError(
-            f"structures={value!r}: use ('channels', 'heads'), or ('channels', 'heads', "
-            "'layers') to let whole residual branches go (the widths always prune; attention= "
-            "chooses heads or head_dim)",
+            f"structures={value!r}: name what may go from {STRUCTURES}: 'channels' and 'heads' "
+            "together (the widths; attention= chooses heads or head_dim), 'layers' (whole "
+            "layers of a stack, whole residual branches), 'experts' (whole experts of "
+            "mixture-of-experts layers); e.g. ('channels', 'heads', 'layers') or ('layers',)",
             option="structures",
         )
     return tuple(s for s in STRUCTURES if s in items)

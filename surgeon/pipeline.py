@@ -1,5 +1,5 @@
-"""The pipeline: a model through capture -> channel graph -> block -> plan -> passes -> verify ->
-adopt, each stage a function of values that returns what it made.
+"""The pipeline: a model through [whole layers and experts ->] capture -> channel graph -> block
+-> plan -> passes -> verify -> adopt, each stage a function of values that returns what it made.
 
 :func:`slim_model` runs it for :func:`surgeon.slim` (and for every candidate the
 ``round_to="auto"`` search times, and for every step of :func:`surgeon.prune_iteratively`);
@@ -34,9 +34,17 @@ from surgeon.capture import Captured, as_args, capture, check_trace, input_spec
 from surgeon.copying import unshare_parameters, working_copy
 from surgeon.diagnose import dense_macs, logged_diagnosis
 from surgeon.errors import SurgeonError, SurgeonInputError, SurgeonPassError
+from surgeon.experts import cut_experts, find_moes
 from surgeon.graph import ChannelGraph, build_channel_graph
 from surgeon.hardware import channel_multiple, grouped_widths
-from surgeon.importance import DATA_CRITERIA, DataStats, collect_stats, iter_batches
+from surgeon.importance import (
+    DATA_CRITERIA,
+    GRADIENT_CRITERIA,
+    DataStats,
+    collect_stats,
+    iter_batches,
+    with_own_loss,
+)
 from surgeon.keys import DIAGNOSIS_KEY, PLAN_KEY, STATE_KEY, plan_of
 from surgeon.modelconfig import config_follows
 from surgeon.names import leaf_name, resolve_ignore, resolve_leaves
@@ -51,6 +59,7 @@ from surgeon.passes import (
     SurgeryState,
 )
 from surgeon.passes.compensate import recalibrate_norms
+from surgeon.stacks import cut_stacks, find_stacks
 from surgeon.verify import output_shapes, refuse_nan, self_check
 
 __all__ = [
@@ -102,6 +111,9 @@ def prepared(model: nn.Module, options: SlimOptions) -> SlimOptions:
     data = options.data
     if data is not None and iter(data) is data:  # type: ignore[call-overload]
         options = options.replace(data=list(data))
+    if options.importance in GRADIENT_CRITERIA and options.loss_fn is None:
+        data, loss_fn = with_own_loss(model, list(options.data or ()), None, options.importance)
+        options = options.replace(data=data, loss_fn=loss_fn)
     return options
 
 
@@ -185,6 +197,39 @@ def analyze_model(model: nn.Module, inputs: Any, options: SlimOptions) -> Channe
     with gc_paused():
         _, captured = capture_copy(model, inputs, options, check=True)
         return channel_graph(captured.gm, options.attention, grouped_form(options.grouped))
+
+
+# -- 0. whole layers and experts (structures with "layers" / "experts") -----------------------
+def cut_wholes(
+    model: nn.Module,
+    inputs: Any,
+    options: SlimOptions,
+    chosen: Mapping[str, Mapping[str, Iterable[int]]] | None = None,
+) -> tuple[nn.Module, dict[str, list[dict[str, Any]]]]:
+    """The model without the experts and stack layers ``options`` take (scored on the
+    calibration data; ``chosen``: a saved plan's, by kind and path), cut from a copy sharing
+    its parameters (``model`` itself with ``inplace``), and the record per layer / stack.
+    ``model`` itself when there is nothing to cut. The model keeps its class."""
+    kinds = [
+        (kind, cut)
+        for kind, find, cut in (
+            ("experts", find_moes, cut_experts),
+            ("layers", find_stacks, cut_stacks),
+        )
+        if kind in options.structures and (chosen is None or kind in chosen) and find(model)
+    ]
+    if not kinds:
+        return model, {}
+    work = model if options.inplace else working_copy(model)
+    batches = calibration(inputs, options)
+    ratio = options.ratio if options.target is None else 0.0
+    records = {
+        kind: cut(work, batches, ratio, None if chosen is None else chosen[kind])
+        for kind, cut in kinds
+    }
+    if not any(r["removed"] for rs in records.values() for r in rs):
+        return model, records
+    return work, records
 
 
 # -- 2b. whole blocks (structures with "layers") ------------------------------------------------
@@ -323,8 +368,8 @@ def measured(gm: fx.GraphModule, graph: ChannelGraph, options: SlimOptions) -> D
         options.loss_fn,
         taylor=crit == "taylor",
         grads=crit == "grad",
-        means=options.compensate,
-        squares=crit == "wanda",
+        means=options.compensate or crit == "fluctuation",
+        squares=crit in ("activation", "fluctuation"),
     )
 
 
@@ -405,7 +450,10 @@ def _slim_once(
     decision: Mapping[int, Any] | None = None,
     blocks: Iterable[tuple[str, int]] | None = None,
 ) -> Slimmed:
-    """Stages 1-7 for resolved ``options``; a failed resize blocks its groups and goes again."""
+    """Stages 0-7 for resolved ``options``; a failed resize blocks its groups and goes again."""
+    model, wholes = cut_wholes(model, inputs, options)
+    if "channels" not in options.structures:  # the ratio is the layers' / experts' only
+        options = options.replace(ratio=0.0)
     whole = whole_groups_kept(model, grouped)
     # The user's own forward on the slim model is compared with the slim graph before the own
     # class comes back: that covers the check that the graph computes what the model does,
@@ -451,6 +499,7 @@ def _slim_once(
         model, state, inputs, options, captured, graph, blocked, grouped, auto
     )
     gm.meta[PLAN_KEY]["blocks"] = [b.to_record() for b in removed]
+    gm.meta[PLAN_KEY].update(wholes)
     gm.meta[DIAGNOSIS_KEY] = logged_diagnosis(gm, graph, macs_before, options.ratio)
     log.info("slim: %s", stats)
     out = returned_form(model, work, gm, inputs, sizes_before, options, output, captured)
@@ -577,6 +626,14 @@ def replay(model: nn.Module, record: Mapping[str, Any], inputs: Any, leaves: tup
         whole = None if isinstance(grouped, str) else record.get("whole_groups")
         attention = record.get("attention", "heads")
         options = SlimOptions(0.0, leaf_modules=leaves, attention=attention)
+        chosen = {
+            kind: {r["path"]: r["removed"] for r in record[kind] if r["removed"]}
+            for kind in ("experts", "layers")
+            if any(r["removed"] for r in record.get(kind, ()))
+        }
+        if chosen:  # the layers and experts it lost, as they were chosen
+            every = options.replace(structures=("channels", "heads", *chosen))
+            model, _ = cut_wholes(model, inputs, every, chosen)
         work, captured = capture_copy(model, inputs, options, check=True)
         before = int_args(captured.gm)
         keys = [(b["add"], int(b["side"])) for b in record.get("blocks", [])]

@@ -209,7 +209,10 @@ def test_export_module_factory(workdir: Path) -> None:
         (["export", "--scope", "everywhere"], ["--scope"]),
         (["export", "--round-to", "0"], ["--round-to: round_to=0"]),
         (["export", "--importance", "taylor"], ["--importance taylor", "data", "bn_scale"]),
-        (["export", "--importance", "wanda"], ["--importance wanda", "data=...) from Python"]),
+        (
+            ["export", "--importance", "activation"],
+            ["--importance activation", "data=...) from Python"],
+        ),
         (["export", "--importance", "l3"], ["--importance: importance='l3'", "bn_scale"]),
         (["export", "models.py:lies", "--input-shape", "1,3,8,8"], ["disagrees", "tolerance"]),
         (["inspect"], ["Missing argument"]),

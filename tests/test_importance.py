@@ -187,35 +187,42 @@ def test_power_sums_equal_the_plain_sum_over_the_other_dims(shape, data, p, dtyp
         importance._CHUNK = old
 
 
-# -- wanda -------------------------------------------------------------------------------------
-def _wanda_mlp():
+# -- activation and fluctuation ---------------------------------------------------------------
+def _calibrated_mlp():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
     data = [(torch.randn(16, 6), torch.zeros(16, dtype=torch.long)) for _ in range(2)]
     return model, data
 
 
-def test_wanda_weighs_each_channel_by_its_activations():
-    """The hidden group's scores: at fc2, sum_i |W2[i, j]| x rms of hidden channel j."""
+@pytest.mark.parametrize("criterion", ["activation", "fluctuation"])
+def test_calibrated_scores_weigh_each_channel_by_its_activations(criterion):
+    """The hidden group's scores at fc2: activation, sum_i |W2[i, j]| x rms(h_j);
+    fluctuation, sum_i W2[i, j]^2 x var(h_j) (the population variance over the data)."""
     from surgeon.capture import capture
     from surgeon.graph import build_channel_graph
 
-    model, data = _wanda_mlp()
+    model, data = _calibrated_mlp()
     gm = capture(copy.deepcopy(model), data[0][0]).gm
     graph = build_channel_graph(gm)
-    stats = collect_stats(gm, graph, data, None, squares=True)
+    stats = collect_stats(gm, graph, data, None, squares=True, means=True)
     hidden = next(g for g in graph.prunable_groups() if g.n_classes == 8)
-    got = class_scores(gm, hidden, "wanda", stats)
+    got = class_scores(gm, hidden, criterion, stats)
     with torch.no_grad():
-        h = torch.cat([model[1](model[0](x)) for x, _ in data])
-        want = model[2].weight.abs().sum(0) * h.pow(2).mean(0).sqrt()
-    np.testing.assert_allclose(got, want.double().numpy(), rtol=1e-6)
+        h = torch.cat([model[1](model[0](x)) for x, _ in data]).double()
+        w = model[2].weight.double()
+        if criterion == "activation":
+            want = w.abs().sum(0) * h.pow(2).mean(0).sqrt()
+        else:
+            want = w.pow(2).sum(0) * h.var(0, unbiased=False)
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-6, atol=1e-12)
 
 
-def test_wanda_removes_the_channel_that_never_fires():
-    """A hidden unit with the largest weights but no activation on the data goes under
-    wanda; weight magnitude alone keeps it."""
-    model, data = _wanda_mlp()
+@pytest.mark.parametrize("criterion", ["activation", "fluctuation"])
+def test_calibrated_criteria_remove_the_channel_that_never_fires(criterion):
+    """A hidden unit with the largest weights but no activation on the data goes under the
+    calibrated criteria; weight magnitude alone keeps it."""
+    model, data = _calibrated_mlp()
     with torch.no_grad():
         model[0].weight[3] = 0.0
         model[0].bias[3] = -5.0  # ReLU: never fires
@@ -227,15 +234,30 @@ def test_wanda_removes_the_channel_that_never_fires():
         slim = surgeon.slim(model, 0.25, x, compensate=False, returns="graph", **settings)
         return slim.meta["surgeon.plan"]["removed"]
 
-    removed_wanda = removed(importance="wanda", data=data)
-    removed_l2 = removed(importance="l2")
-    assert any(3 in v for v in removed_wanda.values())
-    assert not any(3 in v for v in removed_l2.values())
+    assert any(3 in v for v in removed(importance=criterion, data=data).values())
+    assert not any(3 in v for v in removed(importance="l2").values())
 
 
-def test_wanda_needs_data_but_no_loss():
-    model, data = _wanda_mlp()
-    with pytest.raises(SurgeonInputError, match="importance='wanda'.*needs data="):
-        surgeon.slim(model, 0.5, data[0][0], importance="wanda")
-    slim = surgeon.slim(model, 0.5, data[0][0], importance="wanda", data=data)
+def test_fluctuation_keeps_a_busy_channel_that_activation_would_drop_for_its_constant():
+    """A channel that is large but nearly constant on the data changes little when replaced
+    by its mean (compensation folds the mean into fc2's bias): fluctuation removes it, and the
+    slim model computes nearly what the original did; activation keeps it for its size."""
+    model, data = _calibrated_mlp()
+    with torch.no_grad():
+        model[0].weight[5] = 1e-4
+        model[0].bias[5] = 4.0  # about 4 after the ReLU: big, barely varies
+    x = data[0][0]
+    slim = surgeon.slim(model, 0.125, x, importance="fluctuation", data=data, returns="graph")
+    assert any(5 in v for v in slim.meta["surgeon.plan"]["removed"].values())
+    torch.testing.assert_close(slim(x), model(x), atol=1e-2, rtol=0)
+    active = surgeon.slim(model, 0.125, x, importance="activation", data=data, returns="graph")
+    assert not any(5 in v for v in active.meta["surgeon.plan"]["removed"].values())
+
+
+@pytest.mark.parametrize("criterion", ["activation", "fluctuation"])
+def test_calibrated_criteria_need_data_but_no_loss(criterion):
+    model, data = _calibrated_mlp()
+    with pytest.raises(SurgeonInputError, match=f"importance='{criterion}'.*needs data="):
+        surgeon.slim(model, 0.5, data[0][0], importance=criterion)
+    slim = surgeon.slim(model, 0.5, data[0][0], importance=criterion, data=data)
     assert slim(data[0][0]).shape == (16, 3)

@@ -396,7 +396,7 @@ def slim_options(
     """The flags as a :class:`SlimOptions`, which checks them (an error names its field, and
     so the flag). Names in ``--ignore`` and ``--leaf-module`` are checked once the model is
     loaded (:func:`with_names`)."""
-    from surgeon.importance import DATA_CRITERIA
+    from surgeon.importance import DATA_CRITERIA, GRADIENT_CRITERIA
     from surgeon.options import SlimOptions
 
     if importance in DATA_CRITERIA:
@@ -404,7 +404,7 @@ def slim_options(
             f"--importance {importance} ranks channels by what it measures on data, which the "
             "command line does not take; use --importance l2, l1, bn_scale or random, or call "
             f"surgeon.slim(model, ratio, x, importance={importance!r}, data=..."
-            f"{'' if importance == 'wanda' else ', loss_fn=...'}) from Python"
+            f"{', loss_fn=...' if importance in GRADIENT_CRITERIA else ''}) from Python"
         )
     return SlimOptions(
         ratio,
