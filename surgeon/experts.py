@@ -30,6 +30,7 @@ import torch.utils._pytree as pytree
 
 from surgeon.capture import as_args
 from surgeon.modelconfig import follow_count, restore_configs, saved_configs
+from surgeon.verify import eager_outputs
 
 __all__ = ["MoE", "find_moes", "score_moes", "drop_experts", "cut_experts"]
 
@@ -264,15 +265,7 @@ def _block_output(model: nn.Module, block: nn.Module, inputs: Any) -> torch.Tens
 
     handle = block.register_forward_hook(hook)
     try:
-        outputs(model, inputs)
+        eager_outputs(model, inputs)
     finally:
         handle.remove()
     return got[0] if got else torch.empty(0)
-
-
-def outputs(model: nn.Module, inputs: Any) -> list[torch.Tensor]:
-    """The tensors of ``model``'s output on ``inputs`` (eval, no grad)."""
-    args, kwargs = as_args(inputs)
-    with torch.no_grad():
-        out = model(*args, **kwargs)
-    return [v for v in pytree.tree_leaves(out) if isinstance(v, torch.Tensor)]

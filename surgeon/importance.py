@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.fx as fx
 import torch.nn as nn
+import torch.utils._pytree as pytree
 
 from surgeon.capture import as_args
 from surgeon.errors import SurgeonInputError
@@ -470,7 +471,17 @@ def _run_batches(
             target = target.to(device)
         args, kwargs = as_args(inputs)
         with torch.set_grad_enabled(backward):
-            out = work(*args, **kwargs)
+            try:
+                out = work(*args, **kwargs)
+            except (RuntimeError, IndexError, ValueError) as exc:
+                raise SurgeonInputError(
+                    f"data= batch {i} ({_shapes_of(inputs)}) fails in the captured graph "
+                    f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); a graph whose "
+                    "model branches on sizes is specialised to the example inputs' shapes "
+                    "(the capture's warning says so): give calibration batches of the "
+                    "example's shapes, or an example input of the batches' shapes",
+                    option="data",
+                ) from exc
             if backward:
                 _scalar_loss(loss_fn(out, target), i).backward()  # type: ignore[misc]
                 for probe in probes.values():
@@ -483,6 +494,11 @@ def _run_batches(
             "least one batch"
         )
     return examples
+
+
+def _shapes_of(inputs: Any) -> str:
+    leaves = pytree.tree_leaves(inputs)
+    return ", ".join(str(tuple(v.shape)) for v in leaves if isinstance(v, torch.Tensor))
 
 
 def _scalar_loss(loss: Any, batch: int) -> torch.Tensor:

@@ -208,6 +208,14 @@ def _check_schedule(
         raise SurgeonInputError(f"steps={steps!r}: use a whole number >= 1 (e.g. 3)")
     if schedule not in SCHEDULES:
         raise SurgeonInputError(f"schedule={schedule!r}: use one of {SCHEDULES}")
+    wholes = [s for s in ("layers", "experts") if s in options.structures]
+    if wholes and steps > 1:
+        raise SurgeonInputError(
+            f"structures with {' and '.join(map(repr, wholes))} prune in one step (a ratio of "
+            "whole layers or experts is taken of the stack as it stands, so steps would "
+            "compound): use slim() and fine-tune after it, or steps=1",
+            option="structures",
+        )
     if finetune is not None and not callable(finetune):
         raise SurgeonInputError(
             f"finetune={finetune!r} is not callable: pass a function finetune(model, step) that "

@@ -27,10 +27,10 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.utils._pytree as pytree
 
 from surgeon.capture import as_args
 from surgeon.modelconfig import follow_count, restore_configs, saved_configs
+from surgeon.verify import eager_outputs
 
 __all__ = ["Stack", "find_stacks", "score_stacks", "cut_stacks", "drop_layers"]
 
@@ -259,7 +259,7 @@ def cut_stacks(
     scored = score_stacks(model, stacks, batches)
     # nested stacks: an outer one (stages) is scored too; cut inner ones first, outer last
     records = []
-    before = _shapes(model, batches[0])
+    before = [tuple(v.shape) for v in eager_outputs(model, batches[0])]
     for s in sorted(scored, key=lambda s: -s.path.count(".")):
         drop = list(chosen[s.path]) if chosen is not None else s.chosen(ratio)
         if not drop:
@@ -289,19 +289,11 @@ def cut_stacks(
     return records
 
 
-def _shapes(model: nn.Module, inputs: Any) -> list[Any]:
-    args, kwargs = as_args(inputs)
-    with torch.no_grad():
-        out = model(*args, **kwargs)
-    return [tuple(v.shape) if isinstance(v, torch.Tensor) else v for v in pytree.tree_leaves(out)]
-
-
-def _still_runs(model: nn.Module, inputs: Any, before: list[Any]) -> str:
+def _still_runs(model: nn.Module, inputs: Any, before: list[tuple[int, ...]]) -> str:
     try:
-        after = _shapes(model, inputs)
+        after = [tuple(v.shape) for v in eager_outputs(model, inputs)]
     except Exception as exc:  # noqa: BLE001 - a model that fails without them keeps them
         return f"the model fails without them ({type(exc).__name__}: {exc})"[:300]
-    shapes = [v for v in before if isinstance(v, tuple)], [v for v in after if isinstance(v, tuple)]
-    if shapes[0] != shapes[1]:
+    if after != before:
         return "the model's output shapes change without them"
     return ""

@@ -11,10 +11,18 @@ import torch.fx as fx
 import torch.nn as nn
 from torch.utils import _pytree as pytree
 
-from surgeon.capture import nonfinite
+from surgeon.capture import as_args, nonfinite
 from surgeon.errors import SurgeonInputError, SurgeonPassError
 
 __all__ = ["output_shapes", "refuse_nan", "self_check"]
+
+
+def eager_outputs(model: nn.Module, inputs: Any) -> list[torch.Tensor]:
+    """The tensors of ``model``'s output on ``inputs`` (no grad), flattened."""
+    args, kwargs = as_args(inputs)
+    with torch.no_grad():
+        out = model(*args, **kwargs)
+    return [v for v in pytree.tree_leaves(out) if isinstance(v, torch.Tensor)]
 
 
 def output_shapes(gm: fx.GraphModule) -> list[tuple[int, ...]]:

@@ -172,3 +172,10 @@ def test_structures_name_what_may_go(structures):
 def test_a_target_needs_the_widths():
     with pytest.raises(SurgeonInputError, match="a target needs the widths"):
         surgeon.SlimOptions(surgeon.Target(params=2.0), structures=("layers",))
+
+
+def test_whole_layers_go_in_one_step():
+    with pytest.raises(SurgeonInputError, match="prune in one step"):
+        surgeon.prune_iteratively(
+            _Tower().eval(), 0.5, torch.randn(2, 16), steps=3, structures=("layers",)
+        )
