@@ -270,10 +270,13 @@ def recover(
     return student.eval()
 
 
-#: the pruning methods ``prune_lm`` compares: the criteria at a parameter target, whole layers
+#: the pruning methods ``prune_lm`` compares: the criteria with one threshold over every
+#: group (``scope="global"``, each group capped at :data:`CAP` of its classes), whole layers
 #: alone, and Torch-Pruning's LLM recipe (L2 magnitude, one ratio for every group, whole
 #: heads, no calibration) run by surgeon
 METHODS = ("l2", "activation", "taylor", "fluctuation", "layers", "uniform-l2")
+#: the most any group loses under the criteria's global threshold
+CAP = 0.8
 
 
 def _params(model: nn.Module) -> int:
@@ -285,9 +288,8 @@ def prune_lm(
 ) -> tuple[nn.Module, float]:
     """``model`` with about ``share`` of its parameters removed by ``method`` (one of
     :data:`METHODS`), calibrated on ``calib`` (its first batch is the example input); the slim
-    model and the share it removed. A criterion gets ``Target(params=1 / (1 - share))``;
-    ``layers`` the whole number of layers nearest the share; ``uniform-l2`` the one ratio,
-    found by bisection, that removes the share."""
+    model and the share it removed. ``layers`` takes the whole number of layers nearest the
+    share; the others the ratio, found by bisection, whose result removes nearest the share."""
     import surgeon
 
     if method not in METHODS:
@@ -300,20 +302,31 @@ def prune_lm(
         )
         if stack is None:
             raise SurgeonInputError(f"the {type(model).__name__} has no stack of layers")
-        per = _params(stack[0])
-        k = min(len(stack) - 1, max(1, round(share * total / per)))
+        k = min(len(stack) - 1, max(1, round(share * total / _params(stack[0]))))
         slim = surgeon.slim(
             model, k / len(stack) + 1e-6, example, structures=("layers",), data=calib
         )
-    elif method == "uniform-l2":
-        lo, hi = 0.0, 0.9
-        for _ in range(8):  # the ratio whose removed share is nearest
-            mid = (lo + hi) / 2
-            removed = 1 - _params(surgeon.slim(model, mid, example)) / total
-            lo, hi = (mid, hi) if removed < share else (lo, mid)
-        candidates = [surgeon.slim(model, r, example) for r in (lo, hi)]
-        slim = min(candidates, key=lambda m: abs(1 - _params(m) / total - share))
-    else:
-        target = surgeon.Target(params=1 / (1 - share))
-        slim = surgeon.slim(model, target, example, importance=method, data=calib)
-    return slim, 1 - _params(slim) / total
+        return slim, 1 - _params(slim) / total
+
+    def make(ratio: float) -> nn.Module:
+        if method == "uniform-l2":
+            return surgeon.slim(model, ratio, example)
+        return surgeon.slim(
+            model,
+            ratio,
+            example,
+            importance=method,
+            data=calib,
+            scope="global",
+            max_group_ratio=CAP,
+        )
+
+    lo, hi, best = 0.0, 0.95, None
+    for _ in range(7):
+        mid = (lo + hi) / 2
+        slim = make(mid)
+        removed = 1 - _params(slim) / total
+        if best is None or abs(removed - share) < abs(best[1] - share):
+            best = (slim, removed)
+        lo, hi = (mid, hi) if removed < share else (lo, mid)
+    return best

@@ -30,9 +30,10 @@ def _tiny_llama():
 def test_the_corpus_is_split_by_file_and_read_as_bytes():
     data = textlm.load_text()
     assert not set(data.train_files) & set(data.heldout_files)
-    assert len(data.heldout_files) * 9 <= len(data.train_files) <= len(data.heldout_files) * 10
+    files = len(data.train_files) + len(data.heldout_files)
+    assert len(data.heldout_files) == -(-files // 10)  # every tenth, from the first
     assert data.train.dtype == torch.uint8 and len(data.train) > 10 * len(data.heldout) / 2
-    assert bytes(data.heldout[:2000].tolist()).decode("utf-8", "replace").count("def ") > 0
+    assert bytes(data.heldout.tolist()).decode("utf-8", "replace").count("\ndef ") > 100
 
 
 def test_taylor_on_a_causal_lm_needs_no_loss_fn_and_uses_next_token_loss():
@@ -77,17 +78,18 @@ def test_calibration_batches_of_other_shapes_than_a_specialised_graph_get_a_clea
 
 def test_the_best_calibrated_criterion_beats_l2_on_held_out_text():
     """The CI-sized language-model benchmark (bench/lm.py --small, zero-shot): half the
-    parameters removed by L2 and by each calibrated criterion from a small LLaMA trained on
-    the standard library's source; the best calibrated one keeps a lower held-out
-    perplexity."""
+    parameters removed from a small LLaMA trained on the standard library's source, by L2
+    under the same global threshold, by Torch-Pruning's recipe (uniform L2) and by the
+    calibrated criteria; the best calibrated one keeps a lower held-out perplexity than
+    both."""
     data = textlm.load_text()
     model, info = textlm.train_lm(textlm.SMALL, data)
     assert info["heldout_ppl"] < 30  # it learned something: bytes alone are 256
     calib = textlm.calibration_batches(data, textlm.SMALL.seq)
     ppl = {}
-    for method in ("l2", "activation", "fluctuation"):
+    for method in ("l2", "uniform-l2", "activation", "fluctuation"):
         slim, got = textlm.prune_lm(model, method, 0.5, calib)
-        assert 0.45 < got < 0.56
+        assert 0.4 < got < 0.6, (method, got)
         ppl[method] = textlm.perplexity(slim, data.heldout, textlm.SMALL.seq)
     best = min(ppl["activation"], ppl["fluctuation"])
-    assert best < ppl["l2"], ppl
+    assert best < min(ppl["l2"], ppl["uniform-l2"]), ppl
