@@ -204,11 +204,12 @@ def digits_table(seeds: int, ratios: str) -> list[str]:
 
 
 def layers_table(specs: list[str]) -> list[str]:
-    """``Target(speedup=2.0)`` with the widths alone and with whole blocks too."""
+    """``Target(speedup=2.0)`` with the widths alone and with whole blocks / layers too (a
+    stack's layers where the model has one, its residual branches otherwise)."""
     lines = [
         "",
-        "| model | structures | achieved | rounds | blocks removed | channel classes removed | MACs fewer |",
-        "|---|---|---|---|---|---|---|",
+        "| model | structures | achieved | rounds | blocks / layers removed | channel classes removed | MACs fewer | returned |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     x = torch.randn(1, 3, 224, 224)
     for spec in specs:
@@ -222,7 +223,8 @@ def layers_table(specs: list[str]) -> list[str]:
             classes = sum(len(v) for v in plan["removed"].values())
             lines.append(
                 f"| {spec} | {' + '.join(structures)} | {found['achieved']:.2f}x | "
-                f"{len(found['rounds'])} | {found['blocks']} | {classes} | {found['theoretical']:.2f}x |"
+                f"{len(found['rounds'])} | {found['blocks']} / {found.get('layers', 0)} | {classes} | "
+                f"{found['theoretical']:.2f}x | {type(slim).__name__} |"
             )
             print(lines[-1], flush=True)
     return lines

@@ -246,7 +246,7 @@ def planned_graph(model: nn.Module, inputs: Any, options: SlimOptions) -> Any:
 
     meter = _Meter(model, inputs, options.target)  # type: ignore[arg-type]
     try:
-        budget, _ = _budget(model, inputs, _resolved(options), meter)
+        budget = _budget(model, inputs, _resolved(options), meter)[0]
     finally:
         meter.close()
     decision, _, _ = budget.decide(meter.goal())
@@ -270,15 +270,17 @@ LAYER_SHARE = 0.5
 
 
 def _budget(model: nn.Module, inputs: Any, options: SlimOptions, meter: _Meter) -> Any:
-    """The cost model of ``model`` for ``options.target`` (captured once, on a copy), and
-    the whole blocks the rounds remove (``(sum node, side)`` pairs; None without
-    ``"layers"``)."""
+    """The cost model for ``options.target`` (captured once, on a copy); with ``"layers"``,
+    the whole layers it takes (a model with stacks: the model without them, which the rounds
+    slim, and their record) or else the whole blocks (``(sum node, side)`` pairs) the rounds
+    remove. Returns ``(budget, blocks, model, wholes)``."""
     from surgeon.budget import Budget, weight_macs
     from surgeon.cost import count_macs, count_params
     from surgeon.latency import layer_table
     from surgeon.pipeline import (
         capture_copy,
         channel_graph,
+        cut_wholes,
         gc_paused,
         grouped_form,
         measured,
@@ -293,7 +295,7 @@ def _budget(model: nn.Module, inputs: Any, options: SlimOptions, meter: _Meter) 
         gm = captured.gm
         table = layer_table(gm, t.device, t.threads) if t.measured else {}
         reference = meter.ms if t.measured else meter.params if t.kind == "params" else meter.macs
-        blocks = None
+        blocks, wholes, saved = None, {}, 0.0
         if "layers" in options.structures:
             if t.kind == "params":
                 base = {k: float(v.numel()) for k, v in gm.named_parameters()}
@@ -301,17 +303,65 @@ def _budget(model: nn.Module, inputs: Any, options: SlimOptions, meter: _Meter) 
                 base = {k: float(v) for k, v in weight_macs(gm).items()}
             else:
                 base = {k: lt.full for k, lt in table.items()}
-            blocks = _blocks_for(gm, inputs, options, base, reference, meter.goal())
+            chosen, saved = _layers_for(model, inputs, options, base, reference, meter.goal())
+            if chosen:
+                model, wholes = cut_wholes(model, inputs, options, {"layers": chosen})
+                _, captured = capture_copy(
+                    model, inputs, options.replace(inplace=False), check=True
+                )
+                gm = captured.gm
+                table = layer_table(gm, t.device, t.threads) if t.measured else {}
+            else:
+                blocks = _blocks_for(gm, inputs, options, base, reference, meter.goal())
         graph = channel_graph(gm, options.attention, grouped, whole_groups_kept(model, grouped))
         stats = measured(gm, graph, options)
         if t.measured:
             kept = {k: v for k, v in table.items() if _has(gm, k)}
-            saved = sum(lt.full for k, lt in table.items() if k not in kept)
+            saved += sum(lt.full for k, lt in table.items() if k not in kept)
             budget = Budget(gm, graph, options, stats, "latency", meter.ms - saved, kept, meter.ms)
         else:
             total = count_params(gm) if t.kind == "params" else count_macs(gm, inputs)
             budget = Budget(gm, graph, options, stats, t.kind, total, reference=reference)
-        return budget, blocks
+        return budget, blocks, model, wholes
+
+
+def _layers_for(
+    model: nn.Module,
+    inputs: Any,
+    options: SlimOptions,
+    base: Mapping[str, float],
+    total: float,
+    goal: float,
+) -> tuple[dict[str, list[int]], float]:
+    """The whole layers of ``model``'s stacks a target of ``goal`` takes (by stack path) and
+    what they cost: least change of their input per unit of cost first, while what they save
+    stays within :data:`LAYER_SHARE` of what the target must save; identity layers always;
+    one layer of each stack always stays. ``base``: the cost per parameter name."""
+    from surgeon.pipeline import calibration
+    from surgeon.stacks import EXACT, find_stacks, score_stacks
+
+    stacks = score_stacks(model, find_stacks(model), calibration(inputs, options))
+    room = LAYER_SHARE * total * (1 - 1 / goal)
+    cost = {
+        (s.path, i): sum(v for k, v in base.items() if k.startswith(f"{s.path}.{i}."))
+        for s in stacks
+        for i in range(s.size)
+    }
+    chosen: dict[str, list[int]] = {}
+    spent = 0.0
+    ranked = sorted(
+        ((s, i) for s in stacks for i in range(s.size)),
+        key=lambda si: si[0].scores[si[1]] / max(cost[(si[0].path, si[1])] / total, 1e-12),
+    )
+    for s, i in ranked:
+        c = cost[(s.path, i)]
+        taken = chosen.setdefault(s.path, [])
+        if len(taken) >= s.size - 1 or c <= 0:
+            continue
+        if s.change[i] <= EXACT or spent + c <= room:
+            taken.append(i)
+            spent += c
+    return {p: sorted(v) for p, v in chosen.items() if v}, spent
 
 
 def _has(gm: nn.Module, name: str) -> bool:
@@ -384,7 +434,7 @@ def slim_to_target(model: nn.Module, inputs: Any, options: SlimOptions) -> Any:
     options = _resolved(prepared(model, options))  # data listed: every round reads it
     meter = _Meter(model, inputs, target)
     try:
-        budget, blocks = _budget(model, inputs, options, meter)
+        budget, blocks, model, wholes = _budget(model, inputs, options, meter)
         asked = meter.goal()
         aim = asked * (AIM if target.measured else 1.0)
         _, level, _ = budget.decide(aim)  # the first round: where the estimate reaches it
@@ -432,6 +482,7 @@ def slim_to_target(model: nn.Module, inputs: Any, options: SlimOptions) -> Any:
         if options.inplace:  # the rounds ran on copies: the chosen decision cuts the model
             slimmed = slim_model(model, inputs, options, decision=decision, blocks=blocks)
         record = slimmed.model.meta[PLAN_KEY]
+        record.update(wholes)  # the layers taken before the rounds, in the original's indices
         record["target"] = {
             **target.to_record(),
             "asked": round(asked, 4),
@@ -440,6 +491,7 @@ def slim_to_target(model: nn.Module, inputs: Any, options: SlimOptions) -> Any:
             "rounds": rounds,
             "round": pick + 1,
             "blocks": len(blocks or ()),
+            "layers": sum(len(r["removed"]) for r in wholes.get("layers", ())),
         }
         if target.measured:
             record["target"]["original_ms"] = rounds[pick]["original_ms"]

@@ -205,9 +205,10 @@ class SlimOptions:
             layers run one after another on one state, scored by how much each changes its
             input on the calibration data; the model keeps its class and a config's layer
             count follows), and whole residual branches (:mod:`surgeon.blocks`): with a ratio
-            only the branches that compute a constant (exactly); with a target, branches
-            scored by how little taking them out changes their sum, per unit of cost, take up
-            to half of what the target must save (the model then comes back as the graph);
+            only the branches that compute a constant (exactly). With a target, a model with
+            stacks loses whole layers of them, one without loses residual branches (it then
+            comes back as the graph), scored by how little they change per unit of cost, up
+            to half of what the target must save, and the widths the rest.
             ``"experts"``: the share ``ratio`` of the experts of each mixture-of-experts layer
             (:mod:`surgeon.experts`, router-weighted activation on the data). Layers that
             return their input and experts never routed to go at any ratio. The plan records
@@ -299,6 +300,13 @@ class SlimOptions:
             raise SurgeonInputError(
                 f"a target needs the widths in structures (got {self.structures!r}): add "
                 "'channels' and 'heads', or give a ratio",
+                option="structures",
+            )
+        if self.target is not None and "experts" in self.structures:
+            raise SurgeonInputError(
+                "experts go with a ratio, not in a target's budget (yet): slim with "
+                "structures=('experts',) and a ratio first, then to the target without "
+                "'experts'",
                 option="structures",
             )
         set_(self, "ignore", _as_tuple(self.ignore, "ignore"))

@@ -179,3 +179,32 @@ def test_whole_layers_go_in_one_step():
         surgeon.prune_iteratively(
             _Tower().eval(), 0.5, torch.randn(2, 16), steps=3, structures=("layers",)
         )
+
+
+def test_a_target_takes_whole_layers_and_widths_in_one_budget(tmp_path):
+    """Target(params=2) with "layers": the layers least useful per parameter go first (up to
+    half of what the target saves), the widths the rest; the model keeps its class, the plan
+    records the layers in the original's indices, and a save / load replays them."""
+    model = _decoder("llama")
+    slim = surgeon.slim(
+        model,
+        surgeon.Target(params=2.0),
+        {"input_ids": IDS},
+        structures=("channels", "heads", "layers"),
+        data=DATA,
+    )
+    assert type(slim) is type(model)
+    plan = slim.meta["surgeon.plan"]
+    (record,) = plan["layers"]
+    assert plan["target"]["layers"] == len(record["removed"]) >= 1
+    assert len(slim.model.layers) == 4 - len(record["removed"])
+    params = sum(p.numel() for p in model.parameters())
+    assert abs(params / sum(p.numel() for p in slim.parameters()) / 2.0 - 1) <= 0.01
+    path = tmp_path / "slim.pt"
+    surgeon.save(slim, path)
+    torch.testing.assert_close(_logits(surgeon.load(path, _decoder("llama"))), _logits(slim))
+
+
+def test_experts_are_not_in_a_targets_budget():
+    with pytest.raises(SurgeonInputError, match="experts go with a ratio"):
+        surgeon.SlimOptions(surgeon.Target(params=2.0), structures=("channels", "heads", "experts"))

@@ -301,7 +301,9 @@ def test_a_model_that_lost_blocks_saves_and_loads(tmp_path):
     torch.testing.assert_close(loaded(x), slim(x))
 
 
-def test_a_target_with_layers_removes_blocks_and_fewer_channels():
+def test_a_target_with_layers_removes_layers_or_blocks_and_fewer_channels():
+    """ResNet-18's first stage is a stack (two blocks of one shape): whole layers of it go,
+    and the model keeps its class; the stages that open with a downsample are none."""
     import torchvision
 
     torch.manual_seed(0)
@@ -310,14 +312,18 @@ def test_a_target_with_layers_removes_blocks_and_fewer_channels():
     width = surgeon.slim(model, Target(macs=3.0), x)
     deep = surgeon.slim(model, Target(macs=3.0), x, structures=LAYERS)
     wp, dp = width.meta[PLAN_KEY], deep.meta[PLAN_KEY]
-    assert dp["target"]["blocks"] == len(dp["blocks"]) > 0
+    assert dp["target"]["blocks"] == len(dp["blocks"])
+    assert dp["target"]["blocks"] + dp["target"]["layers"] > 0
+    if dp["target"]["layers"]:
+        assert type(deep) is type(model)
+        assert [r["path"] for r in dp["layers"] if r["removed"]] == ["layer1"]
     assert abs(dp["target"]["achieved"] / 3.0 - 1) <= 0.01
     removed = lambda p: sum(len(v) for v in p["removed"].values())  # noqa: E731
     assert removed(dp) < removed(wp)
     assert deep(x).shape == model(x).shape
 
 
-@pytest.mark.parametrize("value", [("channels",), ("channels", "heads", "blocks"), "layers", 3])
+@pytest.mark.parametrize("value", [("channels",), ("channels", "heads", "blocks"), "rows", 3])
 def test_structures_must_name_what_can_go(value):
     with pytest.raises(SurgeonInputError) as err:
         SlimOptions(0.5, structures=value)

@@ -61,7 +61,10 @@ def test_taylor_on_a_causal_lm_needs_no_loss_fn_and_uses_next_token_loss():
     assert own.meta["surgeon.plan"]["removed"] == given.meta["surgeon.plan"]["removed"]
     with pytest.raises(SurgeonInputError, match="needs loss_fn=.*no causal language model"):
         surgeon.slim(
-            torch.nn.Linear(4, 4), 0.5, torch.randn(2, 4), importance="taylor",
+            torch.nn.Linear(4, 4),
+            0.5,
+            torch.randn(2, 4),
+            importance="taylor",
             data=[(torch.randn(2, 4), None)],
         )
 
@@ -71,8 +74,11 @@ def test_calibration_batches_of_other_shapes_than_a_specialised_graph_get_a_clea
     data = [({"input_ids": torch.randint(0, 100, (3, 10))}, None)]
     with pytest.raises(SurgeonInputError, match=r"data= batch 0 \(\(3, 10\)\).*specialised"):
         surgeon.slim(
-            model, 0.5, {"input_ids": torch.randint(0, 100, (1, 10))},
-            importance="activation", data=data,
+            model,
+            0.5,
+            {"input_ids": torch.randint(0, 100, (1, 10))},
+            importance="activation",
+            data=data,
         )
 
 
