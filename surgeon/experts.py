@@ -28,9 +28,8 @@ import torch
 import torch.nn as nn
 import torch.utils._pytree as pytree
 
-from surgeon.capture import as_args
 from surgeon.modelconfig import follow_count, restore_configs, saved_configs
-from surgeon.verify import eager_outputs
+from surgeon.verify import eager_outputs, eager_runs
 
 __all__ = ["MoE", "find_moes", "score_moes", "drop_experts", "cut_experts"]
 
@@ -138,17 +137,12 @@ def score_moes(model: nn.Module, moes: list[MoE], batches: Iterable[Any]) -> lis
         experts = model.get_submodule(f"{moe.path}.{moe.experts}" if moe.path else moe.experts)
         hooks[i] = experts.register_forward_pre_hook(watcher(i, moe), with_kwargs=True)
         handles.append(hooks[i])
-    was = model.training
-    model.eval()
     try:
-        with torch.no_grad():
-            for inputs in batches:
-                args, kwargs = as_args(inputs)
-                model(*args, **kwargs)
+        for _ in eager_runs(model, batches):
+            pass
     finally:
         for h in handles:
             h.remove()
-        model.train(was)
     return [m for i, m in enumerate(moes) if i in ran]
 
 

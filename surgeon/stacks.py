@@ -28,9 +28,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from surgeon.capture import as_args
 from surgeon.modelconfig import follow_count, restore_configs, saved_configs
-from surgeon.verify import eager_outputs
+from surgeon.verify import eager_outputs, eager_runs
 
 __all__ = ["Stack", "find_stacks", "score_stacks", "cut_stacks", "drop_layers"]
 
@@ -172,19 +171,13 @@ def score_stacks(model: nn.Module, stacks: list[Stack], batches: Iterable[Any]) 
     candidate; returns the candidates the data confirms as stacks (each layer ran once per
     batch, in order, on its predecessor's output, returning a state of its input's shape)."""
     rec = _Recorder(model, stacks)
-    was = model.training
-    model.eval()
     try:
-        with torch.no_grad():
-            for inputs in batches:
-                args, kwargs = as_args(inputs)
-                model(*args, **kwargs)
-                for si, s in enumerate(stacks):
-                    if not s.why_not and len(rec.seen[si]) % s.size:
-                        s.why_not = f"ran {len(rec.seen[si]) % s.size} of its {s.size} layers"
+        for _ in eager_runs(model, batches):
+            for si, s in enumerate(stacks):
+                if not s.why_not and len(rec.seen[si]) % s.size:
+                    s.why_not = f"ran {len(rec.seen[si]) % s.size} of its {s.size} layers"
     finally:
         rec.close()
-        model.train(was)
     confirmed = []
     for si, s in enumerate(stacks):
         if s.why_not or not rec.seen[si]:

@@ -4,6 +4,7 @@ every difference the checks look for)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -11,10 +12,19 @@ import torch.fx as fx
 import torch.nn as nn
 from torch.utils import _pytree as pytree
 
-from surgeon.capture import as_args, nonfinite
+from surgeon.capture import as_args, eval_mode, nonfinite
 from surgeon.errors import SurgeonInputError, SurgeonPassError
 
 __all__ = ["output_shapes", "refuse_nan", "self_check"]
+
+
+def eager_runs(model: nn.Module, batches: Iterable[Any]) -> Iterator[Any]:
+    """Run ``model`` on each batch of inputs (every module in eval mode, no grad), yielding
+    each output."""
+    with eval_mode(model), torch.no_grad():
+        for inputs in batches:
+            args, kwargs = as_args(inputs)
+            yield model(*args, **kwargs)
 
 
 def eager_outputs(model: nn.Module, inputs: Any) -> list[torch.Tensor]:
