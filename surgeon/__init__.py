@@ -40,6 +40,9 @@ _LAZY = {
     "report_html": "surgeon.page",
     "save": "surgeon.persist",
     "load": "surgeon.persist",
+    "slim_onnx": "surgeon.onnxin.job",
+    "load_onnx": "surgeon.onnxin.job",
+    "OnnxOp": "surgeon.onnxin.opaque",
 }
 
 __all__ = [
@@ -57,6 +60,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from surgeon.benchmark import bench, bench_interleaved
     from surgeon.cost import count_macs, count_params, level_prune, metrics
     from surgeon.exporter import export
+    from surgeon.onnxin.job import load_onnx, slim_onnx
+    from surgeon.onnxin.opaque import OnnxOp
     from surgeon.options import SlimOptions, Target
     from surgeon.page import report_html
     from surgeon.persist import load, save

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["PLAN_KEY", "DIAGNOSIS_KEY", "HISTORY_KEY", "STATE_KEY"]
+__all__ = ["PLAN_KEY", "DIAGNOSIS_KEY", "HISTORY_KEY", "STATE_KEY", "SOURCE_KEY"]
 
 PLAN_KEY = "surgeon.plan"
 """A slim model's plan, JSON-able: the classes removed per group with the channel graph's
@@ -25,6 +25,8 @@ HISTORY_KEY = "surgeon.history"
 """:func:`surgeon.prune_iteratively`'s steps: per step, the ratio, parameters, MACs and loss."""
 
 STATE_KEY = "surgeon.state"
+#: where a graph imported from an ONNX file keeps its source (:class:`surgeon.onnxin.job.OnnxSource`)
+SOURCE_KEY = "surgeon.onnx_source"
 """The decision the passes share while they run (a :class:`surgeon.passes.SurgeryState`): each
 pass reads it and stores a new one. The pipeline takes it off once the passes end."""
 

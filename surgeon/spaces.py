@@ -207,8 +207,9 @@ class RuleContext:
 
     def describe_name(self) -> str:
         n = self.node
-        if n.op == "call_module":
-            return f"{type(self.module).__name__} '{n.target}'"
+        if n.op == "call_module":  # a module may name itself (an ONNX op kept as it is)
+            label = getattr(self.module, "surgeon_label", None) or type(self.module).__name__
+            return f"{label} '{n.target}'"
         if n.op == "call_method":
             return f"method .{n.target}() at node '{n.name}'"
         target = getattr(n.target, "__name__", str(n.target))

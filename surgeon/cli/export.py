@@ -73,6 +73,7 @@ from surgeon.cli.output import (
     stdout_for,
 )
 from surgeon.errors import SurgeonFixedSizeError, SurgeonInputError
+from surgeon.keys import SOURCE_KEY
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
@@ -304,7 +305,9 @@ def _settings(
         # round_to auto: the multiple was measured on the device with the threads given
         "round_to_auto": opts.round_to == "auto",
         "model": spec,
-        "input_shape": list(example.shape),
+        "input_shape": (
+            list(example.shape) if hasattr(example, "shape") else [list(t.shape) for t in example]
+        ),
         "weights": None if weights is None else str(weights.expanduser().absolute()),
         "device": timing.device,
         "bench": timing.bench,
@@ -345,8 +348,9 @@ def _export_and_compare(
     with tempfile.TemporaryDirectory(prefix="surgeon-") as tmp:
         paths = (Path(tmp) / f"{name}.onnx", Path(tmp) / f"{name}_slim.onnx")
         _export_both(models, example, paths, opset=opset, dynamic_batch=dynamic_batch)
-        benches = _bench_both(paths, settings) if settings["bench"] else (None, None)
-        layers = _profile_both(paths, settings) if settings["bench"] else []
+        feed = example if SOURCE_KEY in getattr(models[0], "meta", {}) else None  # free dims
+        benches = _bench_both(paths, settings, feed) if settings["bench"] else (None, None)
+        layers = _profile_both(paths, settings, feed) if settings["bench"] else []
         with progress("count parameters and MACs"):
             result = build_report(
                 spec, *models, example, original_onnx=paths[0], slim_onnx=paths[1],
@@ -376,7 +380,9 @@ FIGURES = ("widths", "layers", "latency")
 PROFILE_RUNS = 20
 
 
-def _profile_both(paths: tuple[Path, Path], settings: dict[str, Any]) -> list[dict[str, Any]]:
+def _profile_both(
+    paths: tuple[Path, Path], settings: dict[str, Any], example: Any = None
+) -> list[dict[str, Any]]:
     """onnxruntime's node profile of both files, matched by node: the per-layer rows."""
     from surgeon.profile import layer_rows, node_profile
 
@@ -386,7 +392,7 @@ def _profile_both(paths: tuple[Path, Path], settings: dict[str, Any]) -> list[di
     ) as advance:
         found = [
             node_profile(
-                p, provider=settings["device"], threads=settings["threads"], runs=runs,
+                p, example, provider=settings["device"], threads=settings["threads"], runs=runs,
                 warmup=warmup, on_run=advance,
             )
             for p in paths
@@ -406,6 +412,21 @@ def _export_both(
     from surgeon.exporter import export
 
     original, slim_model = models
+    source = getattr(original, "meta", {}).get(SOURCE_KEY)
+    if source is not None:  # an ONNX file in: the original is that file
+        import onnx
+
+        from surgeon.keys import PLAN_KEY
+        from surgeon.onnxin.job import removed_record, write_slim_onnx
+
+        zero = getattr(slim_model, "meta", {}).get(PLAN_KEY, {}).get("ratio") == 0
+        with progress("export the slim graph under the file's names and opset; check it"):
+            write_slim_onnx(
+                source, slim_model, paths[1], metadata=removed_record(source, slim_model),
+                opset=opset, against_original=zero or None,
+            )  # fmt: skip
+        onnx.save(onnx.load(str(source.path)), str(paths[0]))
+        return
     with progress("export the slim model to ONNX and check it with onnxruntime"):
         export(slim_model, example, paths[1], opset=opset, dynamic_batch=dynamic_batch)
     with progress("export the original model to ONNX (temporary, for comparison)"):
@@ -413,7 +434,7 @@ def _export_both(
 
 
 def _bench_both(
-    paths: tuple[Path, Path], settings: dict[str, Any]
+    paths: tuple[Path, Path], settings: dict[str, Any], example: Any = None
 ) -> tuple[BenchResult, BenchResult]:
     """onnxruntime latency of the original and the slim ONNX file, timed side by side: each
     round runs both once, so that the machine's noise falls on both alike."""
@@ -422,7 +443,7 @@ def _bench_both(
     device, runs = settings["device"], settings["runs"]
     with progress(f"time both with onnxruntime on {device} ({runs} interleaved rounds)"):
         original_bench, slim_bench = bench_interleaved(
-            paths, providers=(device,), warmup=settings["warmup"], runs=runs,
+            paths, example, providers=(device,), warmup=settings["warmup"], runs=runs,
             threads=settings["threads"],
         )  # fmt: skip
     return original_bench, slim_bench

@@ -2,7 +2,9 @@
 
 A MODEL argument is a zoo name (``resnet18``), ``path/to/file.py:factory`` or
 ``package.module:factory`` (``torchvision.models:resnet50``); the factory is called with no
-arguments and must return an ``nn.Module``. A model from outside the zoo needs
+arguments and must return an ``nn.Module``. A path ending in ``.onnx`` is an ONNX file: it is
+imported as a graph (:func:`surgeon.onnxin.job.load_onnx`), its example made from the shapes
+it declares (``--input-shape`` for a free dim other than the batch). A model from outside the zoo needs
 ``--input-shape``; ``--weights`` loads a state dict (or a checkpoint holding one) into it.
 Every problem is a :class:`~surgeon.errors.SurgeonInputError` that says what to give instead.
 """
@@ -49,6 +51,10 @@ def build(
 ) -> tuple[str, nn.Module, Any]:
     """:func:`load_model`, then the ``--weights`` loaded into the model."""
     name, model, example = load_model(spec, shape)
+    if weights is not None and spec.endswith(".onnx"):
+        raise SurgeonInputError(
+            f"--weights does not apply to the ONNX file {spec!r}: its weights are in the file"
+        )
     if weights is not None:
         load_weights(model, weights.expanduser(), spec)
     return name, model, example
@@ -65,6 +71,12 @@ def load_model(spec: str, input_shape: tuple[int, ...] | None = None) -> tuple[s
     if spec in ZOO:
         model, example = create(spec, input_shape=input_shape)
         return spec, model, example
+    if spec.endswith(".onnx"):
+        from surgeon.onnxin.job import load_onnx
+
+        source = load_onnx(spec, input_shape=input_shape)
+        example = source.example[0] if len(source.example) == 1 else source.example
+        return Path(spec).stem, source.module, example
     factory_name, factory = _factory(spec)
     if input_shape is None:
         raise SurgeonInputError(

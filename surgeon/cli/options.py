@@ -434,12 +434,15 @@ def _round_to(text: str | None) -> int | str | None:
 def with_names(opts: SlimOptions, model: nn.Module) -> SlimOptions:
     """``opts`` with ``ignore`` and ``leaf_modules`` resolved in ``model`` (qualified names,
     and classes for class names), so that a name the model lacks fails before any work."""
+    from surgeon.keys import SOURCE_KEY
     from surgeon.names import resolve_ignore, resolve_leaves
 
-    return opts.replace(
-        ignore=resolve_ignore(model, opts.ignore),
-        leaf_modules=resolve_leaves(model, opts.leaf_modules),
-    )
+    leaves = resolve_leaves(model, opts.leaf_modules)
+    if SOURCE_KEY in getattr(model, "meta", {}):  # an ONNX file: the ops kept as they are
+        from surgeon.onnxin.opaque import OnnxOp
+
+        leaves = (*leaves, OnnxOp)
+    return opts.replace(ignore=resolve_ignore(model, opts.ignore), leaf_modules=leaves)
 
 
 def measured(
