@@ -232,7 +232,11 @@ def test_an_op_no_rule_knows_blocks_its_groups_and_the_file_stays_right(tmp_path
     source = load_onnx(src)
     assert source.opaque == ["LRN 'norm1' (no translation)"]
     graph = surgeon.analyze(source.module, source.example, leaf_modules=[surgeon.OnnxOp])
-    stem = next(g for g in graph.groups if any((p.owner, p.name, p.dim) == ("stem", "weight", 0) for p in g.params))
+    stem = next(
+        g
+        for g in graph.groups
+        if any((p.owner, p.name, p.dim) == ("stem", "weight", 0) for p in g.params)
+    )
     assert stem.blocked
     assert any("LRN" in r and "'norm1'" in r for r in stem.reasons), stem.reasons
     out = tmp_path / "lrn_slim.onnx"
@@ -313,3 +317,19 @@ def test_cli_refuses_a_free_dim_without_a_shape_and_writes_nothing(tmp_path: Pat
     assert result.returncode == 2
     assert "--input-shape" in result.stderr and "Traceback" not in result.stderr
     assert not out.exists()
+
+
+def test_a_target_and_an_opset_above_the_torchscript_exporters(tmp_path: Path) -> None:
+    src = _export(
+        _randomise_norms(Residual()), torch.randn(2, 3, 32, 32), tmp_path / "r21.onnx",
+        opset=21, dynamo=True, dynamic={0: "batch"},
+    )  # fmt: skip
+    out = tmp_path / "r21_slim.onnx"
+    result = surgeon.slim_onnx(src, surgeon.Target(macs=2.0), out)
+    assert 1.9 <= result.mac_drop <= 2.3
+    proto = onnx.load(str(out))
+    assert next(o.version for o in proto.opset_import if o.domain == "") == 21 == result.opset
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want = result.model(x).numpy()
+    _assert_same(_run(out, {"pixels": x.numpy()}), [want])

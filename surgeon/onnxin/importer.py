@@ -103,8 +103,10 @@ class Importer:
         self.opaque: list[str] = []
         g = proto.graph
         self.inits = {i.name: i for i in g.initializer}
+        # held in a list: the wrappers stay the same objects, so id() names a node (skip)
+        self.nodes = list(g.node)
         self.consumers: dict[str, list[onnx.NodeProto]] = {}
-        for n in g.node:
+        for n in self.nodes:
             for name in n.input:
                 self.consumers.setdefault(name, []).append(n)
         self.graph_outputs = {o.name for o in g.output}
@@ -268,7 +270,8 @@ class Importer:
 
     def run(self) -> OnnxImport:
         g = self.proto.graph
-        for n in g.node:
+        self._prefold()
+        for n in self.nodes:
             if id(n) in self.skip:
                 continue
             self.translate(n)
@@ -313,6 +316,34 @@ class Importer:
         else:
             reason = "no translation"
         self._keep_opaque(n, reason)
+
+    def _prefold(self) -> None:
+        """Every op computed from constants alone, computed first (a bias reshaped after the
+        conv that adds it, in the file's order), so the translations see constants."""
+        changed = True
+        while changed:
+            changed = False
+            for n in self.nodes:
+                if id(n) in self.skip or n.op_type in _NO_FOLD:
+                    continue
+                if n.op_type == "Constant":
+                    try:
+                        values = self.ops["Constant"](self, n)
+                    except Unsupported:
+                        continue
+                elif n.input and all(
+                    not i or ((i in self.env or i in self.inits) and self._known(i))
+                    for i in n.input
+                ):
+                    values = self._fold(n)
+                    if values is None:
+                        continue
+                else:
+                    continue
+                for name, value in zip(n.output, values, strict=False):
+                    self.env[name] = value
+                self.skip.add(id(n))
+                changed = True
 
     def _known(self, name: str) -> bool:
         v = self.lookup(name)

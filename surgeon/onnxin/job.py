@@ -56,7 +56,7 @@ class OnnxSource:
     opset: int
     producer: str
     opaque: list[str] = field(default_factory=list)
-    import_diff: float = 0.0
+    import_diff: float = 0.0  # imported graph vs the file: worst max |diff| / max |output|
 
 
 @dataclass
@@ -67,8 +67,8 @@ class OnnxSlim:
     model: nn.Module
     path: Path
     opset: int
-    diff: float  # slim file vs slim graph, worst output
-    original_diff: float | None  # slim file vs original file, when nothing was removed
+    diff: float  # slim file vs slim graph: worst max |diff| / max |output|
+    original_diff: float | None  # slim file vs original file (ratio 0), the same measure
     macs: tuple[int, int]
     params: tuple[int, int]
     diagnosis: str | None = None  # why little was pruned, where little was
@@ -202,7 +202,8 @@ def _diff(
     what: str,
     rtol: float | None = None,
 ) -> float:
-    """Worst ``max |got - want|`` over the outputs; raises :class:`SurgeonExportError` where
+    """Worst ``max |got - want| / max |want|`` over the outputs (relative: an untrained
+    network's outputs can be tiny); raises :class:`SurgeonExportError` where
     it exceeds ``atol + rtol * max |want|`` (:func:`surgeon.export`'s tolerance for float32;
     ``rtol`` given: that rtol, atol a tenth of it)."""
     worst = 0.0
@@ -226,7 +227,7 @@ def _diff(
                 "Where this is float rounding (onnxruntime's fused kernels on a sensitive "
                 "output), give a larger rtol"
             )
-        worst = max(worst, d)
+        worst = max(worst, d / scale if scale > 0 else d)
     return worst
 
 
@@ -347,6 +348,7 @@ def write_slim_onnx(
             ) from exc
         proto = onnx.load(str(temp))
         _rename(proto, {v: k for k, v in temp_names.items()})
+        opset, proto = _up_to(proto, opset, source.opset)
         try:
             onnx.checker.check_model(proto)
         except onnx.checker.ValidationError as exc:
@@ -385,6 +387,22 @@ def write_slim_onnx(
             )
         write_bytes_atomic(out, data, what="ONNX file")
     return opset, diff, original_diff
+
+
+def _up_to(proto: onnx.ModelProto, written: int, wanted: int) -> tuple[int, onnx.ModelProto]:
+    """The file at the original's opset where the TorchScript exporter stopped below it (it
+    writes up to 20): onnx's version converter takes it the rest of the way, checked like any
+    file after; where it cannot, the file stays at the opset written."""
+    if wanted <= written:
+        return written, proto
+    from onnx import version_converter
+
+    try:
+        converted = version_converter.convert_version(proto, wanted)
+        onnx.checker.check_model(converted)
+    except Exception:  # noqa: BLE001 - no adapter for an op: the written opset stands
+        return written, proto
+    return wanted, converted
 
 
 def _rename(proto: onnx.ModelProto, names: dict[str, str]) -> None:

@@ -187,9 +187,41 @@ def conv(imp: Importer, n: onnx.NodeProto) -> list[Any]:
             bias=b is not None,
         )
     m.weight = nn.Parameter(_to_tensor(w))
+    fused = _channel_bias_after(imp, n, w.shape[0], k + 2)
+    if fused is not None:  # a bias added after the conv (paddle2onnx): the conv's own bias
+        extra, add = fused
+        b = extra.astype(w.dtype) if b is None else b + extra.astype(b.dtype)
+        imp.skip.add(id(add))
+        m.bias = nn.Parameter(_to_tensor(b))
+        node = imp.module(n, m, x, weight=n.input[1])
+        imp.env[add.output[0]] = node
+        return [node]
     if b is not None:
         m.bias = nn.Parameter(_to_tensor(b))
     return [imp.module(n, m, x, weight=n.input[1])]
+
+
+def _channel_bias_after(
+    imp: Importer, n: onnx.NodeProto, channels: int, rank: int
+) -> tuple[np.ndarray, onnx.NodeProto] | None:
+    """The ``Add`` of a constant ``[1, C, 1, ...]`` that alone reads ``n``'s output: a bias
+    per output channel, written as its own op."""
+    out = n.output[0]
+    users = imp.consumers.get(out, [])
+    if len(users) != 1 or out in imp.graph_outputs or users[0].op_type != "Add":
+        return None
+    add = users[0]
+    other = add.input[1] if add.input[0] == out else add.input[0]
+    try:
+        c = imp.const(other)
+    except Exception:  # noqa: BLE001 - not defined yet: computed later, so not a constant
+        return None
+    if c is None or c.dtype.kind != "f" or c.size != channels or c.ndim > rank:
+        return None
+    shape = (1,) * (rank - c.ndim) + tuple(c.shape)
+    if shape[1] != channels:
+        return None
+    return c.reshape(-1), add
 
 
 @op("ConvTranspose")
