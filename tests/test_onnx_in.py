@@ -333,3 +333,46 @@ def test_a_target_and_an_opset_above_the_torchscript_exporters(tmp_path: Path) -
     with torch.no_grad():
         want = result.model(x).numpy()
     _assert_same(_run(out, {"pixels": x.numpy()}), [want])
+
+
+def test_an_unknown_op_with_an_optional_input_left_out_is_kept_whole(tmp_path: Path) -> None:
+    """An LSTM (no translation) whose sequence_lens is left out between B and initial_h."""
+    rng = np.random.default_rng(0)
+
+    def init(name: str, *shape: int) -> onnx.TensorProto:
+        return numpy_helper.from_array((rng.standard_normal(shape) * 0.3).astype(np.float32), name)
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", pads=[1, 1]),
+        helper.make_node("Transpose", ["c2"], ["t"], name="to_time", perm=[2, 0, 1]),
+        helper.make_node("LSTM", ["t", "W", "R", "B", "", "h0"], ["y"], name="rnn", hidden_size=6),
+        helper.make_node("Squeeze", ["y", "axis1"], ["ys"], name="squeeze"),
+        helper.make_node("MatMul", ["ys", "wo"], ["o"], name="out"),
+    ]
+    axis1 = numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1")
+    graph = helper.make_graph(
+        nodes, "rnn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 10])],
+        [helper.make_tensor_value_info("o", TensorProto.FLOAT, [10, "N", 5])],
+        [
+            init("w1", 12, 4, 3), init("b1", 12), init("w2", 8, 12, 3), init("b2", 8),
+            init("W", 1, 24, 8), init("R", 1, 24, 6), init("B", 1, 48), init("wo", 6, 5),
+            numpy_helper.from_array(np.zeros((1, 1, 6), np.float32) + 0.1, "h0"), axis1,
+        ],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+    src = tmp_path / "rnn.onnx"
+    onnx.save(model, str(src))
+    out = tmp_path / "rnn_slim.onnx"
+    result = surgeon.slim_onnx(src, 0.5, out)
+    assert result.source.opaque == ["LSTM 'rnn' (no translation)"]
+    assert result.params[1] < result.params[0]  # conv1's 12 channels: free of the LSTM
+    lstm = next(n for n in onnx.load(str(out)).graph.node if n.op_type == "LSTM")
+    assert list(lstm.input)[4] == "" and len(lstm.input) == 6
+    x = torch.randn(1, 4, 10)  # the LSTM's initial state holds a batch of 1
+    with torch.no_grad():
+        want = result.model(x).numpy()
+    _assert_same(_run(out, {"x": x.numpy()}), [want])

@@ -245,8 +245,9 @@ ExportModelArgument = Annotated[
     str | None,
     typer.Argument(
         metavar="MODEL",
-        help="Zoo name (resnet18, resnet50, ...), path/to/file.py:factory or "
-        "package.module:factory. Default: the zoo's default model.",
+        help="Zoo name (resnet18, resnet50, ...), path/to/file.py:factory, "
+        "package.module:factory or path/to/model.onnx (an ONNX file, written back under its "
+        "own names and opset). Default: the zoo's default model.",
         show_default=False,
     ),
 ]
@@ -306,7 +307,7 @@ InspectModelArgument = Annotated[
     str,
     typer.Argument(
         metavar="MODEL",
-        help="Zoo name, path/to/file.py:factory or package.module:factory.",
+        help="Zoo name, path/to/file.py:factory, package.module:factory or path/to/model.onnx.",
         show_default=False,
     ),
 ]

@@ -387,10 +387,7 @@ class Importer:
                 f"the ONNX {label} cannot be imported ({reason}) nor kept as it is ({why}); "
                 "cut the file before it (onnx.utils.extract_model) and slim that part"
             )
-        inputs = list(n.input)
-        while inputs and not inputs[-1]:
-            inputs.pop()
-        args = [self.tensor(i) for i in inputs]
+        args = [self.tensor(i) for i in n.input if i]
         outs = [o for o in n.output]
         m = OnnxOp(n, self.opsets, len(outs))
         node = self.module(n, m, *args)

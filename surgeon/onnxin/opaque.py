@@ -41,11 +41,6 @@ def opaque_reason(node: onnx.NodeProto) -> str | None:
     for a in node.attribute:
         if a.type not in _SUFFIX:
             return f"its attribute {a.name!r} is a {onnx.AttributeProto.AttributeType.Name(a.type)}"
-    inputs = list(node.input)
-    while inputs and not inputs[-1]:
-        inputs.pop()
-    if any(not name for name in inputs):
-        return "an optional input in the middle is left out"
     return None
 
 
@@ -59,6 +54,11 @@ class OnnxOp(nn.Module):
         self.domain = node.domain
         self.node_name = node.name
         self.n_outputs = n_outputs
+        inputs = list(node.input)
+        while inputs and not inputs[-1]:
+            inputs.pop()
+        # which inputs the node has: an optional one left out between others is a gap
+        self.slots = tuple(bool(name) for name in inputs)
         self._attributes = [
             onnx.AttributeProto.FromString(a.SerializeToString()) for a in node.attribute
         ]
@@ -70,7 +70,7 @@ class OnnxOp(nn.Module):
     @property
     def surgeon_label(self) -> str:
         """How the channel rules name it: its op and node, as in the file."""
-        return f"ONNX op {self.op_type} (node {self.node_name!r}), module"
+        return f"ONNX op {self.op_type} (node {self.node_name!r}) at module"
 
     def extra_repr(self) -> str:
         return f"{self.domain + '::' if self.domain else ''}{self.op_type}, node={self.node_name!r}"
@@ -79,7 +79,7 @@ class OnnxOp(nn.Module):
         # the sessions are not copyable; the copy builds its own on first use
         clone = OnnxOp.__new__(OnnxOp)
         nn.Module.__init__(clone)
-        for name in ("op_type", "domain", "node_name", "n_outputs", "_opsets"):
+        for name in ("op_type", "domain", "node_name", "n_outputs", "slots", "_opsets"):
             setattr(clone, name, getattr(self, name))
         clone._attributes = list(self._attributes)
         clone._sessions = {}
@@ -111,8 +111,10 @@ class OnnxOp(nn.Module):
         session = self._sessions.get(sig)
         if session is None:
             names = [f"in_{i}" for i in range(len(arrays))]
+            slots = iter(names)
+            wired = [next(slots) if present else "" for present in self.slots]
             outs = [f"out_{j}" for j in range(self.n_outputs)]
-            node = helper.make_node(self.op_type, names, outs, domain=self.domain or None)
+            node = helper.make_node(self.op_type, wired, outs, domain=self.domain or None)
             node.attribute.extend(self._attributes)
             graph = helper.make_graph(
                 [node],
@@ -159,4 +161,13 @@ class _Run(torch.autograd.Function):
                 value = [v.decode() for v in value]
             kwargs[f"{a.name}_{_SUFFIX[a.type]}"] = value
         name = f"{spec.domain}::{spec.op_type}" if spec.domain else spec.op_type
-        return g.op(name, *inputs, outputs=spec.n_outputs, **kwargs)
+        given = iter(inputs)
+        wired = [next(given) if present else _left_out(g) for present in spec.slots]
+        return g.op(name, *wired, outputs=spec.n_outputs, **kwargs)
+
+
+def _left_out(g: Any) -> Any:
+    """An optional input left out (written as an empty name in the file)."""
+    node = g.op("prim::Constant")
+    node.setType(torch._C.OptionalType.ofTensor())
+    return node

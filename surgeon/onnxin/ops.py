@@ -379,7 +379,14 @@ def gather(imp: Importer, n: onnx.NodeProto) -> list[Any]:
     index = imp.tensor(idx_name)
     if idx is not None and idx.ndim == 1:
         return [imp.fn(torch.index_select, x, axis, index)]
-    raise Unsupported("a gather by a computed or multi-dimensional index")
+    # numpy's take, as ONNX defines Gather: x[:, ..., index] with the index's dims in place
+    return [imp.fn(operator.getitem, x, (slice(None),) * axis + (index,))]
+
+
+@op("GatherElements")
+def gather_elements(imp: Importer, n: onnx.NodeProto) -> list[Any]:
+    axis = int(attrs(n).get("axis", 0))
+    return [imp.fn(torch.gather, imp.tensor(n.input[0]), axis, imp.tensor(n.input[1]))]
 
 
 @op("BatchNormalization")
@@ -1146,11 +1153,11 @@ def resize(imp: Importer, n: onnx.NodeProto) -> list[Any]:
     else:
         raise Unsupported("neither scales nor sizes")
     if mode == "nearest":
-        if coord not in ("asymmetric",) or a.get("nearest_mode", "round_prefer_floor") != "floor":
-            if not (n.op_type == "Upsample"):
-                raise Unsupported(
-                    f"nearest with {coord} / {a.get('nearest_mode', 'round_prefer_floor')}"
-                )
+        # torch's nearest: source index floor(dst * in / out), the ONNX asymmetric + floor
+        # (Upsample, before Resize, has no other form)
+        rounding = a.get("nearest_mode", "round_prefer_floor")
+        if n.op_type == "Resize" and (coord != "asymmetric" or rounding != "floor"):
+            raise Unsupported(f"nearest with {coord} / {rounding}")
         return [imp.fn(F.interpolate, x, mode="nearest", **kwargs)]
     if mode == "linear" and coord in ("half_pixel", "pytorch_half_pixel", "align_corners"):
         torch_mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[k]
