@@ -50,6 +50,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils import _pytree as pytree
 
@@ -265,6 +266,67 @@ def _export_dynamo(job: _Job, common: dict[str, Any]) -> None:
     program.save(str(job.temp), external_data=False)
 
 
+_SDPA = F.scaled_dot_product_attention
+
+
+def _sdpa_heads_repeated(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+) -> torch.Tensor:
+    """``scaled_dot_product_attention`` without ``enable_gqa``: each key / value head repeated
+    for its group of query heads (what ``enable_gqa`` means), which both exporters write."""
+    if enable_gqa and key.dim() >= 3 and key.shape[-3] != query.shape[-3]:
+        groups = query.shape[-3] // key.shape[-3]
+
+        def repeat(t: torch.Tensor) -> torch.Tensor:
+            *batch, heads, n, d = t.shape
+            return (
+                t.unsqueeze(-3)
+                .expand(*batch, heads, groups, n, d)
+                .reshape(*batch, heads * groups, n, d)
+            )
+
+        key, value = repeat(key), repeat(value)
+    return _SDPA(
+        query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+        scale=scale,
+    )  # fmt: skip
+
+
+@contextlib.contextmanager
+def _gqa_repeated(model: nn.Module) -> Iterator[None]:
+    """While exporting: ``F.scaled_dot_product_attention(..., enable_gqa=True)`` (which
+    neither exporter translates) as its equivalent with the key / value heads repeated, both
+    where a module calls it (Hugging Face's attention) and in fx graphs (slim models); put
+    back afterwards."""
+    graphs = [
+        (m, node)
+        for m in model.modules()
+        if isinstance(m, torch.fx.GraphModule)
+        for node in m.graph.nodes
+        if node.op == "call_function" and node.target is _SDPA
+    ]
+    for _, node in graphs:
+        node.target = _sdpa_heads_repeated
+    for m in {id(m): m for m, _ in graphs}.values():
+        m.recompile()
+    F.scaled_dot_product_attention = _sdpa_heads_repeated
+    try:
+        yield
+    finally:
+        F.scaled_dot_product_attention = _SDPA
+        for _, node in graphs:
+            node.target = _SDPA
+        for m in {id(m): m for m, _ in graphs}.values():
+            m.recompile()
+
+
 def _export_onnx(job: _Job, exporter: Literal["torchscript", "dynamo"]) -> None:
     """Write ``job.temp`` with one exporter, its prints and warnings sent to DEBUG logs."""
     common = {  # what both exporters are told alike
@@ -276,6 +338,7 @@ def _export_onnx(job: _Job, exporter: Literal["torchscript", "dynamo"]) -> None:
     with (
         warnings.catch_warnings(record=True) as caught,
         _captured_output(f"torch.onnx ({exporter})"),
+        _gqa_repeated(job.adapter),
     ):
         warnings.simplefilter("always")
         run(job, common)

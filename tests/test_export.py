@@ -12,6 +12,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import surgeon
@@ -338,3 +339,37 @@ def test_an_opset_the_exporter_would_replace_is_refused(tmp_path):
     with pytest.raises(SurgeonExportError, match="wrote opset 18 where opset 17 was asked"):
         surgeon.export(model, x, tmp_path / "m.onnx", opset=17, exporter="dynamo")
     assert not list(tmp_path.iterdir())
+
+
+class _GroupedQueryAttention(nn.Module):
+    """4 query heads read 2 key / value heads through ``enable_gqa``, which neither torch
+    exporter translates."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.kv, self.o = nn.Linear(32, 32), nn.Linear(32, 32), nn.Linear(32, 32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        q = self.q(x).view(b, n, 4, 8).transpose(1, 2)
+        k, v = self.kv(x).view(b, n, 2, 16).transpose(1, 2).chunk(2, dim=-1)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        return self.o(y.transpose(1, 2).reshape(b, n, 32))
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_grouped_query_attention_exports_with_heads_repeated(exporter, tmp_path) -> None:
+    torch.manual_seed(0)
+    model = _GroupedQueryAttention().eval()
+    x = torch.randn(2, 6, 32)
+    slim = surgeon.slim(model, 0.0, x, returns="graph")  # an fx graph calling it too
+    for i, m in enumerate((model, slim)):
+        path = tmp_path / f"gqa_{i}.onnx"
+        export(m, x, path, exporter=exporter)  # parity with PyTorch checked inside
+        got = ort.InferenceSession(str(path)).run(None, {"input": x.numpy()})[0]
+        with torch.no_grad():
+            torch.testing.assert_close(torch.from_numpy(got), m(x), rtol=1e-4, atol=1e-5)
+    assert F.scaled_dot_product_attention.__name__ == "scaled_dot_product_attention"
+    calls = [n for n in slim.graph.nodes if "scaled_dot_product" in str(n.target)]
+    assert len(calls) == 1 and calls[0].target is F.scaled_dot_product_attention
+    assert calls[0].kwargs.get("enable_gqa") is True
