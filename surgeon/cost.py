@@ -67,9 +67,36 @@ def _cpu_flash_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
     return flop_counter.sdpa_flop_count(query, key, value)
 
 
+def _recurrent_flops(input, hx, params, *args, out_shape=None, **kwargs) -> int:  # noqa: ANN001
+    """FLOPs of ``aten.lstm`` / ``gru`` / ``rnn_tanh`` / ``rnn_relu`` (no formula in torch's
+    counter): each weight matrix of each layer and direction is applied once per time step
+    and sequence (a multiply and an add per element); the gates' elementwise math is not
+    counted, as for activations elsewhere."""
+    # the counter hands shapes, not tensors
+    steps = math.prod(input[:-1]) if len(input) > 1 else 1
+    return 2 * steps * sum(math.prod(w) for w in params if len(w) == 2)
+
+
 def _extra_formulas() -> dict[Any, Any]:
+    out: dict[Any, Any] = {}
     op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-    return {op: _cpu_flash_flops} if op is not None else {}
+    if op is not None:
+        out[op] = _cpu_flash_flops
+    for name in ("lstm", "gru", "rnn_tanh", "rnn_relu"):
+        packet = getattr(torch.ops.aten, name, None)
+        if packet is not None:
+            out[packet] = _recurrent_flops
+    layer = getattr(torch.ops.aten, "mkldnn_rnn_layer", None)  # what the CPU's LSTM runs
+    if layer is not None:
+        out[layer] = _onednn_layer_flops
+    return out
+
+
+def _onednn_layer_flops(input, w_ih, w_hh, *args, out_shape=None, **kwargs) -> int:  # noqa: ANN001
+    """FLOPs of one layer and direction of oneDNN's recurrent kernel (``nn.LSTM`` on the CPU):
+    both weight matrices, once per time step and sequence."""
+    steps = math.prod(input[:-1]) if len(input) > 1 else 1
+    return 2 * steps * (math.prod(w_ih) + math.prod(w_hh))
 
 
 @contextlib.contextmanager

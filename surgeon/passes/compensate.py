@@ -270,7 +270,10 @@ class CompensatePass(SurgeryPass):
         """Compensate the ``gone`` indices of one sink's space (``removed``: every index that
         goes, the ones compensated earlier included); returns how many were folded."""
         idx = np.nonzero(gone)[0]
-        found = _contract_weight(gm, sink, nodes[sink.space[0]], idx) if len(idx) else None
+        source = nodes.get(sink.space[0])
+        if source is None:  # a tuple's piece, or a space inside a rule: no activation to read
+            return 0
+        found = _contract_weight(gm, sink, source, idx) if len(idx) else None
         if found is None or graph.calls[sink.owner] > 1:
             return 0
         m, times = found

@@ -7,6 +7,7 @@ and one module per op family:
 ``params``     parameters and buffers read directly in ``forward``
 ``conv``       ``nn.Conv*`` (ungrouped, grouped, depthwise), ``nn.ConvTranspose*``
 ``linear``     ``nn.Linear``, ``nn.Embedding``, ``matmul``
+``recurrent``  ``nn.LSTM``, ``nn.GRU``, ``nn.RNN``: the hidden size (gate blocks together)
 ``attention``  ``F.scaled_dot_product_attention``; ``nn.MultiheadAttention`` traced through
 ``norm``       batch, layer and group norms
 ``elementwise`` activations, dropout, PReLU, unary math, dtype / device moves
@@ -36,6 +37,7 @@ from surgeon.rules import (  # noqa: F401  (importing a family registers its rul
     linear,
     norm,
     params,
+    recurrent,
     reduce,
     shape,
 )
