@@ -1,10 +1,11 @@
 """A model built from a config (Hugging Face's ``PreTrainedModel``) keeps a config that builds
 its slim shapes, so ``save_pretrained`` -> ``from_pretrained`` gives the slim model back.
 
-The config's int fields are matched to the channel groups that changed size: a field that
-counts the classes of such a group, or a multiple of them, scales with it (``hidden_size`` 64
--> 32; ``num_key_value_heads`` 4 -> 2 and, over those kv groups, ``num_attention_heads`` 8 ->
-4). The candidates are checked by building the model class on the ``meta`` device from the new
+The config's int fields, and its lists of ints (widths per stage), are matched to the
+channel groups that changed size: a field that counts the classes of such a group, or a
+multiple of them, scales with it (``hidden_size`` 64 -> 32; ``num_key_value_heads`` 4 -> 2
+and, over those kv groups, ``num_attention_heads`` 8 -> 4; ``hidden_sizes`` [16, 32, 64, 128]
+-> [8, 16, 32, 64]). The candidates are checked by building the model class on the ``meta`` device from the new
 config (no memory, no weights): its state-dict shapes must be the slim model's. Fields are put
 back, best first, while that fits the shapes better (``head_dim`` 8 is no head count). Then
 the model built from the new config with the slim weights must compute what the slim model
@@ -52,11 +53,16 @@ def update_config(model: nn.Module, changed: dict[int, set[int]], example_inputs
     if config is None or not hasattr(config, "to_dict"):
         return ""
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    fields = {}
+    fields: dict[str, Any] = {}
     for k, v in config.to_dict().items():
-        found = _scaled(v, changed) if type(v) is int else set()
-        if len(found) == 1:
-            fields[k] = found.pop()
+        if type(v) is int:
+            found = _scaled(v, changed)
+            if len(found) == 1:
+                fields[k] = found.pop()
+        elif isinstance(v, (list, tuple)) and v and all(type(i) is int for i in v):
+            scaled = _scaled_list(v, changed)  # per-stage widths: each stage its own
+            if scaled is not None:
+                fields[k] = scaled
     try:
         fitted, got = _fit(model, config, fields, want)
     except Exception as exc:  # noqa: BLE001 - a class that cannot be built from its config
@@ -99,9 +105,24 @@ def _scaled(value: int, changed: dict[int, set[int]]) -> set[int]:
     }
 
 
+def _scaled_list(values: list[int] | tuple[int, ...], changed: dict[int, set[int]]) -> Any:
+    """A list of widths (``hidden_sizes`` per stage): each item that is the class count of a
+    group that changed takes its new count (one reading, else None); the others stay (a last
+    stage the model's output keeps)."""
+    out = []
+    for v in values:
+        found = changed.get(v, set()) if v > 1 else set()
+        if len(found) > 1:
+            return None
+        out.append(next(iter(found)) if found else v)
+    if out == list(values):
+        return None
+    return type(values)(out)
+
+
 def _fit(
-    model: nn.Module, config: Any, fields: dict[str, int], want: dict[str, tuple]
-) -> tuple[dict[str, int], dict[str, tuple]]:
+    model: nn.Module, config: Any, fields: dict[str, Any], want: dict[str, tuple]
+) -> tuple[dict[str, Any], dict[str, tuple]]:
     """All candidate fields; then, while the shapes do not fit, the one field whose putting
     back fits them best is put back (best first, so ``head_dim`` goes back rather than the
     head counts around it)."""
@@ -124,8 +145,8 @@ def _fit(
 
 
 def _needed(
-    model: nn.Module, config: Any, fields: dict[str, int], want: dict[str, tuple]
-) -> dict[str, int]:
+    model: nn.Module, config: Any, fields: dict[str, Any], want: dict[str, tuple]
+) -> dict[str, Any]:
     """``fields`` less those the shapes do not need (they keep their values)."""
     current = dict(fields)
     for name in list(current):
@@ -135,14 +156,14 @@ def _needed(
     return current
 
 
-def _changed(config: Any, changes: dict[str, int]) -> Any:
+def _changed(config: Any, changes: dict[str, Any]) -> Any:
     cfg = copy.deepcopy(config)
     for k, v in changes.items():
         setattr(cfg, k, v)
     return cfg
 
 
-def _shapes(model: nn.Module, config: Any, changes: dict[str, int]) -> dict[str, tuple]:
+def _shapes(model: nn.Module, config: Any, changes: dict[str, Any]) -> dict[str, tuple]:
     """State-dict shapes of ``model``'s class built (on the meta device) from the config."""
     with torch.device("meta"):
         fresh = type(model)(_changed(config, changes))

@@ -105,11 +105,12 @@ def test_a_model_without_a_config_is_left_as_it_is():
     assert model.config == {"hidden_size": 4}
 
 
-# swin: head counts per stage; falcon: its fused multi-query heads stay (split by list
-# indexing) while the hidden width halves, so head_dim = hidden / heads no longer holds;
-# gemma: forward scales embeddings by sqrt(config.hidden_size), which a config with the slim
-# width would change (slim checks and keeps the original config, the graph's constant)
-@pytest.mark.parametrize("name", [n for n in MODELS if n not in ("swin", "falcon", "gemma")])
+# falcon: its fused multi-query heads stay (split by list indexing) while the hidden width
+# halves, so head_dim = hidden / heads no longer holds; gemma: forward scales embeddings by
+# sqrt(config.hidden_size), which a config with the slim width would change (slim checks and
+# keeps the original config, the graph's constant). swin's head counts per stage follow as a
+# list.
+@pytest.mark.parametrize("name", [n for n in MODELS if n not in ("falcon", "gemma")])
 def test_save_pretrained_and_from_pretrained_give_the_slim_model_back(name, tmp_path):
     """The config follows the slim sizes (hidden, MLP, head and kv-head counts), so the
     library's own save / load round-trips with the same outputs."""
@@ -123,24 +124,44 @@ def test_save_pretrained_and_from_pretrained_give_the_slim_model_back(name, tmp_
 
 
 def test_a_config_that_cannot_hold_the_slim_sizes_is_left_alone_with_the_reason(tmp_path):
-    """Swin's head counts are a list per stage: no int field scales with them. Its
-    save_pretrained then refuses, writing nothing: a checkpoint transformers cannot load is
-    worse than none; surgeon.save / load still round-trip."""
-    model, x, _ = build("swin")
+    """Falcon's fused multi-query heads stay while its hidden width halves: no config says
+    that (head_dim is hidden / heads). Its save_pretrained then refuses, writing nothing: a
+    checkpoint transformers cannot load is worse than none; surgeon.save / load still
+    round-trip."""
+    model, x, _ = build("falcon")
     slim = surgeon.slim(model, 0.5, x)
-    assert "no config of SwinConfig builds the slim shapes" in slim.meta["surgeon.plan"]["config"]
+    assert "no config of FalconConfig builds the slim shapes" in slim.meta["surgeon.plan"]["config"]
     assert slim.config.to_dict() == model.config.to_dict()
     with pytest.raises(
-        SurgeonExportError, match=r"save_pretrained: the slim Swin\w+'s config cannot"
+        SurgeonExportError, match=r"save_pretrained: the slim Falcon\w+'s config cannot"
     ):
         slim.save_pretrained(tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
     assert model.save_pretrained(tmp_path / "original") is None  # the input model's own
     torch.save(slim, tmp_path / "whole.pt")  # the refusing save_pretrained still pickles
-    path = surgeon.save(slim, tmp_path / "swin.surgeon")
-    back = surgeon.load(path, build("swin")[0])
+    path = surgeon.save(slim, tmp_path / "falcon.surgeon")
+    back = surgeon.load(path, build("falcon")[0])
     with torch.no_grad():
         torch.testing.assert_close(main_output(back(**x)), main_output(slim(**x)))
     with pytest.raises(SurgeonExportError, match="save_pretrained"):  # loaded: the same
         back.save_pretrained(tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
+
+
+def test_widths_per_stage_follow_in_a_list(tmp_path):
+    """``hidden_sizes`` (one width per stage) follows item by item: a ConvNeXt classifier
+    saves and loads through transformers with the slim outputs."""
+    from transformers import ConvNextConfig, ConvNextForImageClassification
+
+    torch.manual_seed(0)
+    config = ConvNextConfig(hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1], num_labels=5)
+    model = ConvNextForImageClassification(config).eval()
+    x = torch.randn(1, 3, 64, 64)
+    slim = surgeon.slim(model, 0.5, x)
+    assert slim.meta["surgeon.plan"]["config"] == "updated"
+    assert slim.config.hidden_sizes == [8, 16, 32, 64]
+    slim.save_pretrained(tmp_path)
+    back = ConvNextForImageClassification.from_pretrained(tmp_path).eval()
+    other = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(back(other).logits, slim(other).logits)
