@@ -110,7 +110,11 @@ def recurrent_rule(ctx: RuleContext) -> None:
 
     # the initial states: h_0 carries the output's width, an LSTM's c_0 the cell's
     hx = ctx.arg(1, "hx")
-    states = [(hx, state)] if not isinstance(hx, (tuple, list)) else list(zip(hx, (state, cell), strict=False))
+    states = (
+        [(hx, state)]
+        if not isinstance(hx, (tuple, list))
+        else list(zip(hx, (state, cell), strict=False))
+    )
     batch = None if len(xs) == 2 else (0 if m.batch_first else 1)
     for node, space in states:
         shape = ctx.shape(node)
