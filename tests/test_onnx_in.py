@@ -294,7 +294,7 @@ def test_cli_export_takes_an_onnx_file(cnn_file: Path, tmp_path: Path) -> None:
     report = tmp_path / "report.json"
     result = subprocess.run(
         [sys.executable, "-m", "surgeon.cli", "export", str(cnn_file), "--ratio", "0.5", "-o",
-         str(out), "--report", str(report), "--runs", "3", "--warmup", "1"],
+         str(out), "--report", str(report), "--runs", "3", "--warmup", "1", "--round-to", "1"],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -376,3 +376,95 @@ def test_an_unknown_op_with_an_optional_input_left_out_is_kept_whole(tmp_path: P
     with torch.no_grad():
         want = result.model(x).numpy()
     _assert_same(_run(out, {"x": x.numpy()}), [want])
+
+
+def _graph_file(path: Path, nodes, inputs, outputs, inits, opset: int = 17) -> Path:
+    graph = helper.make_graph(nodes, path.stem, inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def _weights(name: str, *shape: int, seed: int = 0) -> onnx.TensorProto:
+    rng = np.random.default_rng(seed)
+    return numpy_helper.from_array((rng.standard_normal(shape) * 0.3).astype(np.float32), name)
+
+
+def _ints(name: str, values: list[int]) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.array(values, dtype=np.int64), name)
+
+
+def test_sizes_read_from_a_free_dim_stay_free(tmp_path: Path) -> None:
+    """SAME padding at stride 2, a gather of the last two steps, an equal split: what each
+    computes depends on the input's sizes, so the slim file must too (checked at sizes the
+    example does not have)."""
+    f = TensorProto.FLOAT
+    src = _graph_file(
+        tmp_path / "free.onnx",
+        [
+            helper.make_node(
+                "Conv", ["x", "w1"], ["c1"], name="down", strides=[2, 2], auto_pad="SAME_UPPER"
+            ),  # fmt: skip
+            helper.make_node("Relu", ["c1"], ["r1"], name="relu"),
+            helper.make_node("Conv", ["r1", "w2"], ["c2"], name="mix"),
+            helper.make_node("Split", ["c2"], ["a", "b"], name="halves", axis=2, num_outputs=2),
+            helper.make_node("Add", ["a", "b"], ["s"], name="sum"),
+            helper.make_node("Gather", ["s", "last2"], ["g"], name="last", axis=3),
+            helper.make_node("ReduceMean", ["g", "axes"], ["y"], name="mean", keepdims=0),
+        ],
+        [helper.make_tensor_value_info("x", f, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("y", f, ["N", 8])],
+        [
+            _weights("w1", 16, 3, 3, 3),
+            _weights("w2", 8, 16, 1, 1),
+            _ints("last2", [-2, -1]),
+            _ints("axes", [2, 3]),
+        ],  # fmt: skip
+        opset=18,
+    )
+    out = tmp_path / "free_slim.onnx"
+    surgeon.slim_onnx(src, 0.0, out, input_shape=(2, 3, 16, 20))
+    for shape in [(2, 3, 16, 20), (3, 3, 15, 23), (1, 3, 28, 9)]:  # ceil(H / 2) even: halves
+        x = np.random.default_rng(2).standard_normal(shape).astype(np.float32)
+        _assert_same(_run(out, {"x": x}), _run(src, {"x": x}))
+    half = surgeon.slim_onnx(src, 0.5, tmp_path / "free_half.onnx", input_shape=(2, 3, 16, 20))
+    assert half.params[1] < half.params[0]
+    x = torch.randn(3, 3, 15, 23)
+    with torch.no_grad():
+        want = half.model(x).numpy()
+    _assert_same(_run(half.path, {"x": x.numpy()}), [want])
+
+
+def test_an_unused_input_and_an_empty_cache_are_kept(tmp_path: Path) -> None:
+    """An input the graph never reads stays an input of the slim file; a cache that is empty
+    in the example (a concat of length 0) stays part of the graph."""
+    f = TensorProto.FLOAT
+    src = _graph_file(
+        tmp_path / "cache.onnx",
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"], name="up"),
+            helper.make_node("Relu", ["h"], ["r"], name="relu"),
+            helper.make_node("Concat", ["past", "r"], ["all"], name="append", axis=1),
+            helper.make_node("MatMul", ["all", "w2"], ["y"], name="down"),
+        ],
+        [
+            helper.make_tensor_value_info("x", f, ["N", "T", 8]),
+            helper.make_tensor_value_info("past", f, ["N", "P", 16]),
+            helper.make_tensor_value_info("unused", f, ["N", 4]),
+        ],
+        [helper.make_tensor_value_info("y", f, ["N", "L", 6])],
+        [_weights("w1", 8, 16), _weights("w2", 16, 6)],
+    )
+    example = (torch.randn(2, 5, 8), torch.zeros(2, 0, 16), torch.randn(2, 4))
+    out = tmp_path / "cache_slim.onnx"
+    surgeon.slim_onnx(src, 0.0, out, example_inputs=example)
+    proto = onnx.load(str(out))
+    assert [i.name for i in proto.graph.input] == ["x", "past", "unused"]
+    feed = {
+        "x": np.ones((1, 3, 8), np.float32),
+        "past": np.full((1, 2, 16), 0.5, np.float32),
+        "unused": np.zeros((1, 4), np.float32),
+    }
+    _assert_same(_run(out, feed), _run(src, feed))

@@ -347,7 +347,9 @@ def _export_and_compare(
 
     with tempfile.TemporaryDirectory(prefix="surgeon-") as tmp:
         paths = (Path(tmp) / f"{name}.onnx", Path(tmp) / f"{name}_slim.onnx")
-        _export_both(models, example, paths, opset=opset, dynamic_batch=dynamic_batch)
+        _export_both(
+            models, example, paths, opset=opset, dynamic_batch=dynamic_batch, settings=settings
+        )
         feed = example if SOURCE_KEY in getattr(models[0], "meta", {}) else None  # free dims
         benches = _bench_both(paths, settings, feed) if settings["bench"] else (None, None)
         layers = _profile_both(paths, settings, feed) if settings["bench"] else []
@@ -407,6 +409,7 @@ def _export_both(
     *,
     opset: int | None,
     dynamic_batch: bool,
+    settings: dict[str, Any] | None = None,
 ) -> None:
     """Export the slim model, then the original (for comparison), each to its path."""
     from surgeon.exporter import export
@@ -416,14 +419,13 @@ def _export_both(
     if source is not None:  # an ONNX file in: the original is that file
         import onnx
 
-        from surgeon.keys import PLAN_KEY
         from surgeon.onnxin.job import removed_record, write_slim_onnx
 
-        zero = getattr(slim_model, "meta", {}).get(PLAN_KEY, {}).get("ratio") == 0
+        zero = settings.get("target") is None and settings.get("ratio") == 0
         with progress("export the slim graph under the file's names and opset; check it"):
             write_slim_onnx(
-                source, slim_model, paths[1], metadata=removed_record(source, slim_model),
-                opset=opset, against_original=zero or None,
+                source, slim_model, paths[1], opset=opset, against_original=zero or None,
+                metadata=removed_record(source, slim_model, settings),
             )  # fmt: skip
         onnx.save(onnx.load(str(source.path)), str(paths[0]))
         return

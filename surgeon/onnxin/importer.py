@@ -391,7 +391,7 @@ class Importer:
         outs = [o for o in n.output]
         m = OnnxOp(n, self.opsets, len(outs))
         node = self.module(n, m, *args)
-        self.opaque.append(f"{n.op_type} {n.name!r} ({reason})")
+        self.opaque.append(f"{n.op_type} {n.name or 'unnamed, output ' + n.output[0]!r} ({reason})")
         if len(outs) == 1:
             self.env[outs[0]] = node
         else:

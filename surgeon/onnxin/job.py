@@ -56,7 +56,10 @@ class OnnxSource:
     opset: int
     producer: str
     opaque: list[str] = field(default_factory=list)
-    import_diff: float = 0.0  # imported graph vs the file: worst max |diff| / max |output|
+    import_diff: float = 0.0
+    input_infos: list[bytes] = field(
+        default_factory=list
+    )  # the file's inputs, serialised  # imported graph vs the file: worst max |diff| / max |output|
 
 
 @dataclass
@@ -96,11 +99,13 @@ def example_from_graph(
     proto: onnx.ModelProto,
     input_shape: Iterable[int] | None = None,
     *,
-    batch: int = 1,
+    batch: int = 2,
     seed: int = 0,
 ) -> dict[str, torch.Tensor]:
     """An example input per graph input, from its declared shape: a free first dim is the
-    batch (``batch``); any other free dim needs ``input_shape`` (for a file with one input)."""
+    batch (``batch``: 2, since at 1 a size-1 batch is not told from a dim that is always 1,
+    and a size read from it could end up as a constant); any other free dim needs
+    ``input_shape`` (for a file with one input). Integer inputs (token ids, masks) are ones."""
     inits = {i.name for i in proto.graph.initializer}
     inputs = [i for i in proto.graph.input if i.name not in inits]
     given = tuple(input_shape) if input_shape is not None else None
@@ -122,8 +127,6 @@ def example_from_graph(
                     f"of the ONNX file, declared {_show(dims)}"
                 )
             shape = list(given)
-            if batch != 1 and not isinstance(dims[0], int):
-                shape[0] = batch
         else:
             shape = []
             for i, d in enumerate(dims):
@@ -131,6 +134,14 @@ def example_from_graph(
                     shape.append(d)
                 elif i == 0:
                     shape.append(batch)
+                elif len(inputs) > 1:
+                    raise SurgeonInputError(
+                        f"input {inp.name!r} of the ONNX file has a free dim {i} "
+                        f"({d or 'unnamed'}; declared {_show(dims)}) and the file has "
+                        f"{len(inputs)} inputs ({', '.join(v.name for v in inputs)}): give "
+                        "example_inputs= (a tuple in that order, or a dict by name) in Python; "
+                        "the command line's --input-shape gives the shape of a single input"
+                    )
                 else:
                     raise SurgeonInputError(
                         f"input {inp.name!r} of the ONNX file has a free dim {i} "
@@ -143,9 +154,7 @@ def example_from_graph(
         elif dtype.kind == "b":
             t = torch.ones(shape, dtype=torch.bool)
         else:
-            t = torch.randint(0, 2, shape, generator=g).to(
-                torch.from_numpy(np.zeros(0, dtype)).dtype
-            )
+            t = torch.ones(shape, dtype=torch.from_numpy(np.zeros(0, dtype)).dtype)
         out[inp.name] = t
     return out
 
@@ -155,8 +164,9 @@ def _show(dims: list[Any]) -> str:
 
 
 def _suggest(dims: list[Any]) -> str:
+    free = "224" if len(dims) == 4 else "16"  # an image side, else a length
     return ",".join(
-        str(d) if isinstance(d, int) else ("1" if i == 0 else "224") for i, d in enumerate(dims)
+        str(d) if isinstance(d, int) else ("2" if i == 0 else free) for i, d in enumerate(dims)
     )
 
 
@@ -176,16 +186,23 @@ def _session(model: onnx.ModelProto | str | bytes) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # a probe that fails is reported by surgeon, not logged
     data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
     return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
 
 def _ort_outputs(
-    session: Any, names: list[str], example: tuple[torch.Tensor, ...]
+    session: Any, names: list[str], example: tuple[torch.Tensor, ...], what: str = ""
 ) -> list[np.ndarray]:
     feed = {n: t.detach().cpu().numpy() for n, t in zip(names, example, strict=True)}
-    return session.run(None, feed)
+    try:
+        return session.run(None, feed)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's own errors, said as surgeon's
+        shapes = ", ".join(f"{n} {tuple(t.shape)}" for n, t in zip(names, example, strict=True))
+        raise SurgeonExportError(
+            f"{what or 'onnxruntime'}: onnxruntime cannot run the file on {shapes} "
+            f"({str(exc).splitlines()[0][:300]}); nothing was written"
+        ) from exc
 
 
 def _torch_outputs(module: nn.Module, example: tuple[torch.Tensor, ...]) -> list[np.ndarray]:
@@ -247,7 +264,7 @@ def load_onnx(
     inits = {i.name for i in proto.graph.initializer}
     inputs = [i for i in proto.graph.input if i.name not in inits]
     names = [i.name for i in inputs]
-    example = _examples(proto, names, example_inputs, input_shape)
+    example = _examples(proto, names, example_inputs, input_shape, path)
     imported: OnnxImport = Importer(proto, example).run()
     module = imported.module
     args = tuple(example[n] for n in names)
@@ -274,15 +291,19 @@ def load_onnx(
         path, module, args, names, output_names, {k: v for k, v in free.items() if v}, opset,
         f"{proto.producer_name} {proto.producer_version}".strip(), imported.opaque, diff,
     )  # fmt: skip
+    source.input_infos = [v.SerializeToString() for v in inputs]
     module.meta[SOURCE_KEY] = source
     return source
 
 
 def _examples(
-    proto: onnx.ModelProto, names: list[str], example_inputs: Any, input_shape: Any
+    proto: onnx.ModelProto, names: list[str], example_inputs: Any, input_shape: Any, path: Path
 ) -> dict[str, torch.Tensor]:
     if example_inputs is None:
-        return example_from_graph(proto, input_shape)
+        made = example_from_graph(proto, input_shape)
+        if not _runs(str(path), names, tuple(made[n] for n in names)):
+            made = example_from_graph(proto, input_shape, batch=1)  # a batch free in name only
+        return made
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     if isinstance(example_inputs, dict):
@@ -356,35 +377,39 @@ def write_slim_onnx(
         for key, value in (metadata or {}).items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value)
+        _inputs_kept(proto, source)
         data = proto.SerializeToString()
         session = _session(data)
+        what = "the slim ONNX file does not compute what the slim graph computes"
         diff = _diff(
-            _ort_outputs(session, source.input_names, source.example),
+            _ort_outputs(session, source.input_names, source.example, what),
             _torch_outputs(slim, source.example),
             source.output_names,
-            "the slim ONNX file does not compute what the slim graph computes",
+            what,
             rtol,
         )
-        other = _other_batch(source)
-        if other is not None and not _runs(str(source.path), source.input_names, other):
-            other = None  # the original file's batch dim is free in name only
+        other = _other_sizes(source)
         if other is not None:
+            shapes = " x ".join(str(tuple(t.shape)) for t in other)
+            what = (
+                f"at other sizes ({shapes}), the slim ONNX file does not compute what the slim "
+                "graph computes (a size the example fixed?)"
+            )
             diff = max(diff, _diff(
-                _ort_outputs(session, source.input_names, other),
+                _ort_outputs(session, source.input_names, other, what),
                 _torch_outputs(slim, other),
                 source.output_names,
-                "at another batch size, the slim ONNX file does not compute what the slim "
-                "graph computes",
+                what,
                 rtol,
             ))  # fmt: skip
         original_diff = None
         if against_original or (against_original is None and _same_widths(source.module, slim)):
+            what = "nothing was removed, yet the slim file does not compute what the original file computes"
             original_diff = _diff(
-                _ort_outputs(session, source.input_names, source.example),
+                _ort_outputs(session, source.input_names, source.example, what),
                 _ort_outputs(_session(str(source.path)), source.input_names, source.example),
                 source.output_names,
-                "nothing was removed, yet the slim file does not compute what the original "
-                "file computes",
+                what,
                 rtol,
             )
         write_bytes_atomic(out, data, what="ONNX file")
@@ -435,21 +460,45 @@ def _rename(proto: onnx.ModelProto, names: dict[str, str]) -> None:
         t.name = swap(t.name)
 
 
-def _other_batch(source: OnnxSource) -> tuple[torch.Tensor, ...] | None:
-    """The example at batch 2 when every input's first dim is free, else None."""
-    if not source.input_names or not all(
-        0 in source.free_dims.get(n, {}) for n in source.input_names
-    ):
+def _other_sizes(source: OnnxSource) -> tuple[torch.Tensor, ...] | None:
+    """The example at other sizes, where the file leaves dims free: the batch one larger and
+    every other free dim twice as long (else as it is), when the original file runs on them;
+    None when nothing is free or the original does not run at another size."""
+    free = [source.free_dims.get(n, {}) for n in source.input_names]
+    if not any(free):
         return None
     g = torch.Generator().manual_seed(1)
-    out = []
-    for t in source.example:
-        shape = (2, *t.shape[1:])
-        if t.is_floating_point():
-            out.append(torch.randn(shape, generator=g).to(t.dtype))
-        else:
-            out.append(t[:1].expand(shape).clone())
-    return tuple(out)
+    for stretch in (2, 1):
+        out = []
+        for t, dims in zip(source.example, free, strict=True):
+            shape = [
+                (s + 1 if d == 0 else s * stretch) if d in dims else s
+                for d, s in enumerate(t.shape)
+            ]
+            if t.is_floating_point():
+                out.append(torch.randn(shape, generator=g).to(t.dtype))
+            else:
+                out.append(torch.ones(shape, dtype=t.dtype))
+        other = tuple(out)
+        if any(a.shape != b.shape for a, b in zip(other, source.example, strict=True)) and _runs(
+            str(source.path), source.input_names, other
+        ):
+            return other
+    return None  # the file's dims are free in name only
+
+
+def _inputs_kept(proto: onnx.ModelProto, source: OnnxSource) -> None:
+    """An input of the original file its graph never reads is dropped by the exporter: put
+    it back, as the original declares it, so the slim file takes the same inputs."""
+    have = {i.name for i in proto.graph.input}
+    for raw in source.input_infos:
+        info = onnx.ValueInfoProto.FromString(raw)
+        if info.name not in have:
+            proto.graph.input.append(info)
+    order = {n: k for k, n in enumerate(source.input_names)}
+    inputs = sorted(proto.graph.input, key=lambda v: order.get(v.name, len(order)))
+    del proto.graph.input[:]
+    proto.graph.input.extend(inputs)
 
 
 def _runs(path: str, names: list[str], example: tuple[torch.Tensor, ...]) -> bool:
@@ -466,23 +515,22 @@ def _same_widths(original: nn.Module, slim: nn.Module) -> bool:
     return a == b
 
 
-def removed_record(source: OnnxSource, slim: nn.Module) -> dict[str, Any]:
-    """What the metadata of the slim file records: the source, and every weight whose shape
-    changed (name: before -> after)."""
-    from surgeon.keys import PLAN_KEY
+_SETTINGS = ("ratio", "target", "importance", "scope", "round_to", "structures", "data")
 
+
+def removed_record(
+    source: OnnxSource, slim: nn.Module, settings: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """What the metadata of the slim file records: the source, the settings (the ratio or
+    target, the criterion, ... from ``settings``, a :meth:`SlimOptions.to_record`), every
+    weight whose shape changed (name: before -> after) and the ops kept as they are."""
     before = {k: list(v.shape) for k, v in source.module.state_dict().items()}
     after = {k: list(v.shape) for k, v in slim.state_dict().items()}
     changed = {k: [before[k], after.get(k)] for k in before if before[k] != after.get(k)}
-    plan = getattr(slim, "meta", {}).get(PLAN_KEY, {}) or {}
     return {
         "surgeon.source": source.path.name,
         "surgeon.source_producer": source.producer,
-        "surgeon.settings": {
-            k: plan.get(k)
-            for k in ("ratio", "importance", "scope", "round_to", "target")
-            if k in plan
-        },
+        "surgeon.settings": {k: v for k, v in (settings or {}).items() if k in _SETTINGS},
         "surgeon.removed": changed,
         "surgeon.kept_opaque": source.opaque,
     }
@@ -509,17 +557,19 @@ def slim_onnx(
     largest magnitude in float32). Returns an
     :class:`OnnxSlim`; on any failure nothing is written at ``dst``."""
     import surgeon
+    from surgeon.api import options_from
     from surgeon.cost import count_macs, count_params
 
     source = load_onnx(src, example_inputs, input_shape=input_shape, rtol=rtol)
-    leaves = list(settings.pop("leaf_modules", ())) + [OnnxOp]
-    slim = surgeon.slim(source.module, ratio, source.example, leaf_modules=leaves, **settings)
-    zero = isinstance(ratio, (int, float)) and float(ratio) == 0.0
+    options = options_from(ratio, settings)
+    options = options.replace(leaf_modules=(*options.leaf_modules, OnnxOp))
+    slim = surgeon.slim(source.module, options, source.example)
+    zero = options.target is None and options.ratio == 0.0
     opset, diff, original_diff = write_slim_onnx(
         source,
         slim,
         dst,
-        metadata=removed_record(source, slim),
+        metadata=removed_record(source, slim, options.to_record()),
         against_original=zero or None,
         rtol=rtol,
     )

@@ -52,7 +52,7 @@ class OnnxOp(nn.Module):
         super().__init__()
         self.op_type = node.op_type
         self.domain = node.domain
-        self.node_name = node.name
+        self.node_name = node.name or f"unnamed, output {node.output[0]}"
         self.n_outputs = n_outputs
         inputs = list(node.input)
         while inputs and not inputs[-1]:

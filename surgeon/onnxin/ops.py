@@ -141,15 +141,7 @@ def _pads(
     pads = list(a.get("pads", [0] * (2 * k)))
     auto = a.get("auto_pad", "NOTSET")
     if auto in ("SAME_UPPER", "SAME_LOWER"):
-        spatial = imp.shape(n.input[0])[2:]
-        strides = a.get("strides", [1] * k)
-        dil = a.get("dilations", [1] * k)
-        pads = [0] * (2 * k)
-        for d in range(k):
-            out = -(-spatial[d] // strides[d])
-            total = max(0, (out - 1) * strides[d] + (kernel[d] - 1) * dil[d] + 1 - spatial[d])
-            small, big = total // 2, total - total // 2
-            pads[d], pads[d + k] = (small, big) if auto == "SAME_UPPER" else (big, small)
+        return _same_pads(imp, x, k, a, kernel, upper=auto == "SAME_UPPER", value=value)
     elif auto == "VALID":
         pads = [0] * (2 * k)
     begin, end = pads[:k], pads[k:]
@@ -158,6 +150,50 @@ def _pads(
     torch_pads: list[int] = []
     for d in reversed(range(k)):
         torch_pads += [begin[d], end[d]]
+    return imp.fn(F.pad, x, torch_pads, value=value), [0] * k
+
+
+def _same_pads(
+    imp: Importer,
+    x: fx.Node,
+    k: int,
+    a: dict[str, Any],
+    kernel: list[int],
+    *,
+    upper: bool,
+    value: float,
+) -> tuple[fx.Node, list[int]]:
+    """``auto_pad`` SAME: the output is ``ceil(in / stride)`` at every input size, so the pads
+    follow the input's size (``x.size(d)``), not the example's. With ``in = q * stride + r``
+    the total pad is ``span - stride + (stride - r) % stride`` (span: the dilated kernel),
+    never negative where ``span >= stride``; a smaller kernel is kept opaque."""
+    strides = list(a.get("strides", [1] * k))
+    dil = list(a.get("dilations", [1] * k))
+    torch_pads: list[Any] = []
+    for d in reversed(range(k)):
+        span, stride = (kernel[d] - 1) * dil[d] + 1, strides[d]
+        if span < stride:
+            raise Unsupported("SAME padding of a kernel smaller than its stride")
+        if stride == 1:
+            total: Any = span - 1
+        else:
+            size = imp.size(x, 2 + d)
+            rest = imp.fn(
+                operator.mod,
+                imp.fn(operator.sub, stride, imp.fn(operator.mod, size, stride)),
+                stride,
+            )
+            total = imp.fn(operator.add, rest, span - stride)
+        if isinstance(total, int):
+            small, big = total // 2, total - total // 2
+        else:
+            small = imp.fn(operator.floordiv, total, 2)
+            big = imp.fn(operator.sub, total, small)
+        torch_pads += [small, big] if upper else [big, small]
+    if all(isinstance(p, int) and p == 0 for p in torch_pads):
+        return x, [0] * k
+    if all(isinstance(p, int) for p in torch_pads) and torch_pads[0::2] == torch_pads[1::2]:
+        return x, list(reversed(torch_pads[0::2]))
     return imp.fn(F.pad, x, torch_pads, value=value), [0] * k
 
 
@@ -370,17 +406,20 @@ def gather(imp: Importer, n: onnx.NodeProto) -> list[Any]:
     if idx is not None and idx.ndim == 0:
         key = (slice(None),) * axis + (int(idx),)
         return [imp.fn(operator.getitem, x, key)]
-    if idx is not None and idx.ndim == 1:
-        size = imp.shape(data)[axis]
-        flat = [int(i) % size for i in idx]
-        if flat == list(range(flat[0], flat[0] + len(flat))):
-            key = (slice(None),) * axis + (slice(flat[0], flat[0] + len(flat)),)
+    if idx is not None and idx.ndim == 1 and len(idx):
+        # a run of indices of one sign is a slice at any length ([-2, -1] is x[..., -2:]);
+        # never normalised by the example's length, which a free dim does not keep
+        flat = [int(i) for i in idx]
+        run = flat == list(range(flat[0], flat[0] + len(flat)))
+        if run and (flat[0] >= 0 or flat[-1] < 0):
+            end = flat[-1] + 1
+            key = (slice(None),) * axis + (slice(flat[0], end if end != 0 else None),)
             return [imp.fn(operator.getitem, x, key)]
-    index = imp.tensor(idx_name)
-    if idx is not None and idx.ndim == 1:
-        return [imp.fn(torch.index_select, x, axis, index)]
-    # numpy's take, as ONNX defines Gather: x[:, ..., index] with the index's dims in place
-    return [imp.fn(operator.getitem, x, (slice(None),) * axis + (index,))]
+        if all(i >= 0 for i in flat):
+            return [imp.fn(torch.index_select, x, axis, imp.tensor(idx_name))]
+    # numpy's take, as ONNX defines Gather (negative indices count from the end): x[:, ...,
+    # index] with the index's dims in place
+    return [imp.fn(operator.getitem, x, (slice(None),) * axis + (imp.tensor(idx_name),))]
 
 
 @op("GatherElements")
@@ -936,12 +975,9 @@ def concat(imp: Importer, n: onnx.NodeProto) -> list[Any]:
             items += imp.dims(name).items
         return [Dims(items)]
     tensors = [imp.tensor(i) for i in n.input if i]
-    shapes = [imp.shape(i) for i in n.input if i]
-    rank = len(shapes[0])
-    kept = [
-        t for t, s in zip(tensors, shapes, strict=True) if s[axis % rank] != 0 or len(tensors) == 1
-    ]
-    return [imp.fn(torch.cat, kept, axis % rank)]
+    rank = len(imp.shape(n.input[0]))
+    # an input empty in the example (a key / value cache of length 0) stays: it is free
+    return [imp.fn(torch.cat, tensors, axis % rank)]
 
 
 @op("Split")
@@ -957,10 +993,13 @@ def split(imp: Importer, n: onnx.NodeProto) -> list[Any]:
             raise Unsupported("sizes computed at run time")
         sizes = [int(i) for i in c]
     length = imp.shape(n.input[0])[axis]
+    x = imp.tensor(n.input[0])
     if sizes is None:
+        if length % outs == 0:  # equal parts at any length: chunk, as the source wrote it
+            parts = imp.fn(torch.chunk, x, outs, axis)
+            return [imp.fn(operator.getitem, parts, j) for j in range(outs)]
         per = -(-length // outs)
         sizes = [per] * (outs - 1) + [length - per * (outs - 1)]
-    x = imp.tensor(n.input[0])
     parts = imp.fn(torch.split, x, list(sizes), axis)
     return [imp.fn(operator.getitem, parts, j) for j in range(outs)]
 
