@@ -197,14 +197,67 @@ def _same_pads(
     return imp.fn(F.pad, x, torch_pads, value=value), [0] * k
 
 
-@op("Conv")
-def conv(imp: Importer, n: onnx.NodeProto) -> list[Any]:
-    a = attrs(n)
+def _weight_and_bias(imp: Importer, n: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray | None]:
+    """Inputs 1 and 2 (the bias optional) as constants."""
     w = imp.const(n.input[1])
     b_name = _input(n, 2)
     b = imp.const(b_name) if b_name else None
     if w is None or (b_name and b is None):
         raise Unsupported("a weight computed at run time")
+    return w, b
+
+
+def _bias_after(
+    imp: Importer, n: onnx.NodeProto, width: int, dim: int
+) -> tuple[np.ndarray, onnx.NodeProto] | None:
+    """The ``Add`` that alone reads ``n``'s output, of a constant with one value per output
+    channel along ``dim`` (1 for a conv, -1 for a Linear): a bias written as its own op."""
+    out = n.output[0]
+    users = imp.consumers.get(out, [])
+    if len(users) != 1 or out in imp.graph_outputs or users[0].op_type != "Add":
+        return None
+    add = users[0]
+    other = add.input[1] if add.input[0] == out else add.input[0]
+    if other not in imp.env and other not in imp.inits:  # computed later: no constant
+        return None
+    c = imp.const(other)
+    rank = len(imp.shape(n.input[0]))  # the output's rank too (a conv, a Linear)
+    if c is None or c.dtype.kind != "f" or c.size != width or c.ndim > rank:
+        return None
+    shape = (1,) * (rank - c.ndim) + tuple(c.shape)  # as it broadcasts
+    if shape[dim] != width:
+        return None
+    return c.reshape(-1), add
+
+
+def _weighted(
+    imp: Importer,
+    n: onnx.NodeProto,
+    m: nn.Module,
+    x: fx.Node,
+    w: np.ndarray,
+    b: np.ndarray | None,
+    dim: int,
+) -> fx.Node:
+    """``m`` with the weight and bias, and a bias added after it folded in; called on ``x``."""
+    m.weight = nn.Parameter(_to_tensor(np.ascontiguousarray(w)))
+    fused = _bias_after(imp, n, w.shape[0], dim)
+    if fused is not None:
+        extra, add = fused
+        b = extra.astype(w.dtype) if b is None else b + extra.astype(b.dtype)
+        imp.skip.add(id(add))
+    if b is not None:
+        m.bias = nn.Parameter(_to_tensor(b.reshape(-1)))
+    node = imp.module(n, m, x, weight=n.input[1])
+    if fused is not None:
+        imp.env[fused[1].output[0]] = node
+    return node
+
+
+@op("Conv")
+def conv(imp: Importer, n: onnx.NodeProto) -> list[Any]:
+    a = attrs(n)
+    w, b = _weight_and_bias(imp, n)
     k = w.ndim - 2
     if k not in (1, 2, 3):
         raise Unsupported(f"a {k}-d convolution")
@@ -220,54 +273,16 @@ def conv(imp: Importer, n: onnx.NodeProto) -> list[Any]:
             padding=tuple(padding),
             dilation=tuple(a.get("dilations", [1] * k)),
             groups=groups,
-            bias=b is not None,
+            bias=True,  # replaced or removed by _weighted
         )
-    m.weight = nn.Parameter(_to_tensor(w))
-    fused = _channel_bias_after(imp, n, w.shape[0], k + 2)
-    if fused is not None:  # a bias added after the conv (paddle2onnx): the conv's own bias
-        extra, add = fused
-        b = extra.astype(w.dtype) if b is None else b + extra.astype(b.dtype)
-        imp.skip.add(id(add))
-        m.bias = nn.Parameter(_to_tensor(b))
-        node = imp.module(n, m, x, weight=n.input[1])
-        imp.env[add.output[0]] = node
-        return [node]
-    if b is not None:
-        m.bias = nn.Parameter(_to_tensor(b))
-    return [imp.module(n, m, x, weight=n.input[1])]
-
-
-def _channel_bias_after(
-    imp: Importer, n: onnx.NodeProto, channels: int, rank: int
-) -> tuple[np.ndarray, onnx.NodeProto] | None:
-    """The ``Add`` of a constant ``[1, C, 1, ...]`` that alone reads ``n``'s output: a bias
-    per output channel, written as its own op."""
-    out = n.output[0]
-    users = imp.consumers.get(out, [])
-    if len(users) != 1 or out in imp.graph_outputs or users[0].op_type != "Add":
-        return None
-    add = users[0]
-    other = add.input[1] if add.input[0] == out else add.input[0]
-    try:
-        c = imp.const(other)
-    except Exception:  # noqa: BLE001 - not defined yet: computed later, so not a constant
-        return None
-    if c is None or c.dtype.kind != "f" or c.size != channels or c.ndim > rank:
-        return None
-    shape = (1,) * (rank - c.ndim) + tuple(c.shape)
-    if shape[1] != channels:
-        return None
-    return c.reshape(-1), add
+    m.bias = None
+    return [_weighted(imp, n, m, x, w, b, dim=1)]
 
 
 @op("ConvTranspose")
 def conv_transpose(imp: Importer, n: onnx.NodeProto) -> list[Any]:
     a = attrs(n)
-    w = imp.const(n.input[1])
-    b_name = _input(n, 2)
-    b = imp.const(b_name) if b_name else None
-    if w is None or (b_name and b is None):
-        raise Unsupported("a weight computed at run time")
+    w, b = _weight_and_bias(imp, n)
     k = w.ndim - 2
     if k not in (1, 2, 3) or "output_shape" in a or a.get("auto_pad", "NOTSET") != "NOTSET":
         raise Unsupported("an output_shape / auto_pad form")
@@ -286,8 +301,9 @@ def conv_transpose(imp: Importer, n: onnx.NodeProto) -> list[Any]:
             output_padding=tuple(a.get("output_padding", [0] * k)),
             dilation=tuple(a.get("dilations", [1] * k)),
             groups=groups,
-            bias=b is not None,
+            bias=True,
         )
+    m.bias = None
     m.weight = nn.Parameter(_to_tensor(w))
     if b is not None:
         m.bias = nn.Parameter(_to_tensor(b))
@@ -300,58 +316,26 @@ def _linear(
     x: fx.Node,
     weight: np.ndarray,
     bias: np.ndarray | None,
-    name: str,
 ) -> fx.Node:
+    """An ``nn.Linear`` of ``weight`` ``[out, in]`` (a bias ``Add`` after it folded in)."""
     with torch.device("meta"):
-        m = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
-    m.weight = nn.Parameter(_to_tensor(np.ascontiguousarray(weight)))
-    if bias is not None:
-        m.bias = nn.Parameter(_to_tensor(bias.reshape(-1)))
-    return imp.module(n, m, x, weight=name)
-
-
-def _bias_after(
-    imp: Importer, n: onnx.NodeProto, width: int
-) -> tuple[np.ndarray, onnx.NodeProto] | None:
-    """The bias ``Add`` that alone reads ``n``'s output (a Linear's bias), if any."""
-    out = n.output[0]
-    users = imp.consumers.get(out, [])
-    if len(users) != 1 or out in imp.graph_outputs or users[0].op_type != "Add":
-        return None
-    add = users[0]
-    other = add.input[1] if add.input[0] == out else add.input[0]
-    c = imp.const(other) if other in imp.inits or other in imp.env else None
-    if (
-        c is None
-        or c.dtype.kind != "f"
-        or c.size != width
-        or (c.ndim > 1 and c.shape[-1] != width)
-        or c.ndim > 1
-        and any(s != 1 for s in c.shape[:-1])
-    ):
-        return None
-    return c.reshape(-1), add
+        m = nn.Linear(weight.shape[1], weight.shape[0], bias=True)
+    m.bias = None
+    return _weighted(imp, n, m, x, weight, bias, dim=-1)
 
 
 @op("Gemm")
 def gemm(imp: Importer, n: onnx.NodeProto) -> list[Any]:
     a = attrs(n)
-    b = imp.const(n.input[1])
-    c_name = _input(n, 2)
-    c = imp.const(c_name) if c_name else None
-    if a.get("transA", 0) or b is None or (c_name and c is None):
-        raise Unsupported("a transposed input or a weight computed at run time")
-    w = b if a.get("transB", 0) else b.T
-    w = w * a.get("alpha", 1.0) if a.get("alpha", 1.0) != 1.0 else w
+    b, c = _weight_and_bias(imp, n)
+    if a.get("transA", 0):
+        raise Unsupported("a transposed input")
+    w = (b if a.get("transB", 0) else b.T) * a.get("alpha", 1.0)
     bias = None
     if c is not None:
-        bias = (
-            np.broadcast_to(c * a.get("beta", 1.0), (w.shape[0],))
-            if c.size in (1, w.shape[0])
-            else None
-        )
-        if bias is None:
+        if c.size not in (1, w.shape[0]):
             raise Unsupported("a bias that is not per output")
+        bias = np.broadcast_to(c * a.get("beta", 1.0), (w.shape[0],))
     return [
         _linear(
             imp,
@@ -359,8 +343,7 @@ def gemm(imp: Importer, n: onnx.NodeProto) -> list[Any]:
             imp.tensor(n.input[0]),
             w.astype(b.dtype),
             None if bias is None else np.array(bias, dtype=b.dtype),
-            n.input[1],
-        )
+        )  # fmt: skip
     ]
 
 
@@ -368,13 +351,7 @@ def gemm(imp: Importer, n: onnx.NodeProto) -> list[Any]:
 def matmul(imp: Importer, n: onnx.NodeProto) -> list[Any]:
     b = imp.const(n.input[1])
     if b is not None and b.ndim == 2 and imp.const(n.input[0]) is None:
-        fused = _bias_after(imp, n, b.shape[1])
-        if fused is not None:
-            imp.skip.add(id(fused[1]))
-            node = _linear(imp, n, imp.tensor(n.input[0]), b.T, fused[0], n.input[1])
-            imp.env[fused[1].output[0]] = node
-            return [node]
-        return [_linear(imp, n, imp.tensor(n.input[0]), b.T, None, n.input[1])]
+        return [_linear(imp, n, imp.tensor(n.input[0]), b.T, None)]
     return [imp.fn(torch.matmul, imp.tensor(n.input[0]), imp.tensor(n.input[1]))]
 
 
