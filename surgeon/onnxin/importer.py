@@ -70,12 +70,9 @@ class OnnxImport:
     """The imported graph and what the importer kept opaque."""
 
     module: fx.GraphModule
-    opaque: list[str] = field(default_factory=list)  # "OpType 'node'" per opaque node
-    input_names: list[str] = field(default_factory=list)
-    output_names: list[str] = field(default_factory=list)
+    opaque: list[str] = field(default_factory=list)  # "OpType 'node' (why)" per opaque node
 
 
-_INT_TYPES = (np.int64, np.int32, np.int16, np.int8, np.uint8)
 INT64_MAX = 2**63 - 1
 
 
@@ -283,12 +280,7 @@ class Importer:
             outputs.append(v)
         self.graph.output(outputs[0] if len(outputs) == 1 else tuple(outputs))
         module = fx.GraphModule(self.root, self.graph, class_name="OnnxGraph")
-        return OnnxImport(
-            module,
-            self.opaque,
-            [i.name for i in g.input if i.name not in self.inits],
-            [o.name for o in g.output],
-        )
+        return OnnxImport(module, self.opaque)
 
     def translate(self, n: onnx.NodeProto) -> None:
         rule = self.ops.get(n.op_type) if n.domain in ("", "ai.onnx") else None
