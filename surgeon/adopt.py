@@ -38,7 +38,7 @@ from surgeon.errors import SurgeonFixedSizeError, SurgeonPassError
 from surgeon.keys import PLAN_KEY
 from surgeon.options import SlimOptions
 
-__all__ = ["adopt", "returned_form", "differs", "int_args", "MODULE_TOLERANCE"]
+__all__ = ["adopt", "returned_form", "with_config", "differs", "int_args", "MODULE_TOLERANCE"]
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +234,7 @@ def returned_form(
     options: SlimOptions,
     output: Any,
     captured: Captured,
+    changed: dict[int, set[int]] | None = None,
 ) -> nn.Module:
     """The form ``options.returns`` asks for: the user's own model (``work``, its modules cut
     like the graph's, verified by :func:`~surgeon.adopt.adopt` against ``output``, the graph's
@@ -256,6 +257,8 @@ def returned_form(
             why = f"{type(model).__name__} has an attribute 'meta' of its own"
         else:
             module, why, changes = adopt(work, gm, inputs, sizes_before, output)
+            if module is None and changed is not None:
+                module = with_config(work, gm, inputs, output, changed)
             if module is not None:
                 record.update(form="module", form_reason="", sized=changes)
                 module.meta = {k: v for k, v in gm.meta.items() if k.startswith("surgeon.")}
@@ -282,6 +285,24 @@ def returned_form(
         warnings.warn(f"surgeon: the slim graph is {_fixed(captured)}", stacklevel=2)
     record.update(form="graph", form_reason=why, sized=[])
     return gm
+
+
+def with_config(
+    work: nn.Module, gm: fx.GraphModule, inputs: Any, output: Any, changed: dict[int, set[int]]
+) -> nn.Module | None:
+    """A forward that reads its config (``x.reshape(b, -1, config.hidden_sizes[-1])``) runs
+    only once the config has the slim sizes (``changed``: :func:`changed_counts`): ``work``
+    with such a config, when its forward then computes what ``gm`` computes (the plan says
+    the config is updated), else None."""
+    from surgeon.modelconfig import update_config
+
+    if not hasattr(getattr(work, "config", None), "to_dict"):
+        return None
+    why = update_config(work, changed, inputs, check=lambda: differs(work, gm, inputs, output))
+    if why:
+        return None
+    gm.meta[PLAN_KEY]["config"] = "updated"
+    return work
 
 
 def _fixed(captured: Captured) -> str:

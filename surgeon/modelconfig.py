@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -33,6 +34,7 @@ from surgeon.passes.state import SurgeryState
 
 __all__ = [
     "update_config",
+    "changed_counts",
     "config_follows",
     "configs_of",
     "follow_count",
@@ -43,12 +45,20 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-def update_config(model: nn.Module, changed: dict[int, set[int]], example_inputs: Any) -> str:
+def update_config(
+    model: nn.Module,
+    changed: dict[int, set[int]],
+    example_inputs: Any,
+    check: Callable[[], str] | None = None,
+) -> str:
     """Give ``model.config`` the slim sizes; ``changed``: original class count -> new counts
     of the groups that lost classes. The model built from the new config, with the slim
     weights, must compute what the slim model computes on ``example_inputs`` (shapes alone
-    could match with 8 heads of 4 where there are 4 heads of 8). Returns ``""`` when done or
-    when the model has no such config, else why the config cannot describe the slim model."""
+    could match with 8 heads of 4 where there are 4 heads of 8); with ``check``, ``model``
+    itself holding the new config must pass it too (a forward that reads its config, as
+    ``x.reshape(b, -1, config.hidden_sizes[-1])``, runs only once the config follows).
+    Returns ``""`` when done or when the model has no such config, else why the config
+    cannot describe the slim model."""
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "to_dict"):
         return ""
@@ -77,12 +87,26 @@ def update_config(model: nn.Module, changed: dict[int, set[int]], example_inputs
     first = ""
     for extra in [None, *neutral]:
         changes = {**needed, **({extra: fitted[extra]} if extra else {})}
-        why = _computes_the_same(model, _changed(config, changes), example_inputs)
+        why = ""
+        if check is not None:  # the model's own forward, reading the new config
+            model.config = _changed(config, changes)
+            why = _checked(check)
+        # a model built from the config computes the same (a scale the graph kept as a
+        # literal, 1 / sqrt(head size), is not in any config)
+        why = why or _computes_the_same(model, _changed(config, changes), example_inputs)
         if not why:
             model.config = _changed(config, changes)
             return ""
+        model.config = config
         first = first or why
     return f"the config that builds the slim shapes computes something else: {first}"
+
+
+def _checked(check: Callable[[], str]) -> str:
+    try:
+        return check()
+    except Exception as exc:  # noqa: BLE001 - a forward that fails with this config is a reason
+        return f"its forward fails ({type(exc).__name__}: {exc})"[:300]
 
 
 def _computes_the_same(model: nn.Module, cfg: Any, example_inputs: Any) -> str:
@@ -181,18 +205,23 @@ def config_follows(
     sizes, or the plan says why it keeps the original."""
     if out is gm or not hasattr(getattr(out, "config", None), "to_dict"):
         return out
-    changed: dict[int, set[int]] = {}  # original class count -> new class counts
-    for gi, mask in state.removed.items():
-        if mask.any():
-            n = state.graph.groups[gi].n_classes
-            changed.setdefault(n, set()).add(n - int(mask.sum()))
-    why = update_config(out, changed, inputs)
+    why = update_config(out, changed_counts(state), inputs)
     out.meta[PLAN_KEY]["config"] = why or "updated"
     if why:
         log.warning("surgeon: %s keeps its original config: %s", type(model).__name__, why)
         if callable(getattr(out, "save_pretrained", None)):
             out.save_pretrained = RefusedSave(type(model).__name__, why)
     return out
+
+
+def changed_counts(state: SurgeryState) -> dict[int, set[int]]:
+    """Original class count -> the new class counts, of the groups that lost classes."""
+    changed: dict[int, set[int]] = {}
+    for gi, mask in state.removed.items():
+        if mask.any():
+            n = state.graph.groups[gi].n_classes
+            changed.setdefault(n, set()).add(n - int(mask.sum()))
+    return changed
 
 
 class RefusedSave:

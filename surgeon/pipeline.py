@@ -29,7 +29,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.utils._pytree as pytree
 
-from surgeon.adopt import adopt, int_args, returned_form
+from surgeon.adopt import adopt, int_args, returned_form, with_config
 from surgeon.capture import Captured, as_args, capture, check_trace, input_spec
 from surgeon.copying import unshare_parameters, working_copy
 from surgeon.diagnose import dense_macs, logged_diagnosis
@@ -46,7 +46,7 @@ from surgeon.importance import (
     with_own_loss,
 )
 from surgeon.keys import DIAGNOSIS_KEY, PLAN_KEY, STATE_KEY, plan_of
-from surgeon.modelconfig import config_follows
+from surgeon.modelconfig import changed_counts, config_follows
 from surgeon.names import leaf_name, resolve_ignore, resolve_leaves
 from surgeon.options import SlimOptions, check_grouped
 from surgeon.passes import (
@@ -502,8 +502,10 @@ def _slim_once(
     gm.meta[PLAN_KEY].update(wholes)
     gm.meta[DIAGNOSIS_KEY] = logged_diagnosis(gm, graph, macs_before, options.ratio)
     log.info("slim: %s", stats)
-    out = returned_form(model, work, gm, inputs, sizes_before, options, output, captured)
-    out = config_follows(model, out, gm, state, inputs)
+    changed = changed_counts(state)
+    out = returned_form(model, work, gm, inputs, sizes_before, options, output, captured, changed)
+    if gm.meta[PLAN_KEY].get("config") != "updated":  # not followed already, for its forward
+        out = config_follows(model, out, gm, state, inputs)
     counts = {g.index: g.n_classes for g in graph.groups}
     return Slimmed(out, state, counts)
 
@@ -660,6 +662,12 @@ def replay(model: nn.Module, record: Mapping[str, Any], inputs: Any, leaves: tup
     unshare_parameters(model, gm, work)  # the saved weights are loaded into these in place
     if record.get("form") == "module":  # it was slimmed into its own class: so is the copy
         module, why, _ = adopt(work, gm, inputs, before)
+        followed = None
+        if module is None:  # a forward that reads its config: the config follows first
+            followed = with_config(work, gm, inputs, None, changed_counts(state))
+        if followed is not None:
+            followed.meta = {PLAN_KEY: copy.deepcopy(dict(record))}
+            return followed
         if module is not None:  # its config follows, as slim's did
             module.meta = {PLAN_KEY: copy.deepcopy(dict(record))}
             return config_follows(model, module, gm, state, inputs)

@@ -165,3 +165,29 @@ def test_widths_per_stage_follow_in_a_list(tmp_path):
     other = torch.randn(2, 3, 96, 96)
     with torch.no_grad():
         torch.testing.assert_close(back(other).logits, slim(other).logits)
+
+
+def test_a_forward_that_reads_its_config_comes_back_as_its_class(tmp_path):
+    """SegFormer's classifier reshapes to ``config.hidden_sizes[-1]``: its own forward runs on
+    the slim weights only once the config follows, so the config follows first (checked as
+    always: the model built from it computes the slim outputs), and it is its own class."""
+    from transformers import SegformerConfig, SegformerForImageClassification
+
+    torch.manual_seed(0)
+    config = SegformerConfig(
+        hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1], num_attention_heads=[1, 2, 4, 8],
+        num_labels=5, decoder_hidden_size=32,
+    )  # fmt: skip
+    model = SegformerForImageClassification(config).eval()
+    x = torch.randn(2, 3, 64, 64)
+    slim = surgeon.slim(model, 0.5, x)
+    assert type(slim) is SegformerForImageClassification
+    assert slim.meta["surgeon.plan"]["config"] == "updated"
+    assert slim.config.hidden_sizes == [8, 16, 32, 64]
+    graph = surgeon.slim(model, 0.5, x, returns="graph")
+    other = torch.randn(1, 3, 96, 96)
+    slim.save_pretrained(tmp_path)
+    back = SegformerForImageClassification.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(slim(x).logits, graph(x)["logits"])
+        torch.testing.assert_close(back(other).logits, slim(other).logits, rtol=1e-4, atol=1e-5)
