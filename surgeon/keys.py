@@ -8,7 +8,18 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["PLAN_KEY", "DIAGNOSIS_KEY", "HISTORY_KEY", "STATE_KEY", "SOURCE_KEY"]
+__all__ = [
+    "PLAN_KEY",
+    "DIAGNOSIS_KEY",
+    "HISTORY_KEY",
+    "STATE_KEY",
+    "SOURCE_KEY",
+    "ONNX_FILE_KEY",
+    "ONNX_PRODUCER_KEY",
+    "ONNX_SETTINGS_KEY",
+    "ONNX_REMOVED_KEY",
+    "ONNX_OPAQUE_KEY",
+]
 
 PLAN_KEY = "surgeon.plan"
 """A slim model's plan, JSON-able: the classes removed per group with the channel graph's
@@ -27,6 +38,14 @@ HISTORY_KEY = "surgeon.history"
 STATE_KEY = "surgeon.state"
 #: where a graph imported from an ONNX file keeps its source (:class:`surgeon.onnxin.job.OnnxSource`)
 SOURCE_KEY = "surgeon.onnx_source"
+#: what a slim ONNX file's ``metadata_props`` record (:func:`surgeon.slim_onnx`): the file it
+#: came from and its producer, the settings, the weights whose shape changed, the ops kept as
+#: they are
+ONNX_FILE_KEY = "surgeon.source"
+ONNX_PRODUCER_KEY = "surgeon.source_producer"
+ONNX_SETTINGS_KEY = "surgeon.settings"
+ONNX_REMOVED_KEY = "surgeon.removed"
+ONNX_OPAQUE_KEY = "surgeon.kept_opaque"
 """The decision the passes share while they run (a :class:`surgeon.passes.SurgeryState`): each
 pass reads it and stores a new one. The pipeline takes it off once the passes end."""
 

@@ -27,6 +27,7 @@ import onnx
 import torch
 from torch import nn
 
+from surgeon import keys
 from surgeon.errors import SurgeonExportError, SurgeonInputError
 from surgeon.keys import SOURCE_KEY
 from surgeon.onnxin.importer import Importer, OnnxImport
@@ -528,11 +529,11 @@ def removed_record(
     after = {k: list(v.shape) for k, v in slim.state_dict().items()}
     changed = {k: [before[k], after.get(k)] for k in before if before[k] != after.get(k)}
     return {
-        "surgeon.source": source.path.name,
-        "surgeon.source_producer": source.producer,
-        "surgeon.settings": {k: v for k, v in (settings or {}).items() if k in _SETTINGS},
-        "surgeon.removed": changed,
-        "surgeon.kept_opaque": source.opaque,
+        keys.ONNX_FILE_KEY: source.path.name,
+        keys.ONNX_PRODUCER_KEY: source.producer,
+        keys.ONNX_SETTINGS_KEY: {k: v for k, v in (settings or {}).items() if k in _SETTINGS},
+        keys.ONNX_REMOVED_KEY: changed,
+        keys.ONNX_OPAQUE_KEY: source.opaque,
     }
 
 
