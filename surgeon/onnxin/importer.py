@@ -110,6 +110,7 @@ class Importer:
         self._taken: set[str] = set()
         self._prefixes: set[str] = set()
         self._counts: Counter[str] = Counter()
+        self._held: dict[str, fx.Node] = {}  # constants made attributes of the module
         for inp in g.input:
             if inp.name in self.inits:
                 continue
@@ -168,13 +169,15 @@ class Importer:
         v = self.lookup(name)
         if isinstance(v, fx.Node):
             return v
+        if name in self._held:  # one attribute per constant, however many read it
+            return self._held[name]
         if isinstance(v, Dims):
             if v.known():
                 v = v.array()
             else:
                 raise Unsupported(f"{name!r} is a shape computed at run time, used as data")
         node = self.attribute(name, torch.from_numpy(np.array(v)), param=param)
-        self.env[name] = node
+        self._held[name] = node  # the constant stays readable as one (const, dims)
         return node
 
     def operand(self, name: str, other_rank: int) -> Any:

@@ -321,11 +321,12 @@ def _examples(
     return dict(zip(names, values, strict=True))
 
 
-def _opset_for(source: OnnxSource, module: nn.Module) -> int:
+def _opset_for(source: OnnxSource) -> int:
+    """The original's opset, within what the TorchScript exporter writes (9 to 20; a file
+    above 20 is taken on by :func:`_up_to`)."""
     from surgeon.exporter import max_opset
 
-    top = min(max_opset(), 20)  # the TorchScript exporter writes opsets up to 20
-    return max(min(source.opset, top), 9)
+    return max(min(source.opset, max_opset(), 20), 9)
 
 
 def write_slim_onnx(
@@ -346,7 +347,7 @@ def write_slim_onnx(
     from surgeon.files import check_output_path, write_bytes_atomic
 
     out = check_output_path(dst, what="ONNX file")
-    opset = opset or _opset_for(source, slim)
+    opset = opset or _opset_for(source)
     # exported under placeholder names (the TorchScript exporter refuses some, e.g. "495"),
     # then renamed to the original's
     ins = [f"surgeon_in_{i}" for i in range(len(source.input_names))]
