@@ -377,12 +377,17 @@ class Importer:
     def _keep_opaque(self, n: onnx.NodeProto, reason: str) -> None:
         why = opaque_reason(n)
         label = f"{n.op_type} node {n.name!r}"
+        args: list[fx.Node] = []
+        if why is None:
+            try:
+                args = [self.tensor(i) for i in n.input if i]
+            except Unsupported as exc:  # a shape computed at run time is no tensor to hand it
+                why = str(exc)
         if why is not None:
             raise SurgeonInputError(
                 f"the ONNX {label} cannot be imported ({reason}) nor kept as it is ({why}); "
                 "cut the file before it (onnx.utils.extract_model) and slim that part"
             )
-        args = [self.tensor(i) for i in n.input if i]
         outs = [o for o in n.output]
         m = OnnxOp(n, self.opsets, len(outs))
         node = self.module(n, m, *args)
