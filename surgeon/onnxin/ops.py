@@ -108,19 +108,15 @@ def _dims_binary(imp: Importer, a: Dims, b: Dims, fn: Callable[[Any, Any], Any])
     return Dims(items, scalar=a.scalar and b.scalar, floating=floating, boolean=boolean)
 
 
-def _dims_value(imp: Importer, name: str) -> bool:
-    """Whether input ``name`` is a shape value (or a small known int / float array) and no
-    graph tensor."""
+def _dims_value(imp: Importer, name: str, limit: int | None = 8) -> bool:
+    """Whether input ``name`` is a shape value, or a known 1-D array of at most ``limit``
+    numbers (None: any length), and no graph tensor."""
     v = imp.lookup(name)
     return isinstance(v, Dims) or (
-        isinstance(v, np.ndarray) and v.ndim <= 1 and v.size <= 8 and v.dtype.kind in "iufb"
-    )
-
-
-def _is_dims(imp: Importer, name: str) -> bool:
-    v = imp.lookup(name)
-    return isinstance(v, Dims) or (
-        isinstance(v, np.ndarray) and v.dtype.kind in "iu" and v.ndim <= 1
+        isinstance(v, np.ndarray)
+        and v.ndim <= 1
+        and (limit is None or v.size <= limit)
+        and v.dtype.kind in "iufb"
     )
 
 
@@ -945,8 +941,7 @@ def transpose(imp: Importer, n: onnx.NodeProto) -> list[Any]:
 @op("Concat")
 def concat(imp: Importer, n: onnx.NodeProto) -> list[Any]:
     axis = int(attrs(n)["axis"])
-    values = [imp.lookup(i) for i in n.input]
-    if all(_is_dims(imp, i) for i in n.input) and not any(isinstance(v, fx.Node) for v in values):
+    if all(_dims_value(imp, i, limit=None) for i in n.input):
         items: list[Any] = []
         for name in n.input:
             items += imp.dims(name).items
